@@ -1,0 +1,34 @@
+"""Per-token views: coloured token strips and plain HTML / text tables.
+
+Pure rendering over plain Python data (lists, numpy arrays, torch tensors);
+no model code. See :func:`token_strip` for the per-token strip and
+:mod:`iwopd_kit.views.report` for tables and self-contained pages.
+"""
+
+from .report import MISSING, format_value, html_page, html_table, text_table
+from .tokens import (
+    DEFAULT_BOUNDS,
+    SCALE_KINDS,
+    SERIES_ORDER,
+    ColorScale,
+    TokenStrip,
+    scale_for,
+    token_strip,
+    visible_text,
+)
+
+__all__ = [
+    "DEFAULT_BOUNDS",
+    "MISSING",
+    "SCALE_KINDS",
+    "SERIES_ORDER",
+    "ColorScale",
+    "TokenStrip",
+    "format_value",
+    "html_page",
+    "html_table",
+    "scale_for",
+    "text_table",
+    "token_strip",
+    "visible_text",
+]
