@@ -1,0 +1,33 @@
+"""iwopd_kit: Importance-Weighted On-Policy Distillation, step by step and token by token.
+
+The data flows one way: rollout -> score -> check -> advantage -> weights -> loss -> view.
+Every per-token tensor is [B, L] in completion coordinates (token j = the j-th generated token of
+the row; right-padded; ``mask`` bool [B, L]).
+"""
+
+from .alignment import AlignmentReport, Finding, Tolerances, check_alignment, lag_scan
+from .batch import Batch, BatchError, SamplingSettings, read_jsonl, write_jsonl
+from .formats import from_openai_completions, from_request_outputs, from_trl_batch, to_trl_batch
+from .objective import (
+    ObjectiveResult,
+    advantage,
+    iw_opd_loss,
+    iw_opd_metrics,
+    jsd_top1_loss,
+    opd_loss,
+    position_mask,
+    prefix_weights,
+)
+from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
+from .scoring import completion_logits, load_model, sampled_logprobs, score, score_batch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentReport", "Batch", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
+    "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
+    "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
+    "from_trl_batch", "iw_opd_loss", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "opd_loss",
+    "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
+    "to_trl_batch", "write_jsonl",
+]

@@ -1,0 +1,255 @@
+"""Rollout engines: sample completions with the log-prob of every sampled token.
+
+Three engines, one result type (:class:`~iwopd_kit.batch.Batch` with ``rollout_logprobs``,
+``finish_reasons`` and the ``sampling`` settings used):
+
+- :class:`VLLMEngine` — vLLM's offline ``LLM``, in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
+- :class:`VLLMServerEngine` — a running vLLM OpenAI-compatible server (base URL), the scale-out path.
+- :class:`TransformersEngine` — transformers ``generate``, the reference.
+
+Sampling is seeded per request (row i uses ``seed + i``): one shared seed for a whole batch makes
+every request draw the same random stream and correlates the samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .batch import LOGPROBS_MODES, Batch, BatchError, SamplingSettings
+from .formats.vllm import from_openai_completions, from_request_outputs
+
+VLLM_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: fast start, no __main__ guard
+    "VLLM_CPU_KVCACHE_SPACE": "1",           # GiB; unset, vLLM takes ~9 GiB
+    "VLLM_CPU_OMP_THREADS_BIND": "0-1",      # both cores of a 2-core machine
+}
+
+
+def configure_vllm_env(**overrides: str) -> dict[str, str]:
+    """Set the CPU-friendly vLLM environment (without overriding what the user already set)."""
+    for k, v in {**VLLM_ENV_DEFAULTS, **overrides}.items():
+        os.environ.setdefault(k, str(v))
+    return {k: os.environ[k] for k in VLLM_ENV_DEFAULTS}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What to sample: ``Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=48, seed=0)``."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 48
+    seed: int = 0
+    stop_token_ids: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        SamplingSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)  # validates
+
+
+def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    if len(prompt_ids) == 0:
+        raise BatchError("no prompts; expected at least one list of prompt token ids")
+    out = []
+    for b, p in enumerate(prompt_ids):
+        if isinstance(p, str):
+            raise BatchError(f"row {b}: prompt is a string; expected token ids (tokenize it first)")
+        p = list(p)
+        if not p:
+            raise BatchError(f"row {b}: empty prompt; expected at least one token id")
+        out.append([int(t) for t in p])
+    return out
+
+
+def _reject_unknown(engine: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
+    if options:
+        raise TypeError(f"{engine}: unknown option(s) {sorted(options)}; allowed: {sorted(allowed)}")
+
+
+class VLLMEngine:
+    """vLLM's offline engine on a local model dir.
+
+    ``logprobs_mode`` is an engine setting in vLLM: ``raw_logprobs`` (log_softmax of the raw
+    logits, whatever the temperature) or ``processed_logprobs`` (after temperature/top-p/top-k).
+    """
+
+    OPTIONS = ("dtype", "logprobs_mode", "seed", "max_model_len", "enforce_eager", "enable_prefix_caching")
+
+    def __init__(self, model_dir: str | Path, dtype: str = "float32", logprobs_mode: str = "raw_logprobs",
+                 seed: int = 0, max_model_len: int = 64, enforce_eager: bool = True,
+                 enable_prefix_caching: bool = False, **options: Any) -> None:
+        _reject_unknown("VLLMEngine", options, self.OPTIONS)
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"VLLMEngine: logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
+        if not (Path(model_dir) / "config.json").exists():
+            raise FileNotFoundError(f"VLLMEngine: {model_dir} has no config.json; expected a local model directory")
+        configure_vllm_env()
+        from vllm import LLM
+
+        self.model_dir, self.logprobs_mode = str(model_dir), logprobs_mode
+        self.llm = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                       logprobs_mode=logprobs_mode)
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+        from vllm import SamplingParams
+
+        prompts = _check_prompts(prompt_ids)
+        params = [
+            SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
+                           max_tokens=sampling.max_tokens, logprobs=0, seed=sampling.seed + i,
+                           stop_token_ids=list(sampling.stop_token_ids) if sampling.stop_token_ids else None)
+            for i in range(len(prompts))
+        ]
+        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        return from_request_outputs(outs, self.settings(sampling))
+
+    def settings(self, sampling: Sampling) -> SamplingSettings:
+        return SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                logprobs_mode=self.logprobs_mode, seed=sampling.seed,
+                                max_tokens=sampling.max_tokens, engine="vllm")
+
+    def load_weights(self, named_tensors) -> None:
+        """Push new weights (HF state_dict names) into the running engine (the OPD loop's sync)."""
+        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=iter(list(named_tensors))))
+
+
+class VLLMServerEngine:
+    """A vLLM OpenAI-compatible server at ``base_url`` (``/v1/completions`` with token-id prompts).
+
+    The server's ``--logprobs-mode`` must be told here (it is a server setting, not per request).
+    """
+
+    OPTIONS = ("model", "logprobs_mode", "timeout")
+
+    def __init__(self, base_url: str, model: str | None = None, logprobs_mode: str = "raw_logprobs",
+                 timeout: float = 60.0, **options: Any) -> None:
+        _reject_unknown("VLLMServerEngine", options, self.OPTIONS)
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"VLLMServerEngine: logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
+        self.base_url, self.logprobs_mode, self.timeout = base_url.rstrip("/"), logprobs_mode, timeout
+        self.model = model or self._first_model()
+
+    def _request(self, path: str, payload: dict | None = None) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        req = urllib.request.Request(self.base_url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {e.read()[:500]!r}") from None
+
+    def _first_model(self) -> str:
+        models = self._request("/v1/models").get("data") or []
+        if not models:
+            raise RuntimeError(f"{self.base_url}: the server lists no models")
+        return models[0]["id"]
+
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+        prompts = _check_prompts(prompt_ids)
+        responses = []
+        for i, p in enumerate(prompts):
+            payload = {"model": self.model, "prompt": p, "max_tokens": sampling.max_tokens,
+                       "temperature": sampling.temperature, "top_p": sampling.top_p, "logprobs": 0,
+                       "seed": sampling.seed + i, "return_token_ids": True}
+            if sampling.top_k:
+                payload["top_k"] = sampling.top_k
+            if sampling.stop_token_ids:
+                payload["stop_token_ids"] = list(sampling.stop_token_ids)
+            responses.append(self._request("/v1/completions", payload))
+        settings = SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                    logprobs_mode=self.logprobs_mode, seed=sampling.seed,
+                                    max_tokens=sampling.max_tokens, engine="vllm-server")
+        return from_openai_completions(prompts, responses, settings)
+
+
+def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """What vLLM's processed mode reports: logits / T, then top-k and top-p masking (to -inf)."""
+    z = logits / temperature if temperature > 0 else logits.clone()
+    if top_k and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_z, idx = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs          # mass strictly before each token
+        drop_sorted = before > top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, idx, drop_sorted)
+        z = z.masked_fill(drop, float("-inf"))
+    return z
+
+
+class TransformersEngine:
+    """transformers ``generate`` as the reference engine (left-padded batch, raw logits kept)."""
+
+    OPTIONS = ("logprobs_mode", "pad_id", "eos_id")
+
+    def __init__(self, model, logprobs_mode: str = "raw_logprobs", pad_id: int | None = None,
+                 eos_id: int | None = None, **options: Any) -> None:
+        _reject_unknown("TransformersEngine", options, self.OPTIONS)
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"TransformersEngine: logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
+        if isinstance(model, (str, Path)):
+            from .scoring import load_model
+
+            model = load_model(model)
+        self.model, self.logprobs_mode = model, logprobs_mode
+        cfg = model.config
+        self.eos_id = cfg.eos_token_id if eos_id is None else eos_id
+        self.pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else self.eos_id) if pad_id is None else pad_id
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+        prompts = _check_prompts(prompt_ids)
+        P = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for b, p in enumerate(prompts):
+            ids[b, P - len(p):] = torch.tensor(p)
+            attn[b, P - len(p):] = 1
+        greedy = sampling.temperature == 0
+        torch.manual_seed(sampling.seed)
+        eos = list(sampling.stop_token_ids) if sampling.stop_token_ids else [self.eos_id]
+        out = self.model.generate(
+            input_ids=ids, attention_mask=attn, max_new_tokens=sampling.max_tokens, do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature, top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else (sampling.top_k or 0), eos_token_id=eos, pad_token_id=self.pad_id,
+            output_logits=True, return_dict_in_generate=True,
+        )
+        gen = out.sequences[:, P:]                                   # [B, steps]
+        logits = torch.stack(out.logits, dim=1).float()              # [B, steps, V] raw logits
+        if self.logprobs_mode == "processed_logprobs" and not greedy:
+            logits = process_logits(logits, sampling.temperature, sampling.top_p, sampling.top_k)
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, gen[..., None]).squeeze(-1)
+        comps, lps, reasons = [], [], []
+        for b in range(len(prompts)):
+            row = gen[b].tolist()
+            stop = next((j + 1 for j, t in enumerate(row) if t in eos), None)
+            n = stop if stop is not None else len(row)
+            comps.append(row[:n])
+            lps.append(lp[b, :n].tolist())
+            reasons.append("stop" if stop is not None else "length")
+        settings = SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
+                                    logprobs_mode=self.logprobs_mode, seed=sampling.seed,
+                                    max_tokens=sampling.max_tokens, engine="transformers")
+        return Batch(prompt_ids=prompts, completion_ids=comps, rollout_logprobs=lps,
+                     finish_reasons=reasons, sampling=settings)
+
+
+def rollout(engine, prompt_ids: Sequence[Sequence[int]], **sampling: Any) -> Batch:
+    """Sample with any engine: ``rollout(engine, prompt_ids, temperature=1.0, max_tokens=48, seed=0)``."""
+    try:
+        params = Sampling(**sampling)
+    except TypeError as e:
+        raise TypeError(f"rollout: {e}; allowed: temperature, top_p, top_k, max_tokens, seed, stop_token_ids") from None
+    return engine.generate(prompt_ids, params)
