@@ -19,7 +19,7 @@ from .objective import (
     prefix_weights,
 )
 from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
-from .scoring import completion_logits, load_model, sampled_logprobs, score, score_batch
+from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
 
 __version__ = "0.1.0"
 
@@ -27,7 +27,7 @@ __all__ = [
     "AlignmentReport", "Batch", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
     "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
-    "from_trl_batch", "iw_opd_loss", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "opd_loss",
+    "from_trl_batch", "iw_opd_loss", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "opd_loss",
     "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
     "to_trl_batch", "write_jsonl",
 ]

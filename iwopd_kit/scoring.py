@@ -64,6 +64,13 @@ def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     return model.eval()
 
 
+def load_tokenizer(path: str | Path):
+    """Load the tokenizer saved beside a local model (a standard HF tokenizer; never a hub)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
+
 def completion_logits(model, batch: Batch, pad_id: int = 0) -> Float[Tensor, "B L V"]:
     """The logits predicting each completion token: ``out[b, j]`` predicts ``completion_ids[b][j]``.
 

@@ -72,7 +72,8 @@ def from_trl_batch(inputs: dict[str, Any], series_keys: dict[str, str] | None = 
         if cmask is not None:
             masks.append(cmask[b, start:stop].tolist())
         for name, x in full.items():
-            series[name].append([float(v) for v in x[b, start:stop].tolist()])
+            # NaN in a padded tensor means "no value" (what to_trl_batch writes for a missing one)
+            series[name].append([None if v != v else float(v) for v in x[b, start:stop].tolist()])
     return Batch(prompt_ids=prompts, completion_ids=comps, mask=masks or None,
                  **{name: rows for name, rows in series.items()})
 
