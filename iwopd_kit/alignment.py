@@ -154,7 +154,7 @@ def detect_offset(batch: Batch, tol: Tolerances = Tolerances()) -> list[Finding]
         e_other = torch.nan_to_num(e_other, nan=float("inf"))
         best = int(e_other.argmin())
         k = int(lags[best])
-        if e_other[best] * tol.lag_gain <= e[k0] or e_other[best] <= tol.same:
+        if e_other[best] * tol.lag_gain <= e[k0]:
             out.append(Finding(
                 "offset", b, 0, "error",
                 f"rollout log-probs are shifted by {k:+d} token(s): token j carries the log-prob of token j{k:+d} "
@@ -205,8 +205,9 @@ def detect_temperature(batch: Batch, tol: Tolerances = Tolerances(), exclude: fr
 
     Uses the recorded settings when present (raw-mode rollout log-probs are at T = 1, processed
     ones at the sampling T; ``batch.scoring`` says what the student was scored at) and confirms on
-    the data: the gap must exceed ``tol.same``. Without settings, the data signature is a gap of
-    both signs that grows with |log-prob| (a 1/T rescale), unlike top-p renormalisation (one sign).
+    the data: the gap must exceed ``tol.same``. Without settings, the data signature decides
+    (:func:`_gap_pattern`): rollout below student almost everywhere, or both signs with |gap|
+    growing with |log-prob|; top-p renormalisation instead puts the rollout above the student.
     """
     valid = _valid(batch, exclude)
     gap = _gap(batch, valid)
@@ -229,21 +230,34 @@ def detect_temperature(batch: Batch, tol: Tolerances = Tolerances(), exclude: fr
                 f"position {j}); score at T={roll_T:g} or sample with logprobs_mode='processed_logprobs'",
             )]
         return []
-    s = batch.series("student_logprobs", torch.float64)
-    d, sv = gap[big], s[big]
-    if int(big.sum()) >= 8 and float((d > 0).double().mean()) < 0.9 and float((d < 0).double().mean()) < 0.9:
-        rel = (d.abs() / sv.abs().clamp_min(1e-3))
-        corr = torch.corrcoef(torch.stack([d.abs(), sv.abs()]))[0, 1]
-        if float(corr) > 0.5 or float(rel.median()) > 0.05:
-            ratio = float((batch.series("rollout_logprobs", torch.float64)[:, 0] / s[:, 0]).nanmedian())
-            return [Finding(
-                "temperature", None, None, "error",
-                f"rollout and student log-probs differ in a temperature-like pattern on {int(big.sum())} tokens "
-                f"(both signs, gap grows with |log-prob|; median first-token ratio {ratio:.3g}): apply the same "
-                "temperature on both sides (vLLM raw_logprobs ignore temperature)",
-            )]
-    return []
+    n_big = int(big.sum())
+    if _gap_pattern(gap[big], batch.series("student_logprobs", torch.float64)[big]) != "temperature":
+        return []
+    return [Finding(
+        "temperature", None, None, "error",
+        f"rollout and student log-probs differ in a temperature-like pattern on {n_big} of {int(valid.sum())} tokens "
+        f"(the gap has a consistent sign or grows with |log-prob|): apply the same temperature on both sides "
+        "(vLLM's raw_logprobs ignore temperature); a stale rollout policy can look alike",
+    )]
 
+
+def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
+    """Classify the large gaps d = rollout - student (data only, no settings).
+
+    ``processed``: rollout above student almost everywhere (top-p/top-k renormalisation);
+    ``temperature``: rollout below student almost everywhere (a 1/T sharpening on the student side
+    lifts the confident sampled tokens), or both signs with |d| growing with |log-prob|;
+    ``noise``: anything else (rounding, or too few tokens to say).
+    """
+    if d.numel() < min_tokens:
+        return "noise"
+    pos, neg = float((d > 0).double().mean()), float((d < 0).double().mean())
+    if pos >= 0.95:
+        return "processed"
+    if neg >= 0.95:
+        return "temperature"
+    corr = torch.corrcoef(torch.stack([d.abs(), s.abs()]))[0, 1]
+    return "temperature" if float(corr) > 0.5 else "noise"
 
 def detect_processed(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> list[Finding]:
     """Class I: top-p / top-k renormalised (processed) rollout log-probs sit above the full-vocab ones."""
@@ -252,7 +266,10 @@ def detect_processed(batch: Batch, tol: Tolerances = Tolerances(), exclude: froz
     if gap is None:
         return []
     big = valid & (gap.abs() > tol.same)
-    if not bool(big.any()) or float((gap[big] > 0).double().mean()) < 0.95:
+    if not bool(big.any()):
+        return []
+    recorded = batch.sampling is not None and batch.sampling.truncates and batch.sampling.logprobs_mode == "processed_logprobs"
+    if not recorded and _gap_pattern(gap[big], batch.series("student_logprobs", torch.float64)[big]) != "processed":
         return []
     kept = float(torch.exp(-gap[big]).mean())
     b, j = (int(v) for v in big.nonzero()[0])

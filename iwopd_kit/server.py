@@ -19,6 +19,14 @@ from pathlib import Path
 from .rollout import VLLM_ENV_DEFAULTS
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -38,13 +46,20 @@ class VLLMServer:
         return self.process.pid
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout)
+        """SIGTERM the server's process group (API server, engine core, workers); wait until every
+        process of the group is gone, SIGKILL what is left after ``timeout``."""
+        if not _group_alive(self.pid):
+            self.process.poll()
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.process.poll()
+            if not _group_alive(self.pid):
+                return
+            time.sleep(0.2)
+        os.killpg(self.pid, signal.SIGKILL)
+        self.process.wait(timeout)
 
     def __enter__(self) -> "VLLMServer":
         return self
