@@ -157,7 +157,7 @@ def detect_offset(batch: Batch, tol: Tolerances = Tolerances()) -> list[Finding]
         if e_other[best] * tol.lag_gain <= e[k0]:
             out.append(Finding(
                 "offset", b, 0, "error",
-                f"rollout log-probs are shifted by {k:+d} token(s): token j carries the log-prob of token j{k:+d} "
+                f"rollout log-probs are shifted by {-k:+d} token(s): token j carries the log-prob of token j{-k:+d} "
                 f"(mean gap {float(e[k0]):.3g} at lag 0, {float(e_other[best]):.3g} at lag {k:+d}); index the rollout "
                 "log-probs by completion position per row, not from a batch-wide prompt length",
             ))
