@@ -13,8 +13,12 @@ every request draw the same random stream and correlates the samples.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
+import warnings
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -30,7 +34,35 @@ VLLM_ENV_DEFAULTS = {
     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: fast start, no __main__ guard
     "VLLM_CPU_KVCACHE_SPACE": "1",           # GiB; unset, vLLM takes ~9 GiB
     "VLLM_CPU_OMP_THREADS_BIND": "0-1",      # both cores of a 2-core machine
+    "VLLM_LOGGING_LEVEL": "ERROR",           # keep notebook stderr clean (nbval compares it)
 }
+
+
+@contextlib.contextmanager
+def quiet_output(log_path: str | Path | None = None):
+    """Send Python *and* C-level stdout/stderr (vLLM, torch, OpenMP warnings) to a log file.
+
+    Engine start-up prints timestamped logs and warnings from C++; in a notebook they would land
+    in the cell output. The log is kept at ``log_path`` (default: a file in the temp dir).
+    """
+    path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / "iwopd_kit_vllm.log"
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a") as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield path
+        finally:
+            log.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def configure_vllm_env(**overrides: str) -> dict[str, str]:
@@ -83,23 +115,28 @@ class VLLMEngine:
     logits, whatever the temperature) or ``processed_logprobs`` (after temperature/top-p/top-k).
     """
 
-    OPTIONS = ("dtype", "logprobs_mode", "seed", "max_model_len", "enforce_eager", "enable_prefix_caching")
+    OPTIONS = ("dtype", "logprobs_mode", "seed", "max_model_len", "enforce_eager", "enable_prefix_caching", "quiet")
 
     def __init__(self, model_dir: str | Path, dtype: str = "float32", logprobs_mode: str = "raw_logprobs",
                  seed: int = 0, max_model_len: int = 64, enforce_eager: bool = True,
-                 enable_prefix_caching: bool = False, **options: Any) -> None:
+                 enable_prefix_caching: bool = False, quiet: bool = True, **options: Any) -> None:
         _reject_unknown("VLLMEngine", options, self.OPTIONS)
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"VLLMEngine: logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
         if not (Path(model_dir) / "config.json").exists():
             raise FileNotFoundError(f"VLLMEngine: {model_dir} has no config.json; expected a local model directory")
         configure_vllm_env()
-        from vllm import LLM
+        self.model_dir, self.logprobs_mode, self.quiet = str(model_dir), logprobs_mode, quiet
+        self._warm = False
+        with self._maybe_quiet():
+            from vllm import LLM
 
-        self.model_dir, self.logprobs_mode = str(model_dir), logprobs_mode
-        self.llm = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
-                       max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-                       logprobs_mode=logprobs_mode)
+            self.llm = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+                           max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                           logprobs_mode=logprobs_mode)
+
+    def _maybe_quiet(self):
+        return quiet_output() if self.quiet else contextlib.nullcontext()
 
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
         from vllm import SamplingParams
@@ -111,7 +148,10 @@ class VLLMEngine:
                            stop_token_ids=list(sampling.stop_token_ids) if sampling.stop_token_ids else None)
             for i in range(len(prompts))
         ]
-        outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        # The first request with log-probs compiles a kernel (inductor, gcc) and may print.
+        with self._maybe_quiet() if not self._warm else contextlib.nullcontext():
+            outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        self._warm = True
         return from_request_outputs(outs, self.settings(sampling))
 
     def settings(self, sampling: Sampling) -> SamplingSettings:

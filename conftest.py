@@ -1,0 +1,45 @@
+"""Repo-wide pytest configuration, so the plain commands work from the repo root:
+
+    pytest tests/
+    pytest --nbval notebooks/
+
+For notebooks: run kernels in this environment (``--nbval-current-env``), sanitize with
+``notebooks/sanitize.cfg``, and do not compare plotly's JSON payload (the figures are checked
+through the numbers printed beside them). Kernels inherit a deterministic, CPU-friendly environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+DETERMINISTIC_ENV = {
+    "PYTHONHASHSEED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+}
+for _k, _v in DETERMINISTIC_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+NOT_COMPARED = ("application/vnd.plotly.v1+json",)
+
+
+def pytest_configure(config):
+    opt = config.option
+    if getattr(opt, "nbval", False) or getattr(opt, "nbval_lax", False):
+        opt.nbval_current_env = True
+        if not getattr(opt, "nbval_sanitize_with", None):
+            opt.nbval_sanitize_with = str(ROOT / "notebooks" / "sanitize.cfg")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    for item in items:
+        parent = getattr(item, "parent", None)
+        if parent is not None and hasattr(parent, "skip_compare") and not set(NOT_COMPARED) <= set(parent.skip_compare):
+            parent.skip_compare = tuple(parent.skip_compare) + NOT_COMPARED

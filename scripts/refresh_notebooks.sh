@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Re-execute every notebook top to bottom in a fresh kernel, with the same environment as CI,
+# and store the outputs (what strict `pytest --nbval notebooks/` compares against).
+# Usage: bash scripts/refresh_notebooks.sh [notebooks/NN_name.ipynb ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+source scripts/env.sh
+export VLLM_LOGGING_LEVEL=ERROR
+files=("$@")
+[ ${#files[@]} -gt 0 ] || files=(notebooks/*.ipynb)
+for nb in "${files[@]}"; do
+  start=$(date +%s)
+  .venv/bin/jupyter nbconvert --to notebook --execute --inplace \
+    --ExecutePreprocessor.kernel_name=python3 --ExecutePreprocessor.timeout=600 "$nb" 2>&1 | grep -v "is ignored" || true
+  echo "$nb: $(( $(date +%s) - start )) s"
+done
