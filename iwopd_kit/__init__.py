@@ -21,6 +21,8 @@ from .objective import (
 from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
 
+from . import views
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -96,6 +96,8 @@ def _shift(x: Tensor, k: int) -> Tensor:
     """y[:, j] = x[:, j + k] (NaN where out of range)."""
     out = torch.full_like(x, float("nan"))
     L = x.shape[1]
+    if abs(k) >= L:
+        return out
     if k >= 0:
         out[:, : L - k] = x[:, k:]
     else:

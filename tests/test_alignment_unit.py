@@ -169,3 +169,16 @@ def test_offset_from_reproduced_trl_bug():
     assert all("token j+2" in f.message for f in hits)
     # the converter (the fix) keeps every row aligned
     assert K.check_alignment(K.from_trl_batch(K.to_trl_batch(src))).findings == []
+
+
+def test_check_alignment_on_batches_narrower_than_the_lag_window():
+    import iwopd_kit as K
+
+    for L in (1, 2, 3, 4):
+        vals = [-0.5 - 0.1 * j for j in range(L)]
+        b = K.Batch(prompt_ids=[[1], [1, 2]], completion_ids=[[3] * L, [4]], rollout_logprobs=[vals, [-0.2]],
+                    student_logprobs=[vals, [-0.2]], teacher_logprobs=[vals, [-0.3]])
+        report = K.check_alignment(b)
+        assert report.ok and report.findings == []
+        lags, err = K.lag_scan(b.series("rollout_logprobs"), b.series("student_logprobs"), b.valid(), max_lag=4)
+        assert err.shape == (2, 9) and float(err[0, 4]) == 0.0
