@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Debian's Chromium for the browser tests (Playwright drives it; its own browser download is not used).
+if [ "${IWOPD_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ]; then
+    echo "setup: installing Debian's chromium for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "setup: /usr/bin/chromium missing; the browser tests need it (sudo apt-get install chromium)" >&2
+  fi
+fi
 stamp_now=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp_file=.venv/.iwopd-stamp
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_now" ] && .venv/bin/python -c "import vllm, iwopd_kit" 2>/dev/null; then

@@ -112,13 +112,15 @@ def to_trl_batch(batch: Batch, pad_id: int = 0, padding_side: str = "left") -> d
     return {"input_ids": ids, "attention_mask": attn, "labels": labels, "completion_mask": cmask, **out}
 
 
-def trl_prefix_fix_slice(inputs: dict[str, Tensor], completion_logprobs: list[list[float]]) -> Tensor:
+def trl_prefix_fix_slice(inputs: dict[str, Tensor], completion_logprobs: list[list[float]],
+                         pad_value: float = float("nan")) -> Tensor:
     """Reproduce TRL's reviewed bug 1 (class A, "offset") for teaching and fixtures.
 
     Rollout log-probs were stored per row *from column 0* ([B, C], completion-width) and then read
     back as if the completion of every row started right after the batch's *shortest* prompt.
     Rows whose prompt is d tokens longer than the shortest pair token j with log-prob j + d.
-    Returns the [B, L] series that buggy code would hand to the loss (NaN past the stored values).
+    Returns the [B, L] series that buggy code would hand to the loss; past the stored values it
+    holds ``pad_value`` (NaN by default; 0.0 is what a zero-padded tensor hands over).
     """
     attn, labels = inputs["attention_mask"], inputs["labels"]
     B = labels.shape[0]
@@ -127,7 +129,7 @@ def trl_prefix_fix_slice(inputs: dict[str, Tensor], completion_logprobs: list[li
     shortest = min(prompt_lens)
     lengths = [int((labels[b] != IGNORE_INDEX).sum()) for b in range(B)]
     L = max(lengths)
-    out = torch.full((B, L), float("nan"))
+    out = torch.full((B, L), float(pad_value))
     for b in range(B):
         d = prompt_lens[b] - shortest
         stored = completion_logprobs[b]

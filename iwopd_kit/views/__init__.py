@@ -5,6 +5,7 @@ no model code. See :func:`token_strip` for the per-token strip and
 :mod:`iwopd_kit.views.report` for tables and self-contained pages.
 """
 
+from .alignment import AlignmentView, alignment_view
 from .report import MISSING, format_value, html_page, html_table, text_table
 from .tokens import (
     DEFAULT_BOUNDS,
@@ -18,6 +19,8 @@ from .tokens import (
 )
 
 __all__ = [
+    "AlignmentView",
+    "alignment_view",
     "DEFAULT_BOUNDS",
     "MISSING",
     "SCALE_KINDS",

@@ -1,0 +1,76 @@
+"""Headless Chromium and JupyterLab helpers for the browser tests (not needed to use the library).
+
+Chromium comes from Debian (``/usr/bin/chromium``; test tools' own browser downloads do not work
+offline); Playwright-python drives it. JupyterLab is started on 127.0.0.1 with a token and stopped
+by the pid we started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def chromium_path() -> str:
+    """The Debian Chromium executable; a clear error when it is missing."""
+    for cand in (os.environ.get("IWOPD_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+        if cand and Path(cand).exists():
+            return cand
+    raise FileNotFoundError("Chromium not found: install Debian's package (`apt-get install -y chromium`) "
+                            "or set IWOPD_CHROMIUM to its path")
+
+
+def launch(playwright):
+    """Launch headless Chromium through a ``sync_playwright()`` handle."""
+    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+
+
+@dataclass
+class JupyterLab:
+    process: subprocess.Popen
+    url: str
+    token: str
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout)
+
+
+def start_jupyterlab(root_dir: str | Path, port: int, token: str, log_path: str | Path,
+                     timeout: float = 90.0) -> JupyterLab:
+    """``jupyter lab`` on 127.0.0.1:port with a token, no browser; waits until it answers."""
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
+           "--ServerApp.open_browser=False", "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    lab = JupyterLab(proc, f"http://127.0.0.1:{port}", token)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{lab.url}/api/status?token={token}", timeout=2) as r:
+                if r.status == 200:
+                    return lab
+        except OSError:
+            time.sleep(0.5)
+    lab.stop()
+    raise TimeoutError(f"jupyter lab did not answer within {timeout:.0f} s; see {log_path}")

@@ -1,0 +1,100 @@
+"""The alignment diff view: rollout vs recomputed student per token, the best lag per row, and the
+findings of a check linked to the rows they point at.
+
+Reads a :class:`~iwopd_kit.batch.Batch` and an :class:`~iwopd_kit.alignment.AlignmentReport`;
+computes nothing the check did not (the lag table comes from the same ``lag_scan``).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+
+import torch
+
+from ..alignment import AlignmentReport, Tolerances, lag_scan
+from ..batch import Batch
+from .report import html_table, text_table
+from .tokens import token_strip
+
+
+def _anchor(b: int) -> str:
+    return f"iwopd-align-row-{b}"
+
+
+@dataclass(frozen=True)
+class AlignmentView:
+    """HTML (``_repr_html_``) and text (``repr``) of a check: findings, per-row lags, per-token gaps.
+
+    ``lag_rows``: one ``[row, best lag, mean gap at lag 0, mean gap at best lag]`` per row.
+    """
+
+    findings: tuple[tuple, ...]
+    lag_rows: tuple[tuple, ...]
+    strips_html: tuple[str, ...]
+    rows: tuple[int, ...]
+    ok: bool
+
+    def to_text(self) -> str:
+        head = f"alignment: {'ok' if self.ok else 'ERRORS'}, {len(self.findings)} finding(s)"
+        f = text_table(["severity", "kind", "row", "position", "message"], [list(x) for x in self.findings]) if self.findings else "no findings"
+        lags = text_table(["row", "best lag", "gap at lag 0", "gap at best lag"], [list(x) for x in self.lag_rows], decimals=4)
+        return "\n".join([head, f, "", lags])
+
+    def __repr__(self) -> str:
+        return self.to_text()
+
+    def to_html(self) -> str:
+        def link(row, pos):
+            if row is None:
+                return "—"
+            return f'<a href="#{_anchor(row)}">row {row}{"" if pos is None else f", position {pos}"}</a>'
+
+        items = "".join(
+            f"<li><b>[{html.escape(sev)}] {html.escape(kind)}</b> {link(row, pos)}: {html.escape(msg)}</li>"
+            for sev, kind, row, pos, msg in self.findings
+        ) or "<li>no findings</li>"
+        status = "ok" if self.ok else "errors"
+        parts = [f"<div class='iwopd-align'><p><b>alignment: {status}</b></p><ul>{items}</ul>",
+                 html_table(["row", "best lag", "gap at lag 0", "gap at best lag"], [list(x) for x in self.lag_rows], decimals=4)]
+        for b, strip_html in zip(self.rows, self.strips_html):
+            parts.append(f"<div id='{_anchor(b)}'>{strip_html}</div>")
+        parts.append("</div>")
+        return "".join(parts)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
+                   rows: list[int] | None = None, tolerances: Tolerances = Tolerances()) -> AlignmentView:
+    """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3)."""
+    lag_rows: list[tuple] = []
+    if batch.has("rollout_logprobs") and batch.has("student_logprobs"):
+        r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+        lags, err = lag_scan(r, s, batch.padding_mask() & ~r.isnan() & ~s.isnan(), tolerances.max_lag)
+        k0 = int((lags == 0).nonzero())
+        for b in range(batch.size):
+            e = torch.nan_to_num(err[b], nan=float("inf"))
+            best = int(e.argmin()) if bool(torch.isfinite(e).any()) else k0
+            if float(e[k0]) <= float(e[best]) * 1.0000001:
+                best = k0
+            lag_rows.append((b, int(lags[best]), float(err[b, k0]), float(err[b, best])))
+    flagged = sorted({f.row for f in report.findings if f.row is not None})
+    rows = rows if rows is not None else (flagged or list(range(min(3, batch.size))))
+    if tokens is None:
+        tokens = [[str(t) for t in c] for c in batch.completion_ids]
+    series = {}
+    for name, key in (("rollout", "rollout_logprobs"), ("student", "student_logprobs"), ("teacher", "teacher_logprobs")):
+        if batch.has(key):
+            series[name] = getattr(batch, key)
+    if "rollout" in series and "student" in series:
+        series["gap"] = [[None if a is None or c is None else abs(a - c) for a, c in zip(ra, rc)]
+                         for ra, rc in zip(series["rollout"], series["student"])]
+    strips = tuple(
+        token_strip(tokens, series, color_by="gap" if "gap" in series else None, token_ids=batch.completion_ids,
+                    rows=[b], title=f"row {b}: |rollout − student|").to_html()
+        for b in rows
+    )
+    findings = tuple((f.severity, f.kind, f.row, f.position, f.message) for f in report.findings)
+    return AlignmentView(findings=findings, lag_rows=tuple(lag_rows), strips_html=strips, rows=tuple(rows), ok=report.ok)

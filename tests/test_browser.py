@@ -1,0 +1,116 @@
+"""The views in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+1. The demo's HTML report: tokens rendered with their background colours, tooltips carrying every series.
+2. An nbconvert export of the tour notebook (stored outputs): the per-token view renders statically.
+3. JupyterLab itself: open the tour notebook, run all cells, a slider widget and a token view render.
+Screenshots land in ``artifacts/`` (git-ignored) as test artifacts.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from iwopd_kit.browser import launch, start_jupyterlab
+from iwopd_kit.server import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+TOUR = ROOT / "notebooks" / "00_tour.ipynb"
+RGB = re.compile(r"rgb\((\d+), (\d+), (\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = launch(p)
+        yield b
+        b.close()
+
+
+def _token_spans(page):
+    spans = page.locator("span[title]")
+    n = spans.count()
+    assert n > 0, "no token spans with tooltips rendered"
+    return spans, n
+
+
+def _coloured(page, spans, n) -> int:
+    colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(min(n, 200))]
+    return sum(1 for c in colours if RGB.match(c) and RGB.match(c).groups() != ("255", "255", "255"))
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory, vllm_raw):
+    from iwopd_kit.pipeline import report_html, run_pipeline
+
+    result = run_pipeline(n_prompts=6, engine=vllm_raw)
+    path = tmp_path_factory.mktemp("report") / "demo.html"
+    path.write_text(report_html(result))
+    return path, result
+
+
+def test_demo_report_renders_tokens_with_colours_and_tooltips(browser, demo_report):
+    path, result = demo_report
+    html = path.read_text()
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(path.as_uri())
+    spans, n = _token_spans(page)
+    assert n >= sum(result.batch.lengths), f"{n} spans for {sum(result.batch.lengths)} tokens"
+    assert _coloured(page, spans, n) > 0, "no token has a non-white background"
+    first = spans.first
+    title = first.get_attribute("title")
+    for name in ("rollout", "student", "teacher", "advantage", "weight"):
+        assert name in title, f"tooltip lacks {name}: {title!r}"
+    first.hover()
+    assert first.is_visible()
+    page.screenshot(path=str(ARTIFACTS / "demo_report.png"), full_page=True)
+    page.close()
+
+
+def test_nbconvert_export_of_the_tour_renders_tokens(browser, tmp_path):
+    out = tmp_path / "tour.html"
+    subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", "--output", str(out), str(TOUR)],
+                   check=True, capture_output=True)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.goto(out.as_uri())
+    spans, n = _token_spans(page)
+    assert _coloured(page, spans, n) > 0
+    assert "advantage" in spans.first.get_attribute("title")
+    page.screenshot(path=str(ARTIFACTS / "tour_export.png"), full_page=False)
+    page.close()
+
+
+def test_jupyterlab_runs_the_tour_and_renders_widgets(browser, tmp_path):
+    token = secrets.token_hex(16)
+    lab = start_jupyterlab(ROOT / "notebooks", free_port(), token, tmp_path / "lab.log")
+    pid = lab.process.pid
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{lab.url}/lab/tree/{TOUR.name}?token={token}")
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.get_by_role("menuitem", name="Run").first.click()
+        page.get_by_text("Run All Cells", exact=True).first.click()
+        page.wait_for_selector(".widget-slider", timeout=240_000)
+        page.wait_for_selector(".jp-OutputArea-output span[title]", timeout=60_000)
+        spans = page.locator(".jp-OutputArea-output span[title]")
+        assert spans.count() > 0
+        assert _coloured(page, spans, spans.count()) > 0
+        page.locator(".widget-slider").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "jupyterlab_tour.png"), full_page=False)
+        page.close()
+    finally:
+        lab.stop()
+    with pytest.raises(ProcessLookupError):
+        import os
+
+        os.killpg(pid, 0)
