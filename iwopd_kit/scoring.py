@@ -56,11 +56,18 @@ def sampled_logprobs(
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
     """Load a causal LM from a local directory (never a hub), in eval mode."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path}: no config.json; expected a local model directory")
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()          # no "Loading weights" bar on stderr (notebooks, nbval)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     return model.eval()
 
 

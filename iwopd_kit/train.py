@@ -1,0 +1,181 @@
+"""A small, readable on-policy distillation loop.
+
+Each step: sample student rollouts with vLLM (temperature 1, top_p 1) -> score them with the
+teacher (no grad) and the current student (with grad) -> check rollout vs trainer log-probs ->
+objective -> one optimizer step -> push the new student weights into the vLLM engine (sync every
+step, as TRL requires for IW-OPD). ``sync=False`` skips the push, which is how staleness shows up.
+The transformers engine is the fallback and the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import toy
+from .batch import Batch
+from .objective import iw_opd_loss, jsd_top1_loss, position_mask
+from .rollout import Sampling, TransformersEngine, VLLMEngine
+from .scoring import completion_logits, load_model, load_tokenizer, score
+
+OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Settings of one run. ``objective`` is one of :data:`OBJECTIVES`."""
+
+    objective: str = "iw_opd"
+    gamma: float = 0.5
+    eps: float = 1e-8
+    lr: float = 1e-4
+    batch_size: int = 64
+    steps: int = 20
+    temperature: float = 1.0
+    max_tokens: int = 48
+    seed: int = 0
+    eval_every: int = 10
+    eval_prompts: int = 256
+    sync: bool = True
+    engine: str = "vllm"
+    jsd_beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.engine not in ("vllm", "transformers"):
+            raise ValueError(f"engine must be 'vllm' or 'transformers', got {self.engine!r}")
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    metrics: dict[str, float]
+    drift: float                 # max |rollout - trainer student| on valid tokens, before the update
+    seconds: float
+    eval: dict[str, Any] = field(default_factory=dict)
+
+
+def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torch.Tensor,
+               teacher_lp: torch.Tensor, mask: torch.Tensor):
+    roll = batch.series("rollout_logprobs")
+    if cfg.objective == "jsd":
+        s_logits = completion_logits(student, batch)
+        with torch.no_grad():
+            t_logits = completion_logits(teacher, batch)
+        return jsd_top1_loss(s_logits, t_logits, batch.tokens(), mask, beta=cfg.jsd_beta, temperature=cfg.temperature)
+    gamma = 0.0 if cfg.objective in ("opd", "prefix30", "suffix30") else cfg.gamma
+    if cfg.objective in ("prefix30", "suffix30"):
+        mask = position_mask(mask, cfg.objective[:6], 0.3)
+    return iw_opd_loss(student_lp, teacher_lp, mask, rollout_logprobs=roll, gamma=gamma, eps=cfg.eps,
+                       signed=cfg.objective == "iw_opd_signed")
+
+
+def abs_advantage_by_position(advantages: torch.Tensor, mask: torch.Tensor, bins: int = 10) -> list[float]:
+    """Mean |A| per normalised position bin (j / L_b in [0, 1)), over valid tokens."""
+    rank = torch.cumsum(mask.long(), dim=-1) - 1
+    n = mask.sum(dim=-1, keepdim=True).clamp_min(1)
+    b = torch.clamp((rank.double() / n * bins).floor().long(), 0, bins - 1)
+    out = []
+    for k in range(bins):
+        sel = mask & (b == k)
+        out.append(float(advantages.abs()[sel].mean()) if bool(sel.any()) else float("nan"))
+    return out
+
+
+def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig) -> dict[str, Any]:
+    """Held-out exact match (greedy and T=1), teacher-student reverse KL on T=1 rollouts, |A| by position."""
+    ids = [tok(p)["input_ids"] for p in prompts]
+    eos = (tok.eos_token_id,)
+    greedy = engine.generate(ids, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed, stop_token_ids=eos))
+    sampled = engine.generate(ids, Sampling(temperature=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed + 10_000, stop_token_ids=eos))
+
+    def acc(batch: Batch) -> float:
+        texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
+        return sum(toy.is_correct(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+
+    with torch.no_grad():
+        s = score(student, sampled)
+        t = score(teacher, sampled)
+    mask = sampled.valid()
+    rkl_tok = (s - t)[mask]
+    adv = torch.where(mask, t - s, torch.zeros_like(s))
+    return {"greedy_acc": acc(greedy), "sampled_acc": acc(sampled),
+            "reverse_kl_per_token": float(rkl_tok.mean()),
+            "reverse_kl_per_seq": float(torch.where(mask, s - t, torch.zeros_like(s)).sum(-1).mean()),
+            "abs_adv_by_position": abs_advantage_by_position(adv, mask)}
+
+
+def train(cfg: LoopConfig, student_dir: str | Path = toy.STUDENT_DIR, teacher_dir: str | Path = toy.TEACHER_DIR,
+          on_step: Callable[[StepRecord], None] | None = None, engine=None) -> list[StepRecord]:
+    """Run ``cfg.steps`` on-policy steps; returns one record per step (eval results every ``eval_every``)."""
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = load_tokenizer(student_dir)
+    student = load_model(student_dir).train()
+    teacher = load_model(teacher_dir)
+    if engine is None:
+        engine = VLLMEngine(student_dir, seed=cfg.seed) if cfg.engine == "vllm" else TransformersEngine(student)
+    if isinstance(engine, TransformersEngine):
+        engine.model = student
+    train_prompts = toy.load_prompts(toy.TRAIN_PROMPTS)
+    eval_prompts = toy.load_prompts(toy.EVAL_PROMPTS)[: cfg.eval_prompts]
+    opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    records: list[StepRecord] = []
+
+    def sync() -> None:
+        if isinstance(engine, VLLMEngine):
+            engine.load_weights((k, v.detach().clone()) for k, v in student.state_dict().items())
+
+    for step in range(cfg.steps + 1):
+        ev = {}
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            student.eval()
+            ev = evaluate(engine, student, teacher, tok, eval_prompts, cfg)
+            student.train()
+        if step == cfg.steps:
+            records.append(StepRecord(step, float("nan"), {}, float("nan"), 0.0, ev))
+            if on_step:
+                on_step(records[-1])
+            break
+        t0 = time.perf_counter()
+        prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
+        ids = [tok(p)["input_ids"] for p in prompts]
+        batch = engine.generate(ids, Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                                              seed=cfg.seed * 1_000_003 + step * cfg.batch_size,
+                                              stop_token_ids=(tok.eos_token_id,)))
+        mask = batch.valid()
+        with torch.no_grad():
+            teacher_lp = score(teacher, batch, cfg.temperature)
+        student_lp = score(student, batch, cfg.temperature, grad=True)
+        roll = batch.series("rollout_logprobs")
+        drift = float((roll - student_lp.detach()).abs()[mask].max())
+        res = _objective(cfg, student, teacher, batch, student_lp, teacher_lp, mask)
+        opt.zero_grad()
+        res.loss.backward()
+        opt.step()
+        if cfg.sync:
+            sync()
+        rec = StepRecord(step, float(res.loss.detach()), dict(res.metrics), drift, time.perf_counter() - t0, ev)
+        records.append(rec)
+        if on_step:
+            on_step(rec)
+    return records
+
+
+def save_records(records: list[StepRecord], cfg: LoopConfig, path: str | Path, extra: dict | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": asdict(cfg), "records": [asdict(r) for r in records], **(extra or {})},
+                               indent=1, allow_nan=True))
+    return path
+
+
+__all__ = ["LoopConfig", "StepRecord", "train", "evaluate", "abs_advantage_by_position", "save_records", "OBJECTIVES"]
