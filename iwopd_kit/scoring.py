@@ -15,6 +15,7 @@ from torch import Tensor
 from .batch import Batch, BatchError
 
 DEFAULT_CHUNK = 2048
+FUSED_MIN_ELEMENTS = 1 << 22   # below this many logits the plain (autograd) formula is used
 
 
 def sampled_logprobs(
@@ -22,12 +23,16 @@ def sampled_logprobs(
     tokens: Int[Tensor, "B L"],
     temperature: float = 1.0,
     chunk_size: int = DEFAULT_CHUNK,
+    fused: bool | None = None,
 ) -> Float[Tensor, "B L"]:
     """log_softmax(logits / T)[token] for every position, as ``z[y] - logsumexp(z)``.
 
-    ``logits[b, j]`` must already be the logits that predict ``tokens[b, j]`` (shifted). Never
-    materialises a full-vocabulary log_softmax of the whole batch: rows of positions are processed
-    ``chunk_size`` at a time, so the temporary memory is O(chunk_size * V). Differentiable.
+    ``logits[b, j]`` must already be the logits that predict ``tokens[b, j]`` (shifted). Above
+    ``FUSED_MIN_ELEMENTS`` logits it never materialises a full-vocabulary log_softmax of the batch:
+    a fused autograd function processes ``chunk_size`` positions at a time (forward and backward),
+    so the temporary memory is O(chunk_size * V). Below it (at most 16 MB of logits) the plain
+    log_softmax + gather is faster. ``fused=True/False`` forces the path.
+    Differentiable.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be [B, L, V], got shape {tuple(logits.shape)}")
@@ -43,14 +48,54 @@ def sampled_logprobs(
         b, j = (int(v) for v in bad.nonzero()[0])
         raise ValueError(f"row {b}, position {j}: token id {int(tokens[b, j])} is outside the vocabulary [0, {V})")
     flat = logits.reshape(-1, V)
-    ids = tokens.reshape(-1, 1).long()
-    out = []
+    ids = tokens.reshape(-1).long()
+    if flat.shape[0] == 0:
+        return logits.new_zeros(tokens.shape)
+    if fused is None:
+        fused = flat.numel() > FUSED_MIN_ELEMENTS
+    if not fused:   # small: memory is no concern, skip the Python chunk loop
+        z = flat / temperature if temperature != 1.0 else flat
+        return torch.log_softmax(z, dim=-1).gather(-1, ids[:, None]).squeeze(-1).reshape(tokens.shape)
+    return _SampledLogprobs.apply(flat, ids, float(temperature), int(chunk_size)).reshape(tokens.shape)
+
+
+def _chunk_lse(flat: Tensor, temperature: float, chunk_size: int) -> Tensor:
+    """logsumexp(z / T) per row of [N, V], ``chunk_size`` rows at a time."""
+    out = flat.new_empty(flat.shape[0])
     for s in range(0, flat.shape[0], chunk_size):
         z = flat[s : s + chunk_size]
-        if temperature != 1.0:
-            z = z / temperature
-        out.append(z.gather(-1, ids[s : s + chunk_size]).squeeze(-1) - torch.logsumexp(z, dim=-1))
-    return torch.cat(out).reshape(tokens.shape) if out else logits.new_zeros(tokens.shape)
+        out[s : s + chunk_size] = torch.logsumexp(z / temperature if temperature != 1.0 else z, dim=-1)
+    return out
+
+
+class _SampledLogprobs(torch.autograd.Function):
+    """out[n] = z[n, y_n] / T - logsumexp(z[n] / T), fused.
+
+    Saves only the logits (no copy), the ids and the N log-sum-exps; the backward builds
+    d out / d z = (onehot(y) - softmax(z / T)) / T chunk by chunk straight into the gradient, so
+    no full-vocabulary log_softmax (forward) or softmax (backward) of the whole batch is held.
+    """
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, ids: Tensor, temperature: float, chunk_size: int) -> Tensor:
+        lse = _chunk_lse(flat, temperature, chunk_size)
+        picked = flat.gather(-1, ids[:, None]).squeeze(-1)
+        ctx.save_for_backward(flat, ids, lse)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return picked / temperature - lse
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        flat, ids, lse = ctx.saved_tensors
+        T, chunk = ctx.temperature, ctx.chunk_size
+        grad = torch.empty_like(flat)
+        for s in range(0, flat.shape[0], chunk):
+            e = slice(s, s + chunk)
+            g = grad[e]
+            torch.sub(flat[e] / T if T != 1.0 else flat[e], lse[e, None], out=g)
+            g.exp_().mul_(-grad_out[e, None] / T)                      # -softmax * g / T
+            g.scatter_add_(-1, ids[e, None], (grad_out[e] / T)[:, None])  # + onehot * g / T
+        return grad, None, None, None
 
 
 def load_model(path: str | Path, dtype: torch.dtype = torch.float32):
