@@ -134,6 +134,8 @@ def train(cfg: LoopConfig, student_dir: str | Path = toy.STUDENT_DIR, teacher_di
         if isinstance(engine, VLLMEngine):
             engine.load_weights((k, v.detach().clone()) for k, v in student.state_dict().items())
 
+    sync()   # a reused engine may hold another run's weights: start from the student on disk
+
     for step in range(cfg.steps + 1):
         ev = {}
         if step % cfg.eval_every == 0 or step == cfg.steps:
