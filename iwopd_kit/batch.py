@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 import torch
 
 SERIES: tuple[str, ...] = ("rollout_logprobs", "student_logprobs", "teacher_logprobs")
@@ -150,6 +151,9 @@ class Batch:
     scoring: dict[str, float] = field(default_factory=dict)
     meta: list[dict[str, Any]] | None = None
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # padded tensors built from the ragged lists, kept per (what, dtype); a Batch is immutable
+    # (every change goes through ``replace`` / ``with_series``, which start an empty cache)
+    _cache: dict[tuple, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt_ids, (list, tuple)) or not isinstance(self.completion_ids, (list, tuple)):
@@ -225,33 +229,56 @@ class Batch:
         return max(self.lengths)
 
     # -- padded tensors --------------------------------------------------------------------
-    def tokens(self, pad_id: int = 0) -> torch.Tensor:
-        """Completion ids, LongTensor [B, L], right-padded with ``pad_id``."""
-        out = torch.full((self.size, self.width), pad_id, dtype=torch.long)
-        for b, c in enumerate(self.completion_ids):
-            out[b, : len(c)] = torch.tensor(c, dtype=torch.long)
+    def _cached(self, key: tuple, build) -> torch.Tensor:
+        """A clone of the cached tensor for ``key`` (built once by ``build()``); callers may mutate it."""
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = build()
+            self._cache[key] = hit
+        return hit.clone()
+
+    def _padded(self, rows: Sequence[Sequence[Any]], fill: Any, dtype: torch.dtype) -> torch.Tensor:
+        """Right-pad ragged rows into a [B, L] tensor with one conversion (no per-row tensor).
+
+        For float dtypes ``None`` becomes NaN (numpy's float conversion does that).
+        """
+        flat: list[Any] = []
+        for r in rows:
+            flat.extend(r)
+        out = torch.full((self.size, self.width), fill, dtype=dtype)
+        if flat:
+            np_dtype = {torch.float32: np.float32, torch.float64: np.float64, torch.long: np.int64,
+                        torch.bool: np.bool_}.get(dtype)
+            values = (torch.from_numpy(np.array(flat, dtype=np_dtype)) if np_dtype is not None
+                      else torch.tensor([float("nan") if v is None else v for v in flat], dtype=dtype))
+            out[self._cached(("padding_mask",), self._build_padding_mask)] = values.to(dtype)
         return out
 
-    def padding_mask(self) -> torch.Tensor:
-        """BoolTensor [B, L]: True for real completion tokens (j < L_b)."""
+    def tokens(self, pad_id: int = 0) -> torch.Tensor:
+        """Completion ids, LongTensor [B, L], right-padded with ``pad_id``."""
+        return self._cached(("tokens", pad_id), lambda: self._padded(self.completion_ids, pad_id, torch.long))
+
+    def _build_padding_mask(self) -> torch.Tensor:
         lengths = torch.tensor(self.lengths)
         return torch.arange(self.width)[None, :] < lengths[:, None]
 
+    def padding_mask(self) -> torch.Tensor:
+        """BoolTensor [B, L]: True for real completion tokens (j < L_b)."""
+        return self._cached(("padding_mask",), self._build_padding_mask)
+
     def valid(self) -> torch.Tensor:
         """BoolTensor [B, L]: real completion tokens that count (padding mask AND ``mask``)."""
-        out = self.padding_mask()
-        if self.mask is not None:
-            for b, m in enumerate(self.mask):
-                out[b, : len(m)] &= torch.tensor(m, dtype=torch.bool)
-        return out
+        def build() -> torch.Tensor:
+            out = self.padding_mask()
+            if self.mask is not None:
+                out &= self._padded(self.mask, False, torch.bool)
+            return out
+        return self._cached(("valid",), build)
 
     def series(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """FloatTensor [B, L] of a per-token series; NaN where missing and at padding."""
         rows = self._series_rows(name)
-        out = torch.full((self.size, self.width), float("nan"), dtype=dtype)
-        for b, r in enumerate(rows):
-            out[b, : len(r)] = torch.tensor([float("nan") if v is None else v for v in r], dtype=dtype)
-        return out
+        return self._cached(("series", name, dtype), lambda: self._padded(rows, float("nan"), dtype))
 
     def has(self, name: str) -> bool:
         return getattr(self, name) is not None

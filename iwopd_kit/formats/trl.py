@@ -12,6 +12,7 @@ column of row b whose label is not -100; those columns must be contiguous.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,6 +77,19 @@ def from_trl_batch(inputs: dict[str, Any], series_keys: dict[str, str] | None = 
             series[name].append([None if v != v else float(v) for v in x[b, start:stop].tolist()])
     return Batch(prompt_ids=prompts, completion_ids=comps, mask=masks or None,
                  **{name: rows for name, rows in series.items()})
+
+
+def load_trl_dump(path: str | Path) -> Batch:
+    """Read a ``torch.save``d dict of a TRL trainer's inputs into a :class:`Batch`.
+
+    The dict holds ``input_ids``, ``attention_mask``, ``labels`` ([B, T] each), full-width
+    ``rollout_logprobs`` [B, T] and optionally ``student_logprobs`` / ``teacher_logprobs`` /
+    ``completion_mask`` ([B, T], the layout of :func:`from_trl_batch`). Errors name the file and the
+    key (or row and column); a truncated file says so.
+    """
+    from .load import from_torch_dict, read_torch_dict
+
+    return from_torch_dict(read_torch_dict(path), "trl", str(path))
 
 
 def to_trl_batch(batch: Batch, pad_id: int = 0, padding_side: str = "left") -> dict[str, Tensor]:

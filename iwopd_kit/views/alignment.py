@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..alignment import AlignmentReport, Tolerances, lag_scan
+from ..alignment import KINDS, AlignmentReport, Tolerances, lag_scan
 from ..batch import Batch
 from .report import html_table, text_table
 from .tokens import token_strip
@@ -64,6 +64,27 @@ class AlignmentView:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+
+def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[str], list[list]]:
+    """A rows x classes table of finding counts: ``(header, rows)`` for ``text_table`` / ``html_table``.
+
+    One line per input row with findings (``batch`` for batch-level ones), a column per class that
+    has findings, and a last ``all`` line with the totals; at most ``max_rows`` row lines (the
+    rest are summed into one ``... N more rows`` line).
+    """
+    kinds = [k for k in KINDS if any(f.kind == k for f in report.findings)]
+    col = {k: i for i, k in enumerate(kinds)}
+    per: dict[int | None, list[int]] = {}
+    for f in report.findings:
+        per.setdefault(f.row, [0] * len(kinds))[col[f.kind]] += 1
+    keys = sorted(per, key=lambda r: -1 if r is None else r)
+    lines = [["batch" if r is None else r, *per[r]] for r in keys[:max_rows]]
+    if len(keys) > max_rows:
+        rest = [sum(per[r][i] for r in keys[max_rows:]) for i in range(len(kinds))]
+        lines.append([f"... {len(keys) - max_rows} more rows", *rest])
+    lines.append(["all", *[sum(per[r][i] for r in keys) for i in range(len(kinds))]])
+    return ["row", *kinds], lines
 
 
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
