@@ -7,7 +7,14 @@ the row; right-padded; ``mask`` bool [B, L]).
 
 from .alignment import AlignmentReport, Finding, Tolerances, check_alignment, lag_scan
 from .batch import Batch, BatchError, SamplingSettings, read_jsonl, write_jsonl
-from .formats import from_openai_completions, from_request_outputs, from_trl_batch, to_trl_batch
+from .formats import (
+    from_openai_completions,
+    from_request_outputs,
+    from_trl_batch,
+    from_verl_batch,
+    load_any,
+    to_trl_batch,
+)
 from .objective import (
     ObjectiveResult,
     advantage,
@@ -29,7 +36,7 @@ __all__ = [
     "AlignmentReport", "Batch", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
     "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
-    "from_trl_batch", "iw_opd_loss", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "opd_loss",
+    "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "opd_loss",
     "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
     "to_trl_batch", "write_jsonl",
 ]
