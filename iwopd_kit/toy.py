@@ -1,0 +1,124 @@
+"""The toy task: chained addition with running sums.
+
+A prompt lists ``n`` single digits (``3 <= n <= 6``) joined by ``+`` and ends in
+``=``; the completion spells out every partial sum, one step per comma::
+
+    prompt      7+5+9+2=
+    completion  7+5=12,12+9=21,21+2=23
+
+after which the model emits EOS.
+
+Why this task has the shape that on-policy distillation is about: each step
+copies the previous running sum and adds the next digit, so the completion is a
+chain of dependent decisions. A student that writes one wrong running sum early
+(``7+5=13``) must carry that wrong number into every later step
+(``13+9=22,22+2=24``) — a single early mistake derails every token after it,
+and the final answer is wrong even though each later step is locally correct
+arithmetic. Teacher-forced training never shows the student such self-made
+prefixes; sampling from the student (on-policy) does, which is exactly the
+distribution shift that on-policy distillation corrects.
+
+Everything here is pure Python (stdlib only) so that any part of the toolkit,
+the training scripts and the tests can use it without heavy imports.
+
+Paths: the package is installed in editable mode, so ``__file__`` lives in the
+repository checkout and ``REPO_ROOT`` (the parent of the ``iwopd_kit``
+package directory) points at the repository, where ``data/`` holds the shipped
+prompts and the two tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+#: Repository root; valid because the package is installed editable (or run
+#: from the checkout), so this file sits in ``<repo>/iwopd_kit/``.
+REPO_ROOT: Path = Path(__file__).resolve().parents[1]
+DATA_DIR: Path = REPO_ROOT / "data"
+TEACHER_DIR: Path = DATA_DIR / "models" / "teacher"
+STUDENT_DIR: Path = DATA_DIR / "models" / "student"
+TRAIN_PROMPTS: Path = DATA_DIR / "prompts" / "train.jsonl"
+EVAL_PROMPTS: Path = DATA_DIR / "prompts" / "eval.jsonl"
+
+#: Token vocabulary: one token per character plus three special tokens.
+VOCAB: list[str] = ["<pad>", "<s>", "</s>", *"0123456789", "+", "=", ","]
+PAD_ID: int = 0
+BOS_ID: int = 1
+EOS_ID: int = 2
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = VOCAB[PAD_ID], VOCAB[BOS_ID], VOCAB[EOS_ID]
+
+MIN_TERMS: int = 3
+MAX_TERMS: int = 6
+
+_PROMPT_RE = re.compile(r"^\d(?:\+\d){%d,%d}=$" % (MIN_TERMS - 1, MAX_TERMS - 1))
+
+
+def make_prompt(rng: random.Random) -> str:
+    """Draw one prompt ``a1+...+an=`` with ``n`` in 3..6 and digits 0-9."""
+    n = rng.randint(MIN_TERMS, MAX_TERMS)
+    digits = [str(rng.randint(0, 9)) for _ in range(n)]
+    return "+".join(digits) + "="
+
+
+def parse_prompt(prompt: str) -> list[int]:
+    """Return the digits of a prompt; raise ``ValueError`` if it is malformed."""
+    if not _PROMPT_RE.match(prompt):
+        raise ValueError(f"not a toy prompt: {prompt!r}")
+    return [int(d) for d in prompt[:-1].split("+")]
+
+
+def solve(prompt: str) -> str:
+    """Return the correct completion text (without EOS) for ``prompt``.
+
+    >>> solve("7+5+9+2=")
+    '7+5=12,12+9=21,21+2=23'
+    """
+    digits = parse_prompt(prompt)
+    steps = []
+    total = digits[0]
+    for d in digits[1:]:
+        steps.append(f"{total}+{d}={total + d}")
+        total += d
+    return ",".join(steps)
+
+
+def strip_eos(text: str) -> str:
+    """Remove a trailing EOS marker (and anything after it) from ``text``."""
+    return text.split(EOS_TOKEN, 1)[0]
+
+
+def final_answer(text: str) -> int | None:
+    """Return the last running sum of a completion, or ``None`` if there is none.
+
+    >>> final_answer("7+5=12,12+9=21,21+2=23")
+    23
+    >>> final_answer("7+5=12,12+9=") is None
+    True
+    """
+    last_step = strip_eos(text).strip().split(",")[-1]
+    match = re.fullmatch(r"\d+\+\d+=(\d+)", last_step)
+    return int(match.group(1)) if match else None
+
+
+def is_correct(prompt: str, completion_text: str) -> bool:
+    """Exact match of the full completion (EOS stripped) against ``solve``."""
+    return strip_eos(completion_text).strip() == solve(prompt)
+
+
+def make_prompts(n: int, seed: int) -> list[str]:
+    """Draw ``n`` prompts deterministically from ``seed`` (duplicates allowed)."""
+    rng = random.Random(seed)
+    return [make_prompt(rng) for _ in range(n)]
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Read the ``prompt`` field of each JSONL line ``{"prompt", "answer"}``."""
+    prompts = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                prompts.append(json.loads(line)["prompt"])
+    return prompts

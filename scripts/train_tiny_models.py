@@ -1,0 +1,457 @@
+"""Build the toy data and train the two tiny Llama models that ship in ``data/``.
+
+Run from the repository root::
+
+    python scripts/train_tiny_models.py --seed 0
+
+It writes
+
+* ``data/prompts/train.jsonl`` and ``data/prompts/eval.jsonl`` (disjoint
+  prompt sets, each line ``{"prompt": ..., "answer": <full completion>}``);
+* ``data/models/teacher/`` and ``data/models/student/`` (Llama config,
+  float32 ``model.safetensors``, tokenizer files, generation config);
+* ``data/models/training_report.json`` (seed, steps, sizes, timings,
+  accuracies) and ``data/models/README.md`` rendered from it.
+
+Both models are trained with plain cross-entropy (teacher forcing on
+``<s> prompt completion </s>``, loss on completion and EOS only; Adam, linear
+warm-up then cosine decay, batch 64). The teacher
+is trained until it solves the task almost perfectly. The student is a much
+smaller model evaluated every few steps; the checkpoint kept is the one whose
+held-out accuracy is closest to a *mediocre* target (about 55% greedy, 20%
+sampled at T=1), so that distillation has something to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from iwopd_kit import toy  # noqa: E402
+
+MAX_NEW_TOKENS = 48
+MAX_LEN = 64
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Size of one tiny Llama (head_dim is fixed to 32)."""
+
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+
+
+@dataclass(frozen=True)
+class Band:
+    """Accuracy window the student checkpoint must land in, and its centre."""
+
+    greedy_lo: float = 0.40
+    greedy_hi: float = 0.70
+    sampled_lo: float = 0.10
+    sampled_hi: float = 0.30
+    greedy_target: float = 0.55
+    sampled_target: float = 0.20
+
+    def contains(self, greedy: float, sampled: float) -> bool:
+        """Whether both accuracies lie inside the window."""
+        return (self.greedy_lo <= greedy <= self.greedy_hi
+                and self.sampled_lo <= sampled <= self.sampled_hi)
+
+    def distance(self, greedy: float, sampled: float) -> float:
+        """Distance to the centre, each axis scaled by its window width."""
+        dg = (greedy - self.greedy_target) / (self.greedy_hi - self.greedy_lo)
+        ds = (sampled - self.sampled_target) / (self.sampled_hi - self.sampled_lo)
+        return math.hypot(dg, ds)
+
+
+TEACHER = ModelSpec(hidden=128, layers=4, heads=4, intermediate=384)
+STUDENT = ModelSpec(hidden=64, layers=3, heads=2, intermediate=256)
+
+
+# --------------------------------------------------------------------------- #
+# Tokenizer
+# --------------------------------------------------------------------------- #
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per character over ``toy.VOCAB``; ``<s>`` is prepended."""
+    vocab = {token: i for i, token in enumerate(toy.VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens([toy.PAD_TOKEN, toy.BOS_TOKEN, toy.EOS_TOKEN])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{toy.BOS_TOKEN} $A", special_tokens=[(toy.BOS_TOKEN, toy.BOS_ID)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=toy.BOS_TOKEN,
+        eos_token=toy.EOS_TOKEN,
+        pad_token=toy.PAD_TOKEN,
+        model_max_length=MAX_LEN,
+    )
+
+
+def check_tokenizer(tok: PreTrainedTokenizerFast) -> None:
+    """Assert the ids are the VOCAB indices and that text round-trips."""
+    assert tok("7+5=")["input_ids"] == [1, 10, 13, 8, 14]
+    assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id] == [0, 1, 2]
+    for prompt in toy.make_prompts(50, seed=123):
+        text = prompt + toy.solve(prompt)
+        ids = tok(text)["input_ids"]
+        assert ids == [toy.BOS_ID] + [toy.VOCAB.index(c) for c in text]
+        assert tok.decode(ids, skip_special_tokens=True) == text
+        assert tok.decode(ids + [toy.EOS_ID]) == toy.BOS_TOKEN + text + toy.EOS_TOKEN
+
+
+# --------------------------------------------------------------------------- #
+# Data
+# --------------------------------------------------------------------------- #
+def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
+    """Draw unique prompts; the first ``n_eval`` are held out for evaluation."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    ordered: list[str] = []
+    while len(ordered) < n_eval + n_train:
+        prompt = toy.make_prompt(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            ordered.append(prompt)
+    return ordered[n_eval:], ordered[:n_eval]
+
+
+def write_jsonl(path: Path, prompts: list[str]) -> None:
+    """Write ``{"prompt", "answer"}`` lines; ``answer`` is the full completion."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for prompt in prompts:
+            handle.write(json.dumps({"prompt": prompt, "answer": toy.solve(prompt)}) + "\n")
+
+
+def encode_example(tok: PreTrainedTokenizerFast, prompt: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``<s> prompt completion </s>`` and labels masking the prompt."""
+    prompt_ids = tok(prompt)["input_ids"]
+    completion_ids = tok(toy.solve(prompt), add_special_tokens=False)["input_ids"] + [toy.EOS_ID]
+    ids = prompt_ids + completion_ids
+    labels = [-100] * len(prompt_ids) + completion_ids
+    return ids, labels
+
+
+def collate(examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    """Right-pad a batch (positions then start at 0 for every row)."""
+    width = max(len(ids) for ids, _ in examples)
+    ids = [e[0] + [toy.PAD_ID] * (width - len(e[0])) for e in examples]
+    labels = [e[1] + [-100] * (width - len(e[1])) for e in examples]
+    mask = [[1] * len(e[0]) + [0] * (width - len(e[0])) for e in examples]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+            "attention_mask": torch.tensor(mask)}
+
+
+def batch_stream(examples: list, batch_size: int, seed: int):
+    """Yield batches forever, reshuffling the examples every epoch."""
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([examples[i] for i in order[start:start + batch_size]])
+
+
+# --------------------------------------------------------------------------- #
+# Model, training, evaluation
+# --------------------------------------------------------------------------- #
+def make_model(spec: ModelSpec) -> LlamaForCausalLM:
+    """A float32 Llama with untied embeddings and head_dim 32."""
+    config = LlamaConfig(
+        vocab_size=len(toy.VOCAB),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.heads,
+        head_dim=32,
+        max_position_embeddings=MAX_LEN,
+        tie_word_embeddings=False,
+        bos_token_id=toy.BOS_ID,
+        eos_token_id=toy.EOS_ID,
+        pad_token_id=toy.PAD_ID,
+        dtype="float32",
+    )
+    assert spec.hidden == spec.heads * 32
+    return LlamaForCausalLM(config).float()
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``base_lr`` at ``total``."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def train_steps(model, batches, optimizer, first: int, last: int, base_lr: float,
+                warmup: int, total: int) -> float:
+    """Run CE steps ``first..last-1``; return the mean loss of those steps."""
+    model.train()
+    total = 0.0
+    for step in range(first, last):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, base_lr, warmup, total)
+        loss = model(**next(batches)).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        total += loss.item()
+    return total / max(1, last - first)
+
+
+@torch.no_grad()
+def exact_match(model, tok, prompts: list[str], temperature: float, seed: int = 0,
+                batch_size: int = 256) -> float:
+    """Share of prompts whose generated completion is exactly right.
+
+    ``temperature == 0`` means greedy; otherwise plain sampling (top_p 1,
+    no top-k). Batches are left-padded with an attention mask. The global
+    torch RNG is forked so evaluation does not disturb training.
+    """
+    model.eval()
+    correct = 0
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left")
+            sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) \
+                if temperature > 0 else dict(do_sample=False)
+            out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=toy.EOS_ID,
+                                 pad_token_id=toy.PAD_ID, **sampling)
+            new = out[:, enc["input_ids"].shape[1]:]
+            for prompt, row in zip(chunk, new.tolist()):
+                text = completion_text(row)
+                correct += toy.is_correct(prompt, text)
+    return correct / len(prompts)
+
+
+def completion_text(token_ids: list[int]) -> str:
+    """Decode generated ids up to (not including) the first EOS."""
+    if toy.EOS_ID in token_ids:
+        token_ids = token_ids[:token_ids.index(toy.EOS_ID)]
+    return "".join(toy.VOCAB[i] for i in token_ids if i != toy.PAD_ID)
+
+
+def accuracies(model, tok, prompts: list[str], seed: int) -> dict[str, float]:
+    """Greedy and T=1 exact match on ``prompts``."""
+    return {"greedy": exact_match(model, tok, prompts, 0.0),
+            "sampled_t1": exact_match(model, tok, prompts, 1.0, seed=seed)}
+
+
+def n_params(model) -> int:
+    """Number of parameters (embeddings and LM head included)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def train_teacher(tok, examples, eval_prompts, args) -> tuple[LlamaForCausalLM, dict]:
+    """Train the teacher for ``args.teacher_steps`` CE steps."""
+    torch.manual_seed(args.seed)
+    model = make_model(TEACHER)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.teacher_lr, betas=(0.9, 0.98))
+    batches = batch_stream(examples, args.batch_size, args.seed)
+    for first in range(0, args.teacher_steps, 50):
+        last = min(first + 50, args.teacher_steps)
+        loss = train_steps(model, batches, optimizer, first, last, args.teacher_lr, args.warmup,
+                           args.teacher_steps)
+        print(f"teacher step {last:4d} loss {loss:.4f}", flush=True)
+    acc = accuracies(model, tok, eval_prompts, args.seed)
+    print(f"teacher final: {acc}", flush=True)
+    return model, {"steps": args.teacher_steps, **acc}
+
+
+def train_student(tok, examples, eval_prompts, args, band: Band) -> tuple[LlamaForCausalLM, dict]:
+    """Train the student, evaluating every ``args.eval_every`` steps.
+
+    Keeps the checkpoint inside ``band`` that is closest to its centre (or
+    the closest overall if none is inside). Training stops once accuracy has
+    clearly moved past the band.
+    """
+    torch.manual_seed(args.seed + 1)
+    model = make_model(STUDENT)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.student_lr, betas=(0.9, 0.98))
+    batches = batch_stream(examples, args.batch_size, args.seed + 1)
+    best: tuple[float, dict, dict] | None = None
+    history = []
+    for first in range(0, args.student_steps, args.eval_every):
+        last = min(first + args.eval_every, args.student_steps)
+        loss = train_steps(model, batches, optimizer, first, last, args.student_lr, args.warmup,
+                           args.student_steps)
+        acc = accuracies(model, tok, eval_prompts, args.seed)
+        inside = band.contains(acc["greedy"], acc["sampled_t1"])
+        score = band.distance(acc["greedy"], acc["sampled_t1"]) + (0.0 if inside else 10.0)
+        history.append({"step": last, "loss": round(loss, 4), **acc})
+        print(f"student step {last:4d} loss {loss:.4f} greedy {acc['greedy']:.3f} "
+              f"t1 {acc['sampled_t1']:.3f}{'  in band' if inside else ''}", flush=True)
+        if best is None or score < best[0]:
+            best = (score, copy.deepcopy(model.state_dict()), {"steps": last, **acc})
+        if acc["greedy"] > band.greedy_hi + 0.1 and acc["sampled_t1"] > band.sampled_hi:
+            break
+    assert best is not None
+    model.load_state_dict(best[1])
+    return model, {**best[2], "history": history}
+
+
+def save_model(model, tok, out_dir: Path) -> None:
+    """Save config, float32 safetensors, tokenizer and generation config."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(
+        bos_token_id=toy.BOS_ID, eos_token_id=toy.EOS_ID, pad_token_id=toy.PAD_ID,
+        max_new_tokens=MAX_NEW_TOKENS,
+    )
+    model.to(torch.float32).save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+
+
+def dir_size(path: Path) -> int:
+    """Total bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def write_readme(report: dict, path: Path) -> None:
+    """Render ``data/models/README.md`` from the training report."""
+    rows = []
+    for name in ("teacher", "student"):
+        info = report.get(name)
+        if not info:
+            continue
+        spec = info["spec"]
+        rows.append(
+            f"| {name} | {spec['hidden']} | {spec['layers']} | {spec['heads']} "
+            f"| {spec['intermediate']} | {info['params']:,} | {info['steps']} "
+            f"| {info['greedy']:.1%} | {info['sampled_t1']:.1%} |"
+        )
+    text = f"""# Tiny toy-task models
+
+Two float32 Llama models (head_dim 32, untied embeddings, 16-token
+character vocabulary) for the chained-addition toy task in `iwopd_kit/toy.py`.
+Both were trained with plain cross-entropy on `data/prompts/train.jsonl`
+(teacher forcing, loss on completion + EOS). The student checkpoint was picked,
+among evaluations every 25 steps on the first 256 eval prompts, as the one
+closest to 55% greedy / 20% T=1
+exact match: a deliberately mediocre starting point for distillation.
+
+Regenerate (deterministic for a given seed and thread count):
+
+    python scripts/train_tiny_models.py --seed {report['seed']}
+    python scripts/eval_tiny_models.py --check-logprobs   # vLLM accuracies
+
+Exact match on the {report['n_eval']} held-out prompts of `data/prompts/eval.jsonl`
+(transformers `generate`; T=1 means temperature 1, top_p 1):
+
+| model | hidden | layers | heads | intermediate | params | CE steps | greedy | T=1 |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
+
+Seed {report['seed']}, batch size {report['batch_size']}, {report['n_train']} training prompts,
+total training wall time {report['wall_s']:.0f} s on 2 CPU threads,
+{report['size_bytes'] / 1e6:.1f} MB for both model directories.
+Full numbers, including the student's evaluation history:
+`training_report.json`.
+"""
+    path.write_text(text)
+
+
+# --------------------------------------------------------------------------- #
+# Main
+# --------------------------------------------------------------------------- #
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-train", type=int, default=20000)
+    parser.add_argument("--n-eval", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--teacher-steps", type=int, default=2000)
+    parser.add_argument("--teacher-lr", type=float, default=1.5e-3)
+    parser.add_argument("--student-steps", type=int, default=1000)
+    parser.add_argument("--student-lr", type=float, default=5e-3)
+    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--n-select", type=int, default=256,
+                        help="eval prompts used to pick the student checkpoint")
+    parser.add_argument("--readme-only", action="store_true",
+                        help="only re-render data/models/README.md from training_report.json")
+    parser.add_argument("--only", choices=["teacher", "student"], default=None,
+                        help="train just one model (the other dir is left as is)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    report_path = toy.DATA_DIR / "models" / "training_report.json"
+    if args.readme_only:
+        write_readme(json.loads(report_path.read_text()), report_path.with_name("README.md"))
+        return
+    start = time.time()
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    random.seed(args.seed)
+
+    tok = build_tokenizer()
+    check_tokenizer(tok)
+    train_prompts, eval_prompts = split_prompts(args.n_train, args.n_eval, args.seed)
+    assert not set(train_prompts) & set(eval_prompts)
+    write_jsonl(toy.TRAIN_PROMPTS, train_prompts)
+    write_jsonl(toy.EVAL_PROMPTS, eval_prompts)
+    examples = [encode_example(tok, p) for p in train_prompts]
+    assert max(len(ids) for ids, _ in examples) <= MAX_LEN
+
+    report = json.loads(report_path.read_text()) if report_path.exists() and args.only else {}
+    report.update({"seed": args.seed, "n_train": len(train_prompts), "n_eval": len(eval_prompts),
+                   "batch_size": args.batch_size, "torch": torch.__version__})
+
+    if args.only in (None, "teacher"):
+        t0 = time.time()
+        teacher, t_info = train_teacher(tok, examples, eval_prompts, args)
+        save_model(teacher, tok, toy.TEACHER_DIR)
+        report["teacher"] = {"spec": asdict(TEACHER), "params": n_params(teacher),
+                             "lr": args.teacher_lr, "wall_s": round(time.time() - t0, 1),
+                             "eval_prompts": len(eval_prompts), **t_info}
+    if args.only in (None, "student"):
+        t0 = time.time()
+        select = eval_prompts[:args.n_select]
+        student, s_info = train_student(tok, examples, select, args, Band())
+        history = s_info.pop("history")
+        final = accuracies(student, tok, eval_prompts, args.seed)
+        save_model(student, tok, toy.STUDENT_DIR)
+        report["student"] = {"spec": asdict(STUDENT), "params": n_params(student),
+                             "lr": args.student_lr, "wall_s": round(time.time() - t0, 1),
+                             "steps": s_info["steps"], "selected_on_prompts": len(select),
+                             "selected_checkpoint": s_info,
+                             "eval_prompts": len(eval_prompts), **final,
+                             "history": history}
+        print(f"student final ({len(eval_prompts)} prompts): {final}", flush=True)
+
+    report["size_bytes"] = sum(dir_size(d) for d in (toy.TEACHER_DIR, toy.STUDENT_DIR) if d.exists())
+    report["wall_s"] = round(time.time() - start, 1)
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_readme(report, report_path.with_name("README.md"))
+    summary = {k: v for k, v in report.items()}
+    for name in ("teacher", "student"):
+        if name in summary:
+            summary[name] = {k: v for k, v in summary[name].items() if k != "history"}
+    print(json.dumps(summary, indent=2))
+    print(f"total wall time: {time.time() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
