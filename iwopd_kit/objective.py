@@ -94,8 +94,11 @@ def prefix_weights(
         raise ValueError(f"eps must be > 0, got {eps!r}")
     a = advantages.detach()
     a = torch.where(mask, a if signed else a.abs(), torch.zeros_like(a))
-    total = a.sum(dim=-1, keepdim=True)
-    before = torch.cumsum(a, dim=-1) - a
+    csum = torch.cumsum(a, dim=-1)
+    # exclusive prefix sum by shifting (not csum - a, whose rounding can make w rise by an ulp);
+    # S is the last prefix sum, so S_<j <= S holds exactly and w stays in [1, 1 + gamma]
+    before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)
+    total = csum[..., -1:]
     w = 1.0 + gamma * (1.0 - before / total.clamp_min(eps))
     if signed:
         w = w.clamp(1.0, 1.0 + gamma)

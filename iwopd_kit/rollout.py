@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -44,20 +45,30 @@ def quiet_output(log_path: str | Path | None = None):
 
     Engine start-up prints timestamped logs and warnings from C++; in a notebook they would land
     in the cell output. The log is kept at ``log_path`` (default: a file in the temp dir).
+    Python logging handlers created earlier hold the old stream object (in a Jupyter kernel, not
+    fd 2), so those writing to stdout/stderr are pointed at the log for the duration too.
     """
     path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / "iwopd_kit_vllm.log"
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     saved = [os.dup(1), os.dup(2)]
+    std = {id(s) for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)}
+    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                       if isinstance(lg, logging.Logger)]
+    handlers = {h for lg in loggers for h in lg.handlers  # (lastResort reads sys.stderr itself)
+                if type(h) is logging.StreamHandler and id(h.stream) in std}
     with open(path, "a") as log, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
+        streams = {h: h.setStream(log) for h in handlers}
         try:
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 yield path
         finally:
+            for h, s in streams.items():
+                h.setStream(s)
             log.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
@@ -133,7 +144,8 @@ class VLLMEngine:
 
             self.llm = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
                            max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-                           logprobs_mode=logprobs_mode)
+                           logprobs_mode=logprobs_mode,
+                           use_tqdm_on_load=not quiet)   # in Jupyter tqdm.auto is a widget, not a stream
 
     def _maybe_quiet(self):
         return quiet_output() if self.quiet else contextlib.nullcontext()
