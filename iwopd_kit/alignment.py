@@ -183,6 +183,52 @@ def lag_scan(rollout: Tensor, student: Tensor, valid: Tensor, max_lag: int = 4) 
     return lags, err
 
 
+def row_lag_error(rollout: Tensor, student: Tensor, valid: Tensor, lags: Tensor) -> Tensor:
+    """Mean |rollout[j + k_b] - student[j]| per row for a per-row lag ``lags`` [B] (vectorised gather).
+
+    Used for the lags suggested by prompt-length differences, which can exceed the scan window.
+    Returns err [B] (NaN where a row has no overlapping values).
+    """
+    B, L = rollout.shape
+    j = torch.arange(L)[None, :]
+    idx = j + lags[:, None]
+    inside = (idx >= 0) & (idx < L)
+    r = torch.where(valid, rollout, torch.full_like(rollout, float("nan")))
+    s = torch.where(valid, student, torch.full_like(student, float("nan")))
+    shifted = r.gather(1, idx.clamp(0, L - 1)).masked_fill(~inside, float("nan"))
+    return _nanmean_rows((shifted - s).abs())
+
+
+def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
+    """Candidate lags [B, 4] per row from prompt lengths: +-(p_b - p_min) and +-(p_max - p_b).
+
+    A layout bug that slices every row at the batch's shortest (or longest) prompt shifts row b by
+    exactly that many tokens (TRL's review bug 1), however long the prompts are.
+    """
+    p = torch.tensor(prompt_lengths)
+    d_min, d_max = p - p.min(), p.max() - p
+    return torch.stack([-d_min, d_min, -d_max, d_max], dim=1)
+
+
+def best_lags(batch: Batch, max_lag: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the lag k != 0 that best matches rollout to student log-probs.
+
+    Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags. Returns
+    ``(best_k [B] long, err_at_0 [B], err_at_best [B])`` (mean |gap|; NaN / inf where undefined).
+    """
+    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+    valid_pairs = batch.padding_mask() & ~r.isnan() & ~s.isnan()
+    lags, err = lag_scan(r, s, valid_pairs, max_lag)
+    e0 = err[:, int((lags == 0).nonzero())]
+    extra = prompt_length_lags(batch.prompt_lengths)                                  # [B, 4]
+    extra_err = torch.stack([row_lag_error(r, s, valid_pairs, extra[:, i]) for i in range(extra.shape[1])], 1)
+    all_lags = torch.cat([lags[None, :].expand(batch.size, -1), extra], dim=1)         # [B, 2K+1+4]
+    e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill(all_lags == 0, float("inf")),
+                             nan=float("inf"))
+    best = e_all.argmin(dim=1)
+    return all_lags.gather(1, best[:, None]).squeeze(1), e0, e_all.gather(1, best[:, None]).squeeze(1)
+
+
 def _row_mask(n: int, rows: frozenset[int] | set[int]) -> Tensor:
     """BoolTensor [n]: True at the given rows."""
     m = torch.zeros(n, dtype=torch.bool)
@@ -236,28 +282,24 @@ def _meta_values(batch: Batch, key: str) -> list[Any] | None:
 def detect_offset(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> list[Finding]:
     """Class A: per row, the lag k that best matches rollout to student log-probs; healthy rows have k = 0.
 
+    Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its prompt length
+    suggests (``prompt_length_lags``), which catch slicing bugs of any size.
+
     Vectorised over rows (one :func:`lag_scan`); Python work only for the rows it reports. Rows in
     ``exclude`` (already explained, e.g. re-ordered) are skipped.
     """
     if not _has_pair(batch):
         return []
-    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
     pad = batch.padding_mask()
+    r = batch.series("rollout_logprobs", torch.float64)
     has_value = pad & ~r.isnan() & (r != math.inf)
-    lags, err = lag_scan(r, s, pad & ~r.isnan() & ~s.isnan(), tol.max_lag)
-    k0 = int((lags == 0).nonzero())
-    e0 = err[:, k0]
+    best_k, e0, e_best = best_lags(batch, tol.max_lag)
     cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value.any(1) & ~e0.isnan()
             & (e0 > tol.same) & ~_row_mask(batch.size, exclude))
-    e_other = err.clone()
-    e_other[:, k0] = float("inf")
-    e_other = torch.nan_to_num(e_other, nan=float("inf"))
-    best = e_other.argmin(dim=1)
-    e_best = e_other.gather(1, best[:, None]).squeeze(1)
     flagged = cand & (e_best * tol.lag_gain <= e0)
     out = []
     for b in flagged.nonzero().flatten().tolist():
-        k = int(lags[best[b]])
+        k = int(best_k[b])
         out.append(Finding(
             "offset", b, 0, "error",
             f"rollout log-probs are shifted by {-k:+d} token(s): token j carries the log-prob of token j{-k:+d} "

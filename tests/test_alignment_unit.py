@@ -182,3 +182,23 @@ def test_check_alignment_on_batches_narrower_than_the_lag_window():
         assert report.ok and report.findings == []
         lags, err = K.lag_scan(b.series("rollout_logprobs"), b.series("student_logprobs"), b.valid(), max_lag=4)
         assert err.shape == (2, 9) and float(err[0, 4]) == 0.0
+
+
+def test_offset_larger_than_the_scan_window_is_found_from_prompt_lengths():
+    """TRL's bug 1 with prompts 9 tokens apart: the shift (9) exceeds max_lag (4)."""
+    import torch
+
+    import iwopd_kit as K
+    from iwopd_kit.formats.trl import trl_prefix_fix_slice
+
+    g = torch.Generator().manual_seed(3)
+    lengths = [20, 25, 18, 22]
+    prompts = [[1] * 3, [1] * 12, [1] * 3, [1] * 12]
+    vals = [(-torch.rand(n, generator=g) * 2).tolist() for n in lengths]
+    batch = K.Batch(prompt_ids=prompts, completion_ids=[[5] * n for n in lengths],
+                    rollout_logprobs=vals, student_logprobs=vals)
+    buggy = trl_prefix_fix_slice(K.to_trl_batch(batch), vals, pad_value=0.0)
+    report = K.check_alignment(batch.with_series("rollout_logprobs", buggy))
+    offsets = report.by_kind("offset")
+    assert sorted(f.row for f in offsets) == [1, 3]
+    assert all("shifted by +9" in f.message for f in offsets)

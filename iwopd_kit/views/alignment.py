@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..alignment import KINDS, AlignmentReport, Tolerances, lag_scan
+from ..alignment import KINDS, AlignmentReport, Tolerances, best_lags
 from ..batch import Batch
 from .report import html_table, text_table
 from .tokens import token_strip
@@ -92,15 +92,11 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
     """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3)."""
     lag_rows: list[tuple] = []
     if batch.has("rollout_logprobs") and batch.has("student_logprobs"):
-        r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
-        lags, err = lag_scan(r, s, batch.padding_mask() & ~r.isnan() & ~s.isnan(), tolerances.max_lag)
-        k0 = int((lags == 0).nonzero())
+        best_k, e0, e_best = best_lags(batch, tolerances.max_lag)
         for b in range(batch.size):
-            e = torch.nan_to_num(err[b], nan=float("inf"))
-            best = int(e.argmin()) if bool(torch.isfinite(e).any()) else k0
-            if float(e[k0]) <= float(e[best]) * 1.0000001:
-                best = k0
-            lag_rows.append((b, int(lags[best]), float(err[b, k0]), float(err[b, best])))
+            better = bool(torch.isfinite(e_best[b])) and float(e_best[b]) * tolerances.lag_gain <= float(e0[b])
+            lag_rows.append((b, int(best_k[b]) if better else 0, float(e0[b]),
+                             float(e_best[b]) if better else float(e0[b])))
     flagged = sorted({f.row for f in report.findings if f.row is not None})
     rows = rows if rows is not None else (flagged or list(range(min(3, batch.size))))
     if tokens is None:
