@@ -119,8 +119,14 @@ def _reject_unknown(engine: str, options: dict[str, Any], allowed: Sequence[str]
         raise TypeError(f"{engine}: unknown option(s) {sorted(options)}; allowed: {sorted(allowed)}")
 
 
+_LLMS: dict[tuple, Any] = {}
+"""In-process vLLM engines by settings. vLLM keeps process-global distributed state: tearing one
+``LLM`` down breaks every other one in the process. So engines with the same settings share one
+``LLM``, and none is destroyed before the process ends."""
+
+
 class VLLMEngine:
-    """vLLM's offline engine on a local model dir.
+    """vLLM's offline engine on a local model dir (one shared in-process ``LLM`` per settings).
 
     ``logprobs_mode`` is an engine setting in vLLM: ``raw_logprobs`` (log_softmax of the raw
     logits, whatever the temperature) or ``processed_logprobs`` (after temperature/top-p/top-k).
@@ -137,15 +143,17 @@ class VLLMEngine:
         if not (Path(model_dir) / "config.json").exists():
             raise FileNotFoundError(f"VLLMEngine: {model_dir} has no config.json; expected a local model directory")
         configure_vllm_env()
-        self.model_dir, self.logprobs_mode, self.quiet = str(model_dir), logprobs_mode, quiet
+        self.model_dir, self.logprobs_mode, self.quiet = str(Path(model_dir).resolve()), logprobs_mode, quiet
+        key = (self.model_dir, dtype, logprobs_mode, seed, max_model_len, enforce_eager, enable_prefix_caching)
         self._warm = False
-        with self._maybe_quiet():
-            from vllm import LLM
+        if key not in _LLMS:
+            with self._maybe_quiet():
+                from vllm import LLM
 
-            self.llm = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
-                           max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
-                           logprobs_mode=logprobs_mode,
-                           use_tqdm_on_load=not quiet)   # in Jupyter tqdm.auto is a widget, not a stream
+                _LLMS[key] = LLM(model=self.model_dir, dtype=dtype, enforce_eager=enforce_eager, seed=seed,
+                                 max_model_len=max_model_len, enable_prefix_caching=enable_prefix_caching,
+                                 logprobs_mode=logprobs_mode, use_tqdm_on_load=not quiet)
+        self.llm = _LLMS[key]
 
     def _maybe_quiet(self):
         return quiet_output() if self.quiet else contextlib.nullcontext()

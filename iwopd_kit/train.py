@@ -34,7 +34,7 @@ class LoopConfig:
     objective: str = "iw_opd"
     gamma: float = 0.5
     eps: float = 1e-8
-    lr: float = 1e-4
+    lr: float = 3e-5
     batch_size: int = 64
     steps: int = 20
     temperature: float = 1.0
@@ -122,20 +122,28 @@ def train(cfg: LoopConfig, student_dir: str | Path = toy.STUDENT_DIR, teacher_di
     student = load_model(student_dir).train()
     teacher = load_model(teacher_dir)
     if engine is None:
-        engine = VLLMEngine(student_dir, seed=cfg.seed) if cfg.engine == "vllm" else TransformersEngine(student)
+        engine = VLLMEngine(student_dir) if cfg.engine == "vllm" else TransformersEngine(student)
     if isinstance(engine, TransformersEngine):
         engine.model = student
     train_prompts = toy.load_prompts(toy.TRAIN_PROMPTS)
     eval_prompts = toy.load_prompts(toy.EVAL_PROMPTS)[: cfg.eval_prompts]
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    records: list[StepRecord] = []
 
     def sync() -> None:
         if isinstance(engine, VLLMEngine):
             engine.load_weights((k, v.detach().clone()) for k, v in student.state_dict().items())
 
-    sync()   # a reused engine may hold another run's weights: start from the student on disk
+    initial = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    sync()   # a shared engine may hold another run's weights: start from the student on disk
+    try:
+        return _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prompts, sync, on_step)
+    finally:
+        if cfg.sync and isinstance(engine, VLLMEngine):   # leave the shared engine as we found it
+            engine.load_weights(initial.items())
 
+
+def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prompts, sync, on_step) -> list[StepRecord]:
+    records: list[StepRecord] = []
     for step in range(cfg.steps + 1):
         ev = {}
         if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-prompts", type=int, default=256)
     ap.add_argument("--task", default="main", help="results subfolder (the task variant)")
