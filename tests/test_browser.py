@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,24 +91,34 @@ def test_nbconvert_export_of_the_tour_renders_tokens(browser, tmp_path):
 
 
 def test_jupyterlab_runs_the_tour_and_renders_widgets(browser, tmp_path):
+    # a copy: JupyterLab autosaves the notebook it runs, which would wipe the stored outputs
+    work = tmp_path / "lab"
+    work.mkdir()
+    shutil.copy(TOUR, work / TOUR.name)
     token = secrets.token_hex(16)
-    lab = start_jupyterlab(ROOT / "notebooks", free_port(), token, tmp_path / "lab.log")
+    lab = start_jupyterlab(work, free_port(), token, tmp_path / "lab.log")
     pid = lab.process.pid
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{lab.url}/lab/tree/{TOUR.name}?token={token}")
-        page.wait_for_selector(".jp-Notebook", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-        page.get_by_role("menuitem", name="Run").first.click()
-        page.get_by_text("Run All Cells", exact=True).first.click()
-        page.wait_for_selector(".widget-slider", timeout=240_000)
-        page.wait_for_selector(".jp-OutputArea-output span[title]", timeout=60_000)
-        spans = page.locator(".jp-OutputArea-output span[title]")
-        assert spans.count() > 0
-        assert _coloured(page, spans, spans.count()) > 0
-        page.locator(".widget-slider").first.scroll_into_view_if_needed()
-        page.screenshot(path=str(ARTIFACTS / "jupyterlab_tour.png"), full_page=False)
-        page.close()
+        try:
+            page.goto(f"{lab.url}/lab/tree/{TOUR.name}?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            dialog = page.locator(".jp-Dialog button.jp-mod-accept")
+            if dialog.count():                       # "Select Kernel" on a first open: accept the default
+                dialog.first.click()
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            page.locator(".jp-Notebook").first.click()
+            page.get_by_role("menuitem", name="Run").first.click()
+            page.get_by_text("Run All Cells", exact=True).first.click()
+            page.wait_for_selector(".widget-slider", timeout=240_000)
+            page.wait_for_selector(".jp-OutputArea-output span[title]", timeout=60_000)
+            spans = page.locator(".jp-OutputArea-output span[title]")
+            assert spans.count() > 0
+            assert _coloured(page, spans, spans.count()) > 0
+            page.locator(".widget-slider").first.scroll_into_view_if_needed()
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "jupyterlab_tour.png"), full_page=False)
+            page.close()
     finally:
         lab.stop()
     with pytest.raises(ProcessLookupError):
