@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
 start=$(date +%s)
-.venv/bin/python -m pytest tests/ "$@"
+.venv/bin/python -m pytest tests/ --durations=10 "$@"
 if ls notebooks/*.ipynb >/dev/null 2>&1; then
   .venv/bin/python -m pytest --nbval notebooks/ "$@"
 fi
