@@ -487,7 +487,7 @@ def detect_ordering(batch: Batch, tol: Tolerances = Tolerances(), exclude: froze
 
     Candidates are the rows whose rollout series disagrees with their own student series at lag 0
     (mean |gap| > ``tol.same``). A candidate is explained when the student series of *another* row
-    matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding``) over at
+    matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding`` on every token) over at
     least 90% of its values. Reported when at least two rows are explained (a re-order moves two
     rows at least); the message gives the mapping rollout row -> trainer row. Cost: a vectorised
     [C, B, 256] comparison on the first 256 positions picks each candidate's best partner, one
@@ -512,7 +512,10 @@ def detect_ordering(batch: Batch, tol: Tolerances = Tolerances(), exclude: froze
     best_err = _nanmean_rows(d)
     need = torch.clamp(torch.ceil(0.9 * n_r[idx].double()), min=tol.min_tokens_for_lag)
     best_err = torch.where(best_err.isnan() | (n < need) | (best == idx), torch.full_like(best_err, float("inf")), best_err)
-    matched = (best_err * tol.lag_gain <= e0[idx]) & (best_err <= tol.rounding)
+    # a moved row matches its partner token by token, within rounding (the *max*, not the mean: two confident rows
+    # with mostly near-0 log-probs have a small mean gap without being the same series)
+    best_max = torch.nan_to_num(d, nan=0.0).max(dim=1).values
+    matched = (best_err * tol.lag_gain <= e0[idx]) & (best_max <= tol.rounding)
     if int(matched.sum()) < 2:
         return []
     pairs = [(int(idx[i]), int(best[i]), float(e0[idx[i]]), float(best_err[i])) for i in matched.nonzero().flatten().tolist()]
