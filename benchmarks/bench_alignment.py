@@ -13,7 +13,12 @@ over rows and lags over the ragged lists (mean |rollout[j + k] - student[j]| per
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 import torch
 
@@ -45,15 +50,6 @@ def naive_lag_scan(rollout: list[list[float]], student: list[list[float]], max_l
             row.append(sum(pairs) / len(pairs) if pairs else float("nan"))
         out.append(row)
     return out
-
-
-def best_of(fn, repeats: int = 3) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def time_check(kw: dict, repeats: int = 3) -> tuple[float, K.AlignmentReport]:

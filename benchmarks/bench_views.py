@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import html
 import random
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_of  # noqa: E402
 
 from iwopd_kit.views import token_strip
 
@@ -30,15 +35,6 @@ def baseline(tokens, series) -> str:
         f'<span title="{html.escape(" ".join(f"{n}={series[n][b][j]:.3f}" for n in names))}">{html.escape(t)}</span>'
         for b, row in enumerate(tokens) for j, t in enumerate(row)
     )
-
-
-def best_of(fn, repeats: int = 5) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main() -> None:

@@ -12,10 +12,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from .server import wait_for_http
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -62,15 +62,9 @@ def start_jupyterlab(root_dir: str | Path, port: int, token: str, log_path: str 
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     lab = JupyterLab(proc, f"http://127.0.0.1:{port}", token)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"jupyter lab exited with {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"{lab.url}/api/status?token={token}", timeout=2) as r:
-                if r.status == 200:
-                    return lab
-        except OSError:
-            time.sleep(0.5)
-    lab.stop()
-    raise TimeoutError(f"jupyter lab did not answer within {timeout:.0f} s; see {log_path}")
+    try:
+        wait_for_http(proc, f"{lab.url}/api/status?token={token}", timeout, Path(log_path), "jupyter lab")
+    except Exception:
+        lab.stop()
+        raise
+    return lab

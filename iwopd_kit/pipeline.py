@@ -16,6 +16,7 @@ from .batch import Batch
 from .objective import ObjectiveResult, iw_opd_loss, opd_loss
 from .scoring import load_model, load_tokenizer, score_batch
 from .views.report import html_page, html_table, text_table
+from .views.series import per_token_series
 from .views.tokens import TokenStrip, token_strip
 
 
@@ -32,23 +33,6 @@ class PipelineResult:
     correct: list[bool]
     gamma: float
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def per_token_series(batch: Batch, result: ObjectiveResult | None = None) -> dict[str, list[list[float | None]]]:
-    """The batch's per-token series under the view's names (rollout, student, teacher, gap, A, w, loss)."""
-    out: dict[str, list[list[float | None]]] = {}
-    for name, key in (("rollout", "rollout_logprobs"), ("student", "student_logprobs"), ("teacher", "teacher_logprobs")):
-        if batch.has(key):
-            out[name] = getattr(batch, key)
-    if "rollout" in out and "student" in out:
-        out["gap"] = [[None if r is None or s is None else abs(r - s) for r, s in zip(rr, ss)]
-                      for rr, ss in zip(out["rollout"], out["student"])]
-    if result is not None:
-        valid = batch.valid()
-        for name, t in (("advantage", result.advantages), ("weight", result.weights), ("loss", result.per_token_loss)):
-            t = t.detach().double().masked_fill(~valid, float("nan"))
-            out[name] = [[None if v != v else v for v in row[:n]] for row, n in zip(t.tolist(), batch.lengths)]
-    return out
 
 
 def decode_tokens(tokenizer, batch: Batch) -> list[list[str]]:

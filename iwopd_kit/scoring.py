@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .batch import Batch, BatchError
 
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 1024
 FUSED_MIN_ELEMENTS = 1 << 22   # below this many logits the plain (autograd) formula is used
 
 

@@ -86,15 +86,25 @@ def start_server(model_dir: str | Path, port: int | None = None, logprobs_mode: 
     fh = open(log, "w")
     proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = VLLMServer(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + startup_timeout
+    try:
+        wait_for_http(proc, server.base_url + "/health", startup_timeout, log, "vLLM server")
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+def wait_for_http(proc: subprocess.Popen, url: str, timeout: float, log: Path, what: str) -> None:
+    """Poll ``url`` until it answers 200; a clear error if ``proc`` exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"vLLM server exited with code {proc.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+            tail = Path(log).read_text()[-2000:] if Path(log).exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; see {log}:\n{tail}")
         try:
-            with urllib.request.urlopen(server.base_url + "/health", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
-                    return server
+                    return
         except OSError:
-            time.sleep(1.0)
-    server.stop()
-    raise TimeoutError(f"vLLM server did not answer /health within {startup_timeout:.0f} s; see {log}")
+            time.sleep(0.5)
+    raise TimeoutError(f"{what} did not answer {url.split('?')[0]} within {timeout:.0f} s; see {log}")

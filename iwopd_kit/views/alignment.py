@@ -15,6 +15,7 @@ import torch
 from ..alignment import KINDS, AlignmentReport, Tolerances, best_lags
 from ..batch import Batch
 from .report import html_table, text_table
+from .series import per_token_series
 from .tokens import token_strip
 
 
@@ -101,13 +102,7 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
     rows = rows if rows is not None else (flagged or list(range(min(3, batch.size))))
     if tokens is None:
         tokens = [[str(t) for t in c] for c in batch.completion_ids]
-    series = {}
-    for name, key in (("rollout", "rollout_logprobs"), ("student", "student_logprobs"), ("teacher", "teacher_logprobs")):
-        if batch.has(key):
-            series[name] = getattr(batch, key)
-    if "rollout" in series and "student" in series:
-        series["gap"] = [[None if a is None or c is None else abs(a - c) for a, c in zip(ra, rc)]
-                         for ra, rc in zip(series["rollout"], series["student"])]
+    series = per_token_series(batch)
     strips = tuple(
         token_strip(tokens, series, color_by="gap" if "gap" in series else None, token_ids=batch.completion_ids,
                     rows=[b], title=f"row {b}: |rollout − student|").to_html()
