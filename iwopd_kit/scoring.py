@@ -59,13 +59,23 @@ def sampled_logprobs(
     return _SampledLogprobs.apply(flat, ids, float(temperature), int(chunk_size)).reshape(tokens.shape)
 
 
-def _chunk_lse(flat: Tensor, temperature: float, chunk_size: int) -> Tensor:
-    """logsumexp(z / T) per row of [N, V], ``chunk_size`` rows at a time."""
-    out = flat.new_empty(flat.shape[0])
+def _chunk_picked(flat: Tensor, ids: Tensor, temperature: float, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """(log_softmax(z / T)[y], logsumexp(z / T)) per row of [N, V], ``chunk_size`` rows at a time.
+
+    Each chunk uses the fused log_softmax kernel (one [chunk, V] temporary); the log-sum-exp is
+    recovered as z[y] / T - log p(y), so nothing of size [N, V] is kept.
+    """
+    picked = flat.new_empty(flat.shape[0])
+    lse = flat.new_empty(flat.shape[0])
     for s in range(0, flat.shape[0], chunk_size):
         z = flat[s : s + chunk_size]
-        out[s : s + chunk_size] = torch.logsumexp(z / temperature if temperature != 1.0 else z, dim=-1)
-    return out
+        if temperature != 1.0:
+            z = z / temperature
+        y = ids[s : s + chunk_size, None]
+        lp = torch.log_softmax(z, dim=-1).gather(-1, y).squeeze(-1)
+        picked[s : s + chunk_size] = lp
+        lse[s : s + chunk_size] = z.gather(-1, y).squeeze(-1) - lp
+    return picked, lse
 
 
 class _SampledLogprobs(torch.autograd.Function):
@@ -78,11 +88,10 @@ class _SampledLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, flat: Tensor, ids: Tensor, temperature: float, chunk_size: int) -> Tensor:
-        lse = _chunk_lse(flat, temperature, chunk_size)
-        picked = flat.gather(-1, ids[:, None]).squeeze(-1)
+        out, lse = _chunk_picked(flat, ids, temperature, chunk_size)
         ctx.save_for_backward(flat, ids, lse)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        return picked / temperature - lse
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
