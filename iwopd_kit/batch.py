@@ -180,7 +180,7 @@ class Batch:
             if len(rows) != len(comps):
                 raise BatchError(f"{name} has {len(rows)} rows but the batch has {len(comps)}")
             set_(self, name, [
-                _check_series_row(name, b, ([] if r is None else r) if r is not None else [None] * lengths[b], lengths[b])
+                _check_series_row(name, b, [None] * lengths[b] if r is None else r, lengths[b])
                 for b, r in enumerate(rows)
             ])
         if self.mask is not None:
