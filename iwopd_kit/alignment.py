@@ -311,10 +311,11 @@ def detect_offset(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozens
 
 @_one_thread()
 def detect_missing(batch: Batch) -> list[Finding]:
-    """Class B: conversion-time findings, and rollout values missing on real tokens."""
+    """Class B: conversion-time findings, and rollout values missing on valid tokens (a masked-out
+    token never reaches the loss, so it needs no rollout log-prob)."""
     out = [Finding(**f) for f in batch.findings]
     if batch.has("rollout_logprobs"):
-        miss = batch.padding_mask() & batch.series("rollout_logprobs", torch.float64).isnan()
+        miss = batch.valid() & batch.series("rollout_logprobs", torch.float64).isnan()
         counts, first = miss.sum(1), _first_true(miss)
         reported = {f.row for f in out if f.kind == "missing_token_ids"}
         for b in (counts > 0).nonzero().flatten().tolist():
