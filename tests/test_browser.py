@@ -8,6 +8,7 @@ Screenshots land in ``artifacts/`` (git-ignored) as test artifacts.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from iwopd_kit.browser import launch, start_jupyterlab
@@ -90,38 +92,59 @@ def test_nbconvert_export_of_the_tour_renders_tokens(browser, tmp_path):
     page.close()
 
 
-def test_jupyterlab_runs_the_tour_and_renders_widgets(browser, tmp_path):
-    # a copy: JupyterLab autosaves the notebook it runs, which would wipe the stored outputs
-    work = tmp_path / "lab"
-    work.mkdir()
-    shutil.copy(TOUR, work / TOUR.name)
-    token = secrets.token_hex(16)
-    lab = start_jupyterlab(work, free_port(), token, tmp_path / "lab.log")
-    pid = lab.process.pid
-    try:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        try:
-            page.goto(f"{lab.url}/lab/tree/{TOUR.name}?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            dialog = page.locator(".jp-Dialog button.jp-mod-accept")
-            if dialog.count():                       # "Select Kernel" on a first open: accept the default
-                dialog.first.click()
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
-            page.locator(".jp-Notebook").first.click()
-            page.get_by_role("menuitem", name="Run").first.click()
-            page.get_by_text("Run All Cells", exact=True).first.click()
-            page.wait_for_selector(".widget-slider", timeout=240_000)
-            page.wait_for_selector(".jp-OutputArea-output span[title]", timeout=60_000)
-            spans = page.locator(".jp-OutputArea-output span[title]")
-            assert spans.count() > 0
-            assert _coloured(page, spans, spans.count()) > 0
-            page.locator(".widget-slider").first.scroll_into_view_if_needed()
-        finally:
-            page.screenshot(path=str(ARTIFACTS / "jupyterlab_tour.png"), full_page=False)
-            page.close()
-    finally:
-        lab.stop()
-    with pytest.raises(ProcessLookupError):
-        import os
+def _run_tour_in_jupyterlab(browser, work: Path, log: Path, shot: Path) -> str | None:
+    """Start JupyterLab on a copy of the tour, Run All Cells, wait for a slider and a coloured token view.
 
-        os.killpg(pid, 0)
+    Returns None on success, else what went wrong (the failing cell's stderr, or the timeout).
+    JupyterLab is stopped by the pid of the process group we started.
+    """
+    work.mkdir()
+    shutil.copy(TOUR, work / TOUR.name)   # a copy: JupyterLab autosaves the notebook it runs
+    token = secrets.token_hex(16)
+    lab = start_jupyterlab(work, free_port(), token, log)
+    pid = lab.process.pid
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+    try:
+        page.goto(f"{lab.url}/lab/tree/{TOUR.name}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+        dialog = page.locator(".jp-Dialog button.jp-mod-accept")
+        if dialog.count():                       # "Select Kernel" on a first open: accept the default
+            dialog.first.click()
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+        page.locator(".jp-Notebook").first.click()
+        page.get_by_role("menuitem", name="Run").first.click()
+        page.get_by_text("Run All Cells", exact=True).first.click()
+        page.wait_for_selector(f".widget-slider, {errors}", timeout=240_000)
+        if page.locator(errors).count():
+            return "a cell failed in JupyterLab:\n" + "\n".join(page.locator(errors).all_inner_texts())[:3000]
+        page.wait_for_selector(".jp-OutputArea-output span[title]", timeout=60_000)
+        spans = page.locator(".jp-OutputArea-output span[title]")
+        assert spans.count() > 0
+        assert _coloured(page, spans, spans.count()) > 0
+        page.locator(".widget-slider").first.scroll_into_view_if_needed()
+        return None
+    except PlaywrightTimeout as e:
+        return f"timed out: {str(e)[:500]}"
+    finally:
+        page.screenshot(path=str(shot), full_page=False)
+        page.close()
+        lab.stop()
+        with pytest.raises(ProcessLookupError):   # the server and its kernel are gone
+            os.killpg(pid, 0)
+
+
+def test_jupyterlab_runs_the_tour_and_renders_widgets(browser, tmp_path):
+    """The tour runs in JupyterLab and its slider and token view render. A browser driving a live
+    kernel is the flakiest part of the suite (seen: Run All stopping early on a loaded machine), so
+    a failed attempt is retried once on a fresh server; both attempts' errors are reported."""
+    failures = []
+    for attempt in range(2):
+        problem = _run_tour_in_jupyterlab(browser, tmp_path / f"lab{attempt}", tmp_path / f"lab{attempt}.log",
+                                          ARTIFACTS / f"jupyterlab_tour{'' if attempt == 0 else '_retry'}.png")
+        if problem is None:
+            break
+        failures.append(f"attempt {attempt + 1}: {problem}")
+        print(failures[-1])
+    else:
+        raise AssertionError("\n".join(failures))
