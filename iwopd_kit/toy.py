@@ -32,7 +32,9 @@ from __future__ import annotations
 import json
 import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 #: Repository root; valid because the package is installed editable (or run
 #: from the checkout), so this file sits in ``<repo>/iwopd_kit/``.
@@ -122,3 +124,67 @@ def load_prompts(path: str | Path) -> list[str]:
             if line.strip():
                 prompts.append(json.loads(line)["prompt"])
     return prompts
+
+
+# --------------------------------------------------------------------------- #
+# The task variant: the answer first, then the terms
+# --------------------------------------------------------------------------- #
+def solve_answer_first(prompt: str) -> str:
+    """Completion of the ``answer_first`` variant: the final sum first, then the terms restated.
+
+    >>> solve_answer_first("7+5+9+2=")
+    '23=7+5+9+2'
+
+    The hard decision (the whole sum, in one go) comes in the first one or two tokens; the rest
+    copies the prompt. So teacher-student disagreement concentrates at the start of the response
+    and falls with position: the opposite of the main task, where each running sum depends on the
+    previous one and mistakes pile up toward the end. The study runs on both to show when the
+    paper's position bias holds.
+    """
+    digits = parse_prompt(prompt)
+    return f"{sum(digits)}=" + prompt[:-1]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One toy task: how to solve a prompt and where its prompts and models live."""
+
+    name: str
+    solve: Callable[[str], str]
+    data_dir: Path
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.data_dir / "models" / "teacher"
+
+    @property
+    def student_dir(self) -> Path:
+        return self.data_dir / "models" / "student"
+
+    @property
+    def train_prompts(self) -> Path:
+        return self.data_dir / "prompts" / "train.jsonl"
+
+    @property
+    def eval_prompts(self) -> Path:
+        return self.data_dir / "prompts" / "eval.jsonl"
+
+    def is_correct(self, prompt: str, completion_text: str) -> bool:
+        """Exact match of the full completion (EOS stripped)."""
+        return strip_eos(completion_text).strip() == self.solve(prompt)
+
+
+#: The tasks the study runs on: ``main`` (running sums; data in ``data/``) and ``answer_first``
+#: (data in ``data/tasks/answer_first/``). Same prompts grammar, same 16-token vocabulary.
+TASKS: dict[str, Task] = {
+    "main": Task("main", solve, DATA_DIR),
+    "answer_first": Task("answer_first", solve_answer_first, DATA_DIR / "tasks" / "answer_first"),
+}
+
+
+def get_task(name: str) -> Task:
+    """The :class:`Task` called ``name``; a clear error lists the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}") from None

@@ -3,8 +3,10 @@
 Run from the repository root::
 
     python scripts/train_tiny_models.py --seed 0
+    python scripts/train_tiny_models.py --seed 0 --task answer_first   # the study's task variant
 
-It writes
+It writes (for ``--task main``; the variant writes the same files under
+``data/tasks/answer_first/``)
 
 * ``data/prompts/train.jsonl`` and ``data/prompts/eval.jsonl`` (disjoint
   prompt sets, each line ``{"prompt": ..., "answer": <full completion>}``);
@@ -78,6 +80,13 @@ class Band:
         return math.hypot(dg, ds)
 
 
+#: The variant's completions are short and its T=1 accuracy sits close to greedy (the tail is a
+#: copy), so its student is picked in a window of its own.
+BANDS = {"main": Band(),
+         "answer_first": Band(greedy_lo=0.30, greedy_hi=0.70, sampled_lo=0.15, sampled_hi=0.55,
+                              greedy_target=0.50, sampled_target=0.35)}
+TASK = toy.TASKS["main"]   # set from --task in main()
+
 TEACHER = ModelSpec(hidden=128, layers=4, heads=4, intermediate=384)
 STUDENT = ModelSpec(hidden=64, layers=3, heads=2, intermediate=256)
 
@@ -109,7 +118,7 @@ def check_tokenizer(tok: PreTrainedTokenizerFast) -> None:
     assert tok("7+5=")["input_ids"] == [1, 10, 13, 8, 14]
     assert [tok.pad_token_id, tok.bos_token_id, tok.eos_token_id] == [0, 1, 2]
     for prompt in toy.make_prompts(50, seed=123):
-        text = prompt + toy.solve(prompt)
+        text = prompt + TASK.solve(prompt)
         ids = tok(text)["input_ids"]
         assert ids == [toy.BOS_ID] + [toy.VOCAB.index(c) for c in text]
         assert tok.decode(ids, skip_special_tokens=True) == text
@@ -137,13 +146,13 @@ def write_jsonl(path: Path, prompts: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for prompt in prompts:
-            handle.write(json.dumps({"prompt": prompt, "answer": toy.solve(prompt)}) + "\n")
+            handle.write(json.dumps({"prompt": prompt, "answer": TASK.solve(prompt)}) + "\n")
 
 
 def encode_example(tok: PreTrainedTokenizerFast, prompt: str) -> tuple[list[int], list[int]]:
     """Token ids of ``<s> prompt completion </s>`` and labels masking the prompt."""
     prompt_ids = tok(prompt)["input_ids"]
-    completion_ids = tok(toy.solve(prompt), add_special_tokens=False)["input_ids"] + [toy.EOS_ID]
+    completion_ids = tok(TASK.solve(prompt), add_special_tokens=False)["input_ids"] + [toy.EOS_ID]
     ids = prompt_ids + completion_ids
     labels = [-100] * len(prompt_ids) + completion_ids
     return ids, labels
@@ -241,7 +250,7 @@ def exact_match(model, tok, prompts: list[str], temperature: float, seed: int = 
             new = out[:, enc["input_ids"].shape[1]:]
             for prompt, row in zip(chunk, new.tolist()):
                 text = completion_text(row)
-                correct += toy.is_correct(prompt, text)
+                correct += TASK.is_correct(prompt, text)
     return correct / len(prompts)
 
 
@@ -269,14 +278,20 @@ def train_teacher(tok, examples, eval_prompts, args) -> tuple[LlamaForCausalLM, 
     model = make_model(TEACHER)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.teacher_lr, betas=(0.9, 0.98))
     batches = batch_stream(examples, args.batch_size, args.seed)
+    last = 0
     for first in range(0, args.teacher_steps, 50):
         last = min(first + 50, args.teacher_steps)
         loss = train_steps(model, batches, optimizer, first, last, args.teacher_lr, args.warmup,
                            args.teacher_steps)
         print(f"teacher step {last:4d} loss {loss:.4f}", flush=True)
+        if args.teacher_stop_at is not None and last % 250 == 0:
+            greedy = exact_match(model, tok, eval_prompts[:args.n_select], 0.0)
+            print(f"teacher step {last:4d} greedy {greedy:.3f}", flush=True)
+            if greedy >= args.teacher_stop_at:
+                break
     acc = accuracies(model, tok, eval_prompts, args.seed)
     print(f"teacher final: {acc}", flush=True)
-    return model, {"steps": args.teacher_steps, **acc}
+    return model, {"steps": last, **acc}
 
 
 def train_student(tok, examples, eval_prompts, args, band: Band) -> tuple[LlamaForCausalLM, dict]:
@@ -343,19 +358,19 @@ def write_readme(report: dict, path: Path) -> None:
     text = f"""# Tiny toy-task models
 
 Two float32 Llama models (head_dim 32, untied embeddings, 16-token
-character vocabulary) for the chained-addition toy task in `iwopd_kit/toy.py`.
-Both were trained with plain cross-entropy on `data/prompts/train.jsonl`
+character vocabulary) for the toy task `{report.get('task', 'main')}` in `iwopd_kit/toy.py`.
+Both were trained with plain cross-entropy on `prompts/train.jsonl`
 (teacher forcing, loss on completion + EOS). The student checkpoint was picked,
 among evaluations every 25 steps on the first 256 eval prompts, as the one
-closest to 55% greedy / 20% T=1
+closest to {report.get('band', '55% greedy / 20% T=1')}
 exact match: a deliberately mediocre starting point for distillation.
 
 Regenerate (deterministic for a given seed and thread count):
 
-    python scripts/train_tiny_models.py --seed {report['seed']}
-    python scripts/eval_tiny_models.py --check-logprobs   # vLLM accuracies
+    python scripts/train_tiny_models.py --seed {report['seed']} --task {report.get('task', 'main')}
+    python scripts/eval_tiny_models.py --check-logprobs   # vLLM accuracies (main task)
 
-Exact match on the {report['n_eval']} held-out prompts of `data/prompts/eval.jsonl`
+Exact match on the {report['n_eval']} held-out prompts of `prompts/eval.jsonl`
 (transformers `generate`; T=1 means temperature 1, top_p 1):
 
 | model | hidden | layers | heads | intermediate | params | CE steps | greedy | T=1 |
@@ -377,6 +392,11 @@ Full numbers, including the student's evaluation history:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task", choices=sorted(toy.TASKS), default="main",
+                        help="which toy task (data goes to that task's data dir)")
+    parser.add_argument("--teacher-stop-at", type=float, default=None,
+                        help="stop the teacher early once greedy accuracy on the selection prompts "
+                             "reaches this (checked every 250 steps)")
     parser.add_argument("--n-train", type=int, default=20000)
     parser.add_argument("--n-eval", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -396,8 +416,11 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
+    global TASK
     args = parse_args()
-    report_path = toy.DATA_DIR / "models" / "training_report.json"
+    TASK = toy.get_task(args.task)
+    band = BANDS[args.task]
+    report_path = TASK.data_dir / "models" / "training_report.json"
     if args.readme_only:
         write_readme(json.loads(report_path.read_text()), report_path.with_name("README.md"))
         return
@@ -410,29 +433,30 @@ def main() -> None:
     check_tokenizer(tok)
     train_prompts, eval_prompts = split_prompts(args.n_train, args.n_eval, args.seed)
     assert not set(train_prompts) & set(eval_prompts)
-    write_jsonl(toy.TRAIN_PROMPTS, train_prompts)
-    write_jsonl(toy.EVAL_PROMPTS, eval_prompts)
+    write_jsonl(TASK.train_prompts, train_prompts)
+    write_jsonl(TASK.eval_prompts, eval_prompts)
     examples = [encode_example(tok, p) for p in train_prompts]
     assert max(len(ids) for ids, _ in examples) <= MAX_LEN
 
     report = json.loads(report_path.read_text()) if report_path.exists() and args.only else {}
     report.update({"seed": args.seed, "n_train": len(train_prompts), "n_eval": len(eval_prompts),
-                   "batch_size": args.batch_size, "torch": torch.__version__})
+                   "batch_size": args.batch_size, "torch": torch.__version__, "task": args.task,
+                   "band": f"{band.greedy_target:.0%} greedy / {band.sampled_target:.0%} T=1"})
 
     if args.only in (None, "teacher"):
         t0 = time.time()
         teacher, t_info = train_teacher(tok, examples, eval_prompts, args)
-        save_model(teacher, tok, toy.TEACHER_DIR)
+        save_model(teacher, tok, TASK.teacher_dir)
         report["teacher"] = {"spec": asdict(TEACHER), "params": n_params(teacher),
                              "lr": args.teacher_lr, "wall_s": round(time.time() - t0, 1),
                              "eval_prompts": len(eval_prompts), **t_info}
     if args.only in (None, "student"):
         t0 = time.time()
         select = eval_prompts[:args.n_select]
-        student, s_info = train_student(tok, examples, select, args, Band())
+        student, s_info = train_student(tok, examples, select, args, band)
         history = s_info.pop("history")
         final = accuracies(student, tok, eval_prompts, args.seed)
-        save_model(student, tok, toy.STUDENT_DIR)
+        save_model(student, tok, TASK.student_dir)
         report["student"] = {"spec": asdict(STUDENT), "params": n_params(student),
                              "lr": args.student_lr, "wall_s": round(time.time() - t0, 1),
                              "steps": s_info["steps"], "selected_on_prompts": len(select),
@@ -441,7 +465,7 @@ def main() -> None:
                              "history": history}
         print(f"student final ({len(eval_prompts)} prompts): {final}", flush=True)
 
-    report["size_bytes"] = sum(dir_size(d) for d in (toy.TEACHER_DIR, toy.STUDENT_DIR) if d.exists())
+    report["size_bytes"] = sum(dir_size(d) for d in (TASK.teacher_dir, TASK.student_dir) if d.exists())
     report["wall_s"] = round(time.time() - start, 1)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     write_readme(report, report_path.with_name("README.md"))

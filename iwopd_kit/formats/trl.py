@@ -12,13 +12,14 @@ column of row b whose label is not -100; those columns must be contiguous.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..batch import Batch, BatchError, SERIES
+from ..batch import SERIES, Batch, BatchError, SamplingSettings
 
 IGNORE_INDEX = -100
 
@@ -44,7 +45,9 @@ def from_trl_batch(inputs: dict[str, Any], series_keys: dict[str, str] | None = 
     ``inputs`` holds ``input_ids``, ``attention_mask``, ``labels`` ([B, T] each) and optionally
     full-width [B, T] series under the keys in ``series_keys`` (default: ``rollout_logprobs``,
     ``student_logprobs``, ``teacher_logprobs``) and a ``completion_mask`` [B, T] of tokens that
-    count. The prompt of row b is its attended columns before the completion span.
+    count. The prompt of row b is its attended columns before the completion span. Optional keys
+    ``sampling`` (a dict of :class:`~iwopd_kit.SamplingSettings` fields), ``scoring`` ({series:
+    temperature}) and ``meta`` (one dict, or one per row) fill the same fields of the Batch.
     """
     for key in ("input_ids", "attention_mask", "labels"):
         if key not in inputs:
@@ -75,8 +78,29 @@ def from_trl_batch(inputs: dict[str, Any], series_keys: dict[str, str] | None = 
         for name, x in full.items():
             # NaN in a padded tensor means "no value" (what to_trl_batch writes for a missing one)
             series[name].append([None if v != v else float(v) for v in x[b, start:stop].tolist()])
-    return Batch(prompt_ids=prompts, completion_ids=comps, mask=masks or None,
-                 **{name: rows for name, rows in series.items()})
+    sampling, scoring, meta = _settings(inputs, ids.shape[0])
+    return Batch(prompt_ids=prompts, completion_ids=comps, mask=masks or None, sampling=sampling,
+                 scoring=scoring, meta=meta, **{name: rows for name, rows in series.items()})
+
+
+def _settings(inputs: dict[str, Any], n_rows: int) -> tuple[SamplingSettings | None, dict[str, float], list | None]:
+    """The optional ``sampling`` (SamplingSettings fields), ``scoring`` ({series: temperature}) and
+    ``meta`` (one dict for the batch, or one per row) keys of a dump."""
+    sampling = inputs.get("sampling")
+    if sampling is not None:
+        if not isinstance(sampling, dict):
+            raise BatchError(f"TRL batch: 'sampling' must be a dict of SamplingSettings fields, got {type(sampling).__name__}")
+        unknown = set(sampling) - {f.name for f in fields(SamplingSettings)}
+        if unknown:
+            raise BatchError(f"TRL batch: 'sampling' has unknown keys {sorted(unknown)}; expected SamplingSettings fields")
+        sampling = SamplingSettings(**sampling)
+    scoring = {str(k): float(v) for k, v in (inputs.get("scoring") or {}).items()}
+    meta = inputs.get("meta")
+    if isinstance(meta, dict):
+        meta = [dict(meta) for _ in range(n_rows)]
+    elif meta is not None and (not isinstance(meta, list) or len(meta) != n_rows):
+        raise BatchError(f"TRL batch: 'meta' must be one dict or a list of {n_rows} dicts (one per row)")
+    return sampling, scoring, meta
 
 
 def load_trl_dump(path: str | Path) -> Batch:

@@ -1,0 +1,1 @@
+"""Optional integrations with training frameworks (each needs its extra, e.g. ``iwopd_kit[trl]``)."""
