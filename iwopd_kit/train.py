@@ -45,8 +45,10 @@ class LoopConfig:
     sync: bool = True
     engine: str = "vllm"
     jsd_beta: float = 0.5
+    task: str = "main"
 
     def __post_init__(self) -> None:
+        toy.get_task(self.task)   # a clear error for an unknown task
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.engine not in ("vllm", "transformers"):
@@ -94,12 +96,13 @@ def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig)
     """Held-out exact match (greedy and T=1), teacher-student reverse KL on T=1 rollouts, |A| by position."""
     ids = [tok(p)["input_ids"] for p in prompts]
     eos = (tok.eos_token_id,)
+    task = toy.get_task(cfg.task)
     greedy = engine.generate(ids, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed, stop_token_ids=eos))
     sampled = engine.generate(ids, Sampling(temperature=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed + 10_000, stop_token_ids=eos))
 
     def acc(batch: Batch) -> float:
         texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
-        return sum(toy.is_correct(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+        return sum(task.is_correct(p, t) for p, t in zip(prompts, texts)) / len(prompts)
 
     with torch.no_grad():
         s = score(student, sampled)
@@ -113,9 +116,15 @@ def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig)
             "abs_adv_by_position": abs_advantage_by_position(adv, mask)}
 
 
-def train(cfg: LoopConfig, student_dir: str | Path = toy.STUDENT_DIR, teacher_dir: str | Path = toy.TEACHER_DIR,
+def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: str | Path | None = None,
           on_step: Callable[[StepRecord], None] | None = None, engine=None) -> list[StepRecord]:
-    """Run ``cfg.steps`` on-policy steps; returns one record per step (eval results every ``eval_every``)."""
+    """Run ``cfg.steps`` on-policy steps; returns one record per step (eval results every ``eval_every``).
+
+    ``student_dir`` / ``teacher_dir`` default to the models of ``cfg.task`` (see :data:`toy.TASKS`).
+    """
+    task = toy.get_task(cfg.task)
+    student_dir = student_dir if student_dir is not None else task.student_dir
+    teacher_dir = teacher_dir if teacher_dir is not None else task.teacher_dir
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = load_tokenizer(student_dir)
@@ -125,8 +134,8 @@ def train(cfg: LoopConfig, student_dir: str | Path = toy.STUDENT_DIR, teacher_di
         engine = VLLMEngine(student_dir) if cfg.engine == "vllm" else TransformersEngine(student)
     if isinstance(engine, TransformersEngine):
         engine.model = student
-    train_prompts = toy.load_prompts(toy.TRAIN_PROMPTS)
-    eval_prompts = toy.load_prompts(toy.EVAL_PROMPTS)[: cfg.eval_prompts]
+    train_prompts = toy.load_prompts(task.train_prompts)
+    eval_prompts = toy.load_prompts(task.eval_prompts)[: cfg.eval_prompts]
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
 
     def sync() -> None:

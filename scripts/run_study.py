@@ -45,7 +45,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--eval-prompts", type=int, default=256)
-    ap.add_argument("--task", default="main", help="results subfolder (the task variant)")
+    ap.add_argument("--task", default="main", choices=sorted(toy.TASKS),
+                    help="the toy task (iwopd_kit.toy.TASKS); results go to docs/results/<task>/")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     out_dir = ROOT / "docs" / "results" / args.task
@@ -60,9 +61,9 @@ def main() -> None:
         path = out_dir / f"{obj}_seed{seed}.json"
         if path.exists():
             continue
-        engine = engine or VLLMEngine(toy.STUDENT_DIR)
+        engine = engine or VLLMEngine(toy.get_task(args.task).student_dir)
         cfg = LoopConfig(objective=obj, seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         eval_every=args.eval_every, eval_prompts=args.eval_prompts)
+                         eval_every=args.eval_every, eval_prompts=args.eval_prompts, task=args.task)
         t0 = time.time()
         records = train(cfg, engine=engine)
         extra = {"wall_s": round(time.time() - t0, 1), "command": " ".join(sys.argv), "task": args.task,
