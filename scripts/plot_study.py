@@ -47,7 +47,7 @@ def main() -> None:
     js = (Path(pio.__file__).resolve().parent.parent / "package_data" / "plotly.min.js").read_text()
     with sync_playwright() as pw:
         browser = launch(pw)
-        page = browser.new_page(viewport={"width": 960, "height": 420}, device_scale_factor=1)
+        page = browser.new_page(viewport={"width": 960, "height": 480}, device_scale_factor=1)
         for path, fig in figures().items():
             html = (f"<html><head><script>{js}</script></head><body style='margin:0'>"
                     f"{fig.to_html(full_html=False, include_plotlyjs=False, div_id='fig')}</body></html>")

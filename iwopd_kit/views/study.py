@@ -13,7 +13,7 @@ from .plots import HEIGHT, WIDTH, _base_layout, _round
 
 #: One colour per objective (the paper's four first).
 COLORS: dict[str, str] = {"opd": "#1b9e77", "iw_opd": "#d95f02", "prefix30": "#7570b3", "suffix30": "#e7298a",
-                          "jsd": "#66a61e", "iw_opd_signed": "#a6761d"}
+                          "jsd": "#386cb0", "iw_opd_signed": "#a6761d"}
 METRIC_TITLES: dict[str, str] = {"greedy_acc": "held-out exact match, greedy",
                                  "sampled_acc": "held-out exact match, T=1",
                                  "reverse_kl_per_token": "teacher-student reverse KL per token (held-out T=1 rollouts)"}
@@ -41,7 +41,9 @@ def study_curves_figure(runs: dict[str, list[Run]], metric: str = "greedy_acc", 
         fig.add_trace(go.Scatter(x=steps, y=[_round(v) for v in mean], mode="lines+markers", name=label,
                                  line={"color": color, "width": 2}, marker={"size": 5}))
     _base_layout(fig, title or METRIC_TITLES.get(metric, metric), xaxis_title="training step")
-    fig.update_layout(hovermode="closest", width=WIDTH, height=HEIGHT)
+    # the legend goes under the plot: with six objectives it would cover the title above it
+    fig.update_layout(hovermode="closest", width=WIDTH, height=HEIGHT + 60, margin={"b": 110},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0.0})
     return fig
 
 
