@@ -192,7 +192,8 @@ def test_row_permutation_invariance(batch, rnd):
                           rollout_logprobs=batch.series("rollout_logprobs"), **kw)
         b = K.iw_opd_loss(other.series("student_logprobs"), other.series("teacher_logprobs"), other.valid(),
                           rollout_logprobs=other.series("rollout_logprobs"), **kw)
-        assert b.loss.item() == pytest.approx(a.loss.item(), abs=1e-6)
+        # float32 sums in another row order: equal up to rounding (a few ulps of the total)
+        assert b.loss.item() == pytest.approx(a.loss.item(), rel=1e-6, abs=1e-6)
         # other is padded to the same width (same rows), so rows map one to one
         p = torch.tensor(perm)
         v = other.valid()

@@ -67,14 +67,19 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trl")
     trainer = _trainer(tmp)
     checker = IWOPDCheckCallback(every=1, dump_dir=tmp / "dumps").attach(trainer)
+    sparse = IWOPDCheckCallback(every=2, check=False).attach(trainer)     # a second one, on the same trainer
     trainer.train()
     logged = {h["step"]: h for h in trainer.state.log_history if "iw_opd/mean_weight" in h}
+    trainer.sparse = sparse
     return trainer, checker, logged, tmp
 
 
 def test_every_step_is_captured_and_logged(run):
     trainer, checker, logged, _ = run
     assert [c.step for c in checker.captures] == list(range(1, STEPS + 1))
+    assert [c.step for c in trainer.sparse.captures] == [1, 3]                  # every=2: steps 1, 3, ...
+    assert all(c.report is None and c.path is None for c in trainer.sparse.captures)
+    assert trainer.sparse.captures[1].batch.completion_ids == checker.captures[2].batch.completion_ids
     assert sorted(logged) == list(range(1, STEPS + 1))
     for step, h in logged.items():
         assert h["iwopd_kit/errors"] == 0, (step, checker.captures[step - 1].report)
@@ -166,3 +171,5 @@ def test_attach_refuses_other_trainers():
         IWOPDCheckCallback().attach(object())
     with pytest.raises(ValueError, match="every"):
         IWOPDCheckCallback(every=0)
+    with pytest.raises(ValueError, match="keep"):
+        IWOPDCheckCallback(keep=0)

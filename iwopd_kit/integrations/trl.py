@@ -104,6 +104,8 @@ class IWOPDCheckCallback(TrainerCallback):
                  tolerances: Tolerances = Tolerances(), keep: int = 16, teacher_tokenizer: Any = None) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every!r}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1 (captures kept in memory), got {keep!r}")
         self.every = every
         self.dump_dir = Path(dump_dir) if dump_dir is not None else None
         self.check = check
