@@ -57,7 +57,7 @@ from transformers import TrainerCallback
 from ..alignment import AlignmentReport, Tolerances, check_alignment
 from ..batch import Batch
 from ..formats.trl import IGNORE_INDEX, from_trl_batch
-from ..objective import advantage, iw_opd_metrics, prefix_weights
+from ..objective import iw_opd_loss
 from ..scoring import sampled_logprobs
 
 #: The TRL release this integration is written against (``iwopd_kit[trl]`` pins it).
@@ -210,8 +210,10 @@ class IWOPDCheckCallback(TrainerCallback):
             torch.save(dump, path)
         batch = from_trl_batch(dump)
         valid = (labels != IGNORE_INDEX).cpu()
-        adv = advantage(teacher.detach().cpu().double(), rollout.detach().cpu().double(), valid)
-        weights = prefix_weights(adv, valid, gamma=float(t.iw_opd_gamma), eps=float(t.iw_opd_epsilon))
+        # the kit's own IW-OPD on the captured series (its metrics are TRL's iw_opd/* names)
+        kit = iw_opd_loss(student.detach().cpu().double(), teacher.detach().cpu().double(), valid,
+                          rollout_logprobs=rollout.detach().cpu().double(), gamma=float(t.iw_opd_gamma),
+                          eps=float(t.iw_opd_epsilon))
         report = None
         if self.check:
             report = check_alignment(batch, self.tolerances, student_tokenizer=getattr(t, "processing_class", None),
@@ -219,5 +221,5 @@ class IWOPDCheckCallback(TrainerCallback):
             metrics = t._metrics["train"]
             metrics["iwopd_kit/errors"].append(float(sum(f.severity == "error" for f in report.findings)))
             metrics["iwopd_kit/warnings"].append(float(sum(f.severity == "warning" for f in report.findings)))
-        self.captures.append(Capture(step, micro, path, batch, report, iw_opd_metrics(adv, weights, valid)))
+        self.captures.append(Capture(step, micro, path, batch, report, dict(kit.metrics)))
         del self.captures[:-self.keep]
