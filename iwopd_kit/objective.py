@@ -105,6 +105,28 @@ def prefix_weights(
     return w
 
 
+def exclusive_share(
+    advantages: Float[Tensor, "B L"],
+    mask: Bool[Tensor, "B L"],
+    eps: float = 1e-8,
+) -> Float[Tensor, "B L"]:
+    """S_<j / max(S, eps): the share of the row's |A| that comes before token j (exclusive); detached.
+
+    The quantity :func:`prefix_weights` turns into ``w = 1 + gamma * (1 - share)``, computed the
+    same way (the shifted prefix sum, so that 0 <= share <= 1 holds exactly). In the dtype of
+    ``advantages``; masked positions carry whatever the formula gives.
+    """
+    mask = _check_mask(mask)
+    _check_pair("advantages", advantages, mask)
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
+    a = advantages.detach()
+    a = torch.where(mask, a.abs(), torch.zeros_like(a))
+    csum = torch.cumsum(a, dim=-1)
+    before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)
+    return before / csum[..., -1:].clamp_min(eps)
+
+
 @dataclass(frozen=True)
 class ObjectiveResult:
     """What a loss function returns.

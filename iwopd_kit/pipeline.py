@@ -6,33 +6,18 @@ module only wires them in order and keeps the intermediate results for display.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import toy
-from .alignment import AlignmentReport, check_alignment
+from .alignment import check_alignment
 from .batch import Batch
-from .objective import ObjectiveResult, iw_opd_loss, opd_loss
+from .objective import iw_opd_loss, opd_loss
+from .results import PipelineResult
 from .scoring import load_model, load_tokenizer, score_batch
 from .views.report import html_page, html_table, text_table
 from .views.series import per_token_series
 from .views.tokens import TokenStrip, token_strip
-
-
-@dataclass
-class PipelineResult:
-    """Everything one pass produced: the scored batch, the check, IW-OPD and OPD results."""
-
-    batch: Batch
-    report: AlignmentReport
-    iw_opd: ObjectiveResult
-    opd: ObjectiveResult
-    tokens: list[list[str]]
-    prompts: list[str]
-    correct: list[bool]
-    gamma: float
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def decode_tokens(tokenizer, batch: Batch) -> list[list[str]]:

@@ -2,7 +2,8 @@
 findings of a check linked to the rows they point at.
 
 Reads a :class:`~iwopd_kit.batch.Batch` and an :class:`~iwopd_kit.alignment.AlignmentReport`;
-computes nothing the check did not (the lag table comes from the same ``lag_scan``).
+decides nothing: the lag table is the check's own per-row decision (``report.row_lags``), so it shows
+a lag only for a row the check reported as shifted.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-import torch
-
-from ..alignment import KINDS, AlignmentReport, Tolerances, best_lags
+from ..alignment.core import KINDS, AlignmentReport, Tolerances
 from ..batch import Batch
 from .report import html_table, text_table
 from .series import per_token_series
@@ -27,7 +26,8 @@ def _anchor(b: int) -> str:
 class AlignmentView:
     """HTML (``_repr_html_``) and text (``repr``) of a check: findings, per-row lags, per-token gaps.
 
-    ``lag_rows``: one ``[row, best lag, mean gap at lag 0, mean gap at best lag]`` per row.
+    ``lag_rows``: one ``[row, best lag, mean gap at lag 0, mean gap at best lag]`` per row, from the
+    report's ``row_lags`` (best lag 0 and the lag-0 gap where the check reported no offset).
     """
 
     findings: tuple[tuple, ...]
@@ -90,14 +90,12 @@ def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[st
 
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
                    rows: list[int] | None = None, tolerances: Tolerances = Tolerances()) -> AlignmentView:
-    """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3)."""
-    lag_rows: list[tuple] = []
-    if batch.has("rollout_logprobs") and batch.has("student_logprobs"):
-        best_k, e0, e_best = best_lags(batch, tolerances.max_lag)
-        for b in range(batch.size):
-            better = bool(torch.isfinite(e_best[b])) and float(e_best[b]) * tolerances.lag_gain <= float(e0[b])
-            lag_rows.append((b, int(best_k[b]) if better else 0, float(e0[b]),
-                             float(e_best[b]) if better else float(e0[b])))
+    """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3).
+
+    The lag table is ``report.row_lags`` (empty when the check could not scan lags); ``tolerances``
+    is accepted for compatibility and not used: the check already applied its own.
+    """
+    lag_rows = tuple((x.row, x.lag, x.gap_at_0, x.gap_at_lag) for x in report.row_lags)
     flagged = sorted({f.row for f in report.findings if f.row is not None})
     rows = rows if rows is not None else (flagged or list(range(min(3, batch.size))))
     if tokens is None:
@@ -109,4 +107,4 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
         for b in rows
     )
     findings = tuple((f.severity, f.kind, f.row, f.position, f.message) for f in report.findings)
-    return AlignmentView(findings=findings, lag_rows=tuple(lag_rows), strips_html=strips, rows=tuple(rows), ok=report.ok)
+    return AlignmentView(findings=findings, lag_rows=lag_rows, strips_html=strips, rows=tuple(rows), ok=report.ok)

@@ -30,7 +30,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from ..batch import Batch
-from ..objective import prefix_weights
+from ..objective import exclusive_share, prefix_weights
 from .tokens import visible_text
 
 #: Figure size in pixels (fixed so the layout never depends on the notebook's width).
@@ -107,14 +107,6 @@ def _prepare(advantages: Tensor, mask: Tensor, row: int) -> tuple[Tensor, list[i
     _check_row(row, mask.shape[0])
     mask = mask.bool()
     return mask, _valid_positions(mask, row)
-
-
-def _exclusive_share(advantages: Tensor, mask: Tensor, row: int, eps: float = 1e-8) -> list[float]:
-    """``S_<j / max(S, eps)`` at every position of row ``row`` (exclusive cumulative |A| share)."""
-    a = advantages[row].detach().to(torch.float64).abs()
-    a = torch.where(mask[row], a, torch.zeros_like(a))
-    before = torch.cumsum(a, dim=0) - a
-    return (before / a.sum().clamp_min(eps)).tolist()
 
 
 def linear_reference(mask: Tensor, row: int, gamma: float) -> list[float]:
@@ -210,7 +202,7 @@ def cumulative_share_figure(advantages: Tensor, mask: Tensor, row: int) -> go.Fi
     schedule. Traces: ``S_<j / S`` then ``linear j/T``. An all-zero row has share 0 everywhere.
     """
     mask, pos = _prepare(advantages, mask, row)
-    share = _exclusive_share(advantages, mask, row)
+    share = exclusive_share(advantages.detach().to(torch.float64), mask)[row].tolist()
     n = len(pos)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=pos, y=[_round(share[j]) for j in pos], name="S_<j / S",

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..objective import advantage, iw_opd_loss, prefix_weights
-from ..pipeline import PipelineResult
+from ..results import PipelineResult
 from .tokens import token_strip
 
 #: Series the explorers colour by.
