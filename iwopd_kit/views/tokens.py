@@ -25,61 +25,17 @@ true value. Output is byte-identical across runs and processes.
 
 from __future__ import annotations
 
-import functools
 import html
-import math
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from .colors import (
+    DEFAULT_BOUNDS, NEGATIVE_RAMP, POSITIVE_RAMP, SCALE_KINDS, SEQUENTIAL_RAMP, ColorScale, is_dark, ramp_color,
+    scale_for,
+)
+from .inputs import SERIES_ORDER, id_or_none, normalise_series, normalise_tokens, normalise_window, ragged_rows
 from .report import MISSING, format_value, html_page, text_table
-
-#: Display order of the known series; other series follow in the order given.
-SERIES_ORDER: tuple[str, ...] = (
-    "rollout", "student", "teacher", "advantage", "weight", "loss", "gap",
-)
-
-#: Fixed colour bounds ``(lo, hi)`` per known series. Log-probs: a token with
-#: probability 1 (log-prob 0) is white and ``log p <= -5`` is darkest.
-#: ``loss`` is the per-token contribution before averaging; pass ``bounds=``
-#: when the loss is normalised differently.
-DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
-    "rollout": (-5.0, 0.0),
-    "student": (-5.0, 0.0),
-    "teacher": (-5.0, 0.0),
-    "advantage": (-2.0, 2.0),
-    "weight": (1.0, 1.5),
-    "loss": (-2.0, 2.0),
-    "gap": (0.0, 0.5),
-}
-
-#: Scale kind per known series; series not listed use ``"diverging"``.
-#:
-#: * ``"diverging"``: white at 0 (or the bound nearest 0), red below, blue above
-#: * ``"sequential"``: white at ``lo``, darker purple towards ``hi``
-#: * ``"sequential_r"``: white at ``hi``, darker purple towards ``lo``
-SCALE_KINDS: dict[str, str] = {
-    "rollout": "sequential_r",
-    "student": "sequential_r",
-    "teacher": "sequential_r",
-    "advantage": "diverging",
-    "weight": "sequential",
-    "loss": "diverging",
-    "gap": "sequential",
-}
-
-# Colour ramps from white outwards (ColorBrewer RdBu and Purples, both
-# colour-blind friendly). The first stop is exactly white.
-NEGATIVE_RAMP: tuple[str, ...] = ("#ffffff", "#fddbc7", "#f4a582", "#d6604d", "#b2182b")
-POSITIVE_RAMP: tuple[str, ...] = ("#ffffff", "#d1e5f0", "#92c5de", "#4393c3", "#2166ac")
-SEQUENTIAL_RAMP: tuple[str, ...] = (
-    "#ffffff", "#efedf5", "#dadaeb", "#bcbddc", "#9e9ac8",
-    "#807dba", "#6a51a3", "#54278f", "#3f007d",
-)
-
-# Visible stand-ins for whitespace inside tokens.
-_VISIBLE = {" ": "·", "\t": "→", "\r": "␍", "\n": "⏎"}
-_EMPTY_TOKEN = "∅"
+from .text import visible_html, visible_text
 
 _CSS = (
     ".iwv{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;"
@@ -98,283 +54,6 @@ _CSS = (
     ".iwv details{font-size:11px;color:#444}"
     ".iwv details pre{white-space:pre-wrap;margin:.2em 0;padding:.3em;background:#f6f6f6}"
 )
-
-
-# --------------------------------------------------------------------------
-# colours
-
-
-def _hex_to_rgb(color: str) -> tuple[int, int, int]:
-    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
-
-
-def _rgb_to_hex(rgb: Sequence[float]) -> str:
-    return "#" + "".join(f"{min(255, max(0, int(round(c)))):02x}" for c in rgb)
-
-
-def ramp_color(ramp: Sequence[str], t: float) -> str:
-    """Colour at fraction ``t`` in ``[0, 1]`` along a ramp (piecewise-linear in sRGB)."""
-    t = min(1.0, max(0.0, t))
-    pos = t * (len(ramp) - 1)
-    i = min(int(pos), len(ramp) - 2)
-    f = pos - i
-    if f == 0.0:
-        return ramp[i]
-    if f == 1.0:
-        return ramp[i + 1]
-    a, b = _hex_to_rgb(ramp[i]), _hex_to_rgb(ramp[i + 1])
-    return _rgb_to_hex([a[k] + (b[k] - a[k]) * f for k in range(3)])
-
-
-@functools.lru_cache(maxsize=4096)
-def is_dark(color: str) -> bool:
-    """True if white text reads better than black on ``color`` (WCAG luminance)."""
-    def channel(c: int) -> float:
-        s = c / 255.0
-        return s / 12.92 if s <= 0.04045 else ((s + 0.055) / 1.055) ** 2.4
-
-    r, g, b = (channel(c) for c in _hex_to_rgb(color))
-    lum = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    # contrast with white > contrast with black  <=>  lum < ~0.179
-    return (1.05 / (lum + 0.05)) > ((lum + 0.05) / 0.05)
-
-
-@dataclass(frozen=True)
-class ColorScale:
-    """Maps a value to a background colour.
-
-    ``anchor`` is the value drawn white; values move along ``NEGATIVE_RAMP``
-    (or ``SEQUENTIAL_RAMP`` for ``sequential_r``) below it and
-    ``POSITIVE_RAMP`` (or ``SEQUENTIAL_RAMP``) above it, reaching the ramp's
-    last colour at ``lo`` / ``hi``. Values outside ``[lo, hi]`` are clipped.
-    """
-
-    lo: float
-    hi: float
-    kind: str = "diverging"
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("diverging", "sequential", "sequential_r"):
-            raise ValueError(f"unknown scale kind {self.kind!r}")
-        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
-            raise ValueError(f"bounds must be finite with lo < hi, got ({self.lo}, {self.hi})")
-
-    @property
-    def anchor(self) -> float:
-        """The value drawn white."""
-        if self.kind == "sequential":
-            return self.lo
-        if self.kind == "sequential_r":
-            return self.hi
-        return min(self.hi, max(self.lo, 0.0))
-
-    @property
-    def low_ramp(self) -> tuple[str, ...]:
-        return SEQUENTIAL_RAMP if self.kind == "sequential_r" else NEGATIVE_RAMP
-
-    @property
-    def high_ramp(self) -> tuple[str, ...]:
-        return SEQUENTIAL_RAMP if self.kind == "sequential" else POSITIVE_RAMP
-
-    def color(self, value: Optional[float]) -> Optional[str]:
-        """``#rrggbb`` for ``value``; ``None`` for a missing value (None / NaN)."""
-        if value is None or math.isnan(value):
-            return None
-        v = min(self.hi, max(self.lo, value))
-        a = self.anchor
-        if v >= a:
-            return ramp_color(self.high_ramp, (v - a) / (self.hi - a) if self.hi > a else 0.0)
-        return ramp_color(self.low_ramp, (a - v) / (a - self.lo))
-
-    def gradient_css(self) -> str:
-        """CSS ``linear-gradient`` from ``lo`` (left) to ``hi`` (right)."""
-        a = (self.anchor - self.lo) / (self.hi - self.lo) * 100.0
-        stops: list[str] = []
-        if a > 0:
-            low = self.low_ramp
-            n = len(low) - 1
-            stops += [f"{low[n - i]} {a * i / n:.1f}%" for i in range(n + 1)]
-        if a < 100:
-            high = self.high_ramp
-            n = len(high) - 1
-            first = 1 if a > 0 else 0  # the anchor's white stop is already there
-            stops += [f"{high[i]} {a + (100.0 - a) * i / n:.1f}%" for i in range(first, n + 1)]
-        return "linear-gradient(to right," + ",".join(stops) + ")"
-
-
-def scale_for(name: str, bounds: Optional[tuple[float, float]] = None,
-              values: Sequence[Sequence[float]] = ()) -> ColorScale:
-    """The colour scale for series ``name``.
-
-    ``bounds`` overrides :data:`DEFAULT_BOUNDS`. For a series with neither,
-    the bounds are ``(-m, m)`` with ``m`` the largest finite ``|value|`` in
-    ``values`` (all rows; 1 if there is none): data-dependent, so pass ``bounds=`` to
-    compare strips of an unknown series.
-    """
-    kind = SCALE_KINDS.get(name, "diverging")
-    if bounds is None:
-        bounds = DEFAULT_BOUNDS.get(name)
-    if bounds is None:
-        finite = [abs(v) for row in values for v in row if math.isfinite(v)]
-        m = max(finite, default=0.0) or 1.0
-        bounds = (-m, m)
-    lo, hi = bounds
-    return ColorScale(float(lo), float(hi), kind)
-
-
-# --------------------------------------------------------------------------
-# input normalisation
-
-
-def _to_numpy_like(data: Any) -> Any:
-    """torch tensors -> numpy (float64 for floating dtypes); other inputs unchanged."""
-    if hasattr(data, "detach") and hasattr(data, "cpu"):
-        t = data.detach().cpu()
-        if t.is_floating_point():
-            t = t.double()
-        return t.numpy()
-    return data
-
-
-def _is_2d_array(data: Any) -> bool:
-    return hasattr(data, "ndim") and hasattr(data, "shape") and data.ndim == 2
-
-
-def _float_or_nan(value: Any, what: str) -> float:
-    if value is None:
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: expected a number or None, got {value!r}") from None
-
-
-def _id_or_none(value: Any, what: str) -> Optional[int]:
-    if value is None:
-        return None
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what}: expected an integer token id or None, got {value!r}") from None
-    if math.isnan(f):
-        return None
-    if f != int(f):
-        raise TypeError(f"{what}: expected an integer token id, got {value!r}")
-    return int(f)
-
-
-def _ragged_rows(name: str, data: Any, lengths: Sequence[int]) -> list[list[Any]]:
-    """Cut ``data`` into rows of exactly ``lengths[b]`` values.
-
-    ``data`` is a ragged list of rows (each exactly as long as its token row),
-    or a padded ``[B, L]`` numpy array / torch tensor (cut to each row's token
-    count; ``L`` must be at least that count).
-    """
-    data = _to_numpy_like(data)
-    n_rows = len(lengths)
-    if hasattr(data, "ndim") and data.ndim not in (1, 2):
-        raise ValueError(f"{name}: expected [B, L] values, got an array of shape {tuple(data.shape)}")
-    if len(data) != n_rows:
-        raise ValueError(f"{name} has {len(data)} rows but tokens has {n_rows} rows")
-    padded = _is_2d_array(data)
-    rows: list[list[Any]] = []
-    for b, n in enumerate(lengths):
-        row = _to_numpy_like(data[b])
-        if isinstance(row, (str, bytes)) or not hasattr(row, "__len__"):
-            raise TypeError(f"{name} row {b}: expected a sequence of per-token values, got {row!r}")
-        if padded:
-            if len(row) < n:
-                raise ValueError(
-                    f"{name} row {b}: padded width {len(row)} is shorter than the row's {n} tokens"
-                )
-            row = row[:n]
-        elif len(row) != n:
-            raise ValueError(f"{name} row {b} has {len(row)} values but the row has {n} tokens")
-        rows.append(list(row.tolist() if hasattr(row, "tolist") else row))
-    return rows
-
-
-def _normalise_tokens(tokens: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
-    if isinstance(tokens, (str, bytes)):
-        raise TypeError("tokens: expected a list of rows, each a list of token strings")
-    out = []
-    for b, row in enumerate(tokens):
-        if isinstance(row, (str, bytes)):
-            raise TypeError(f"tokens row {b} is a string; expected a list of token strings")
-        for j, tok in enumerate(row):
-            if not isinstance(tok, str):
-                raise TypeError(f"tokens row {b} position {j}: expected str, got {tok!r}")
-        out.append(tuple(row))
-    return tuple(out)
-
-
-def _ordered_names(names: Sequence[str]) -> list[str]:
-    known = [n for n in SERIES_ORDER if n in names]
-    return known + [n for n in names if n not in SERIES_ORDER]
-
-
-def _normalise_series(series: Mapping[str, Any], lengths: Sequence[int]
-                      ) -> dict[str, tuple[tuple[float, ...], ...]]:
-    out: dict[str, tuple[tuple[float, ...], ...]] = {}
-    for name in _ordered_names(list(series)):
-        if not isinstance(name, str):
-            raise TypeError(f"series names must be strings, got {name!r}")
-        rows = _ragged_rows(f"series {name!r}", series[name], lengths)
-        out[name] = tuple(
-            tuple(_float_or_nan(v, f"series {name!r} row {b} position {j}") for j, v in enumerate(row))
-            for b, row in enumerate(rows)
-        )
-    return out
-
-
-def _normalise_window(window: Optional[Sequence[Optional[int]]]) -> Optional[tuple[int, Optional[int]]]:
-    if window is None:
-        return None
-    if len(window) != 2:
-        raise ValueError(f"window must be (start, stop), got {window!r}")
-    start, stop = window
-    start = 0 if start is None else int(start)
-    if start < 0 or (stop is not None and int(stop) < start):
-        raise ValueError(f"window must satisfy 0 <= start <= stop, got {window!r}")
-    return start, (None if stop is None else int(stop))
-
-
-# --------------------------------------------------------------------------
-# token text
-
-
-def _visible_char(ch: str) -> Optional[str]:
-    """Stand-in for an invisible character, or None if ``ch`` prints as itself."""
-    if ch in _VISIBLE:
-        return _VISIBLE[ch]
-    cat = unicodedata.category(ch)
-    if cat == "Cc":
-        return f"\\x{ord(ch):02x}"
-    if cat in ("Cf", "Zs", "Zl", "Zp"):
-        return f"\\u{ord(ch):04x}"
-    return None
-
-
-def visible_text(token: str) -> str:
-    """Plain-text form of a token with whitespace made visible (``' '`` -> ``'·'``, ``'\\n'`` -> ``'⏎'``)."""
-    if token == "":
-        return _EMPTY_TOKEN
-    if token.isprintable() and " " not in token:  # fast path: nothing to replace
-        return token
-    return "".join(_visible_char(ch) or ch for ch in token)
-
-
-def visible_html(token: str) -> str:
-    """Escaped HTML form of a token; stand-ins are wrapped in ``<i>`` (drawn faint)."""
-    if token == "":
-        return f"<i>{_EMPTY_TOKEN}</i>"
-    if token.isprintable() and " " not in token:  # fast path: nothing to replace
-        return html.escape(token)
-    parts = []
-    for ch in token:
-        sub = _visible_char(ch)
-        parts.append(f"<i>{html.escape(sub)}</i>" if sub else html.escape(ch))
-    return "".join(parts)
 
 
 # --------------------------------------------------------------------------
@@ -566,11 +245,11 @@ def token_strip(
             ``color_by`` (the message lists the series), bad ``rows`` /
             ``window`` / ``bounds``.
     """
-    toks = _normalise_tokens(tokens)
+    toks = normalise_tokens(tokens)
     lengths = [len(r) for r in toks]
     if not isinstance(series, Mapping):
         raise TypeError("series: expected a dict mapping series name -> per-token values")
-    vals = _normalise_series(series, lengths)
+    vals = normalise_series(series, lengths)
 
     if color_by is not None and color_by not in vals:
         available = ", ".join(vals) or "(none; pass color_by=None)"
@@ -579,8 +258,8 @@ def token_strip(
     ids = None
     if token_ids is not None:
         ids = tuple(
-            tuple(_id_or_none(v, f"token_ids row {b} position {j}") for j, v in enumerate(row))
-            for b, row in enumerate(_ragged_rows("token_ids", token_ids, lengths))
+            tuple(id_or_none(v, f"token_ids row {b} position {j}") for j, v in enumerate(row))
+            for b, row in enumerate(ragged_rows("token_ids", token_ids, lengths))
         )
 
     prm = None
@@ -616,7 +295,14 @@ def token_strip(
         prompts=prm,
         token_ids=ids,
         rows=shown,
-        window=_normalise_window(window),
+        window=normalise_window(window),
         title=title,
         decimals=decimals,
     )
+
+
+# the strip's public names, with the colour, input and text helpers it re-exports from .colors, .inputs, .text
+__all__ = [
+    "DEFAULT_BOUNDS", "NEGATIVE_RAMP", "POSITIVE_RAMP", "SCALE_KINDS", "SEQUENTIAL_RAMP", "SERIES_ORDER", "ColorScale",
+    "TokenStrip", "is_dark", "ramp_color", "scale_for", "token_strip", "visible_html", "visible_text",
+]
