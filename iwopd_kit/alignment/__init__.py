@@ -1,0 +1,64 @@
+"""The alignment check: do the rollout, student and teacher series describe the same tokens?
+
+One small detector per failure class (13 of them, :data:`KINDS`); ``check_alignment`` runs every
+one its inputs allow and returns an :class:`AlignmentReport`. Every finding names its ``kind``,
+``row`` (0-based row of the input; None for a batch-level finding), ``position`` (0-based
+completion token index, or None), ``severity`` (error / warning / info) and a message that says
+what to change.
+
+Coordinate frame: every series is ``[B, L]`` in completion coordinates (token j = the j-th
+generated token of row b, right-padded, NaN where missing); ``gap = rollout - student`` per token.
+
+Where things live:
+
+- ``core``: :class:`Finding`, :class:`Tolerances`, :class:`AlignmentReport`, and what a detector
+  is (:class:`~iwopd_kit.alignment.core.Detector`, its ``needs`` and ``run(context)``);
+- ``lags``: the lag scan, the best lag per row and the offset rule (``shifted_rows``);
+- the detectors, by family: ``gap_rows`` (offset A, ordering L, padding F), ``gap_batch``
+  (temperature H, processed I, staleness J, numerics M), ``coverage`` (missing B, teacher
+  coverage C, truncation G), ``tokens`` (tokenizer mismatch D, BOS/EOS E), ``normalisation`` (K);
+- ``check``: the ordered ``REGISTRY`` and ``check_alignment``;
+- ``wrappers``: ``detect_offset(batch, tol, exclude)`` and the other ``detect_*`` functions, thin
+  wrappers with the call signatures the kit has always had.
+
+Detectors compare *series*; they never recompute them. Thresholds live in :class:`Tolerances`
+(nats). Calibration assumptions:
+
+- healthy float32 vLLM rollout vs transformers recompute of the same weights: max |gap| ~3e-6
+  (measured on the bundled tiny models); ``same = 1e-3`` sits ~300x above it;
+- bf16 on one side: max |gap| ~0.06, no structure; ``rounding = 0.25`` keeps that a warning;
+- real misalignment (an offset, a 1/T rescale, a top-p renormalisation, left padding without
+  position ids, a re-ordered row) changes values by > 0.05 on most tokens and has a structure the
+  detectors look for (a better lag, a sign, growth with the pad amount, a match with another row);
+- a stale rollout policy shows a small gap of consistent sign in every row (the rollout policy
+  prefers its own samples: E[log pi_old - log pi_new] = KL >= 0); ``stale_t`` is the pooled
+  t-statistic the batch mean must reach so that rounding noise never qualifies.
+
+Meta keys read (all optional, per row in ``batch.meta``): ``policy_version`` (the weights vLLM
+sampled with) and ``trainer_version`` (the weights being trained) for J; ``teacher_prompt_length``,
+``teacher_completion_length``, ``student_prompt_length``, ``student_completion_length`` (what the
+other side saw) for G; ``grad_accum_steps`` for K.
+"""
+
+from __future__ import annotations
+
+from .check import REGISTRY, check_alignment, detector, run_detectors, run_order
+from .core import (
+    KINDS, REDUCTIONS, SEVERITIES, AlignmentReport, Context, Detector, Finding, Need, RowLag, Tolerances,
+)
+from .lags import ShiftedRows, best_lags, lag_scan, prompt_length_lags, row_lag_error, shifted_rows
+from .tokens import SAMPLE_TEXTS
+from .wrappers import (
+    detect_bos_eos, detect_missing, detect_normalisation, detect_numerics, detect_offset, detect_ordering,
+    detect_padding, detect_processed, detect_staleness, detect_teacher_coverage, detect_temperature,
+    detect_tokenizer_mismatch, detect_truncation,
+)
+
+__all__ = [
+    "KINDS", "SEVERITIES", "REDUCTIONS", "SAMPLE_TEXTS", "Finding", "Tolerances", "RowLag", "AlignmentReport",
+    "Context", "Need", "Detector", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment",
+    "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows",
+    "detect_offset", "detect_missing", "detect_teacher_coverage", "detect_temperature", "detect_processed",
+    "detect_numerics", "detect_ordering", "detect_padding", "detect_truncation", "detect_staleness",
+    "detect_normalisation", "detect_bos_eos", "detect_tokenizer_mismatch",
+]

@@ -1,0 +1,119 @@
+"""The registry of detectors and ``check_alignment``, the driver that runs it.
+
+``REGISTRY`` lists one :class:`~iwopd_kit.alignment.core.Detector` per failure class, in the order
+the report lists their findings. The driver runs them in that order, except that a detector with
+``runs_before`` runs just before the one it names (ordering before offsets); a detector whose
+``needs`` are not all met is not run, and the first missing need is the report's reason.
+
+Why this order: missing ids (B), ordering (L) before offsets (A), then padding (F), temperature
+(H) / processed (I), staleness (J) and only then numerics (M) for the gap nothing else explains;
+every row a detector with ``explains_gap`` reports is left out of the later gap detectors, so one
+cause gives one finding per row. Teacher coverage (C), truncation (G), BOS/EOS (E), tokenizers (D)
+and normalisation (K) are independent of the gap.
+
+To add a detector: write ``find_x(ctx) -> list[Finding]`` in the module of its family, add its
+kind to ``core.KINDS``, and add one ``Detector(...)`` line here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..batch import Batch
+from .core import (
+    A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
+    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
+)
+from .coverage import find_missing, find_teacher_coverage, find_truncation
+from .gap_batch import find_numerics, find_processed, find_staleness, find_temperature
+from .gap_rows import find_offset, find_ordering, find_padding
+from .normalisation import find_normalisation
+from .tokens import find_bos_eos, find_tokenizer_mismatch
+
+REGISTRY: tuple[Detector, ...] = (
+    Detector("missing_token_ids", find_missing),
+    Detector("offset", find_offset, needs=(PAIR,), explains_gap=True),
+    Detector("ordering", find_ordering, needs=(PAIR,), explains_gap=True, runs_before="offset"),
+    Detector("padding", find_padding, needs=(PAIR, PADDED), explains_gap=True),
+    Detector("temperature", find_temperature, needs=(PAIR,), explains_gap=True),
+    Detector("processed_logprobs", find_processed, needs=(PAIR,), explains_gap=True),
+    Detector("teacher_coverage", find_teacher_coverage, needs=(TEACHER,)),
+    Detector("truncation", find_truncation, needs=(SCORED_OR_LENGTHS,)),
+    Detector("staleness", find_staleness, needs=(VERSIONS_OR_PAIR,), explains_gap=True),
+    Detector("numerics", find_numerics, needs=(PAIR,)),
+    Detector("bos_eos", find_bos_eos, needs=(A_TOKENIZER,)),
+    Detector("tokenizer_mismatch", find_tokenizer_mismatch, needs=(BOTH_TOKENIZERS,)),
+    Detector("normalisation", find_normalisation, needs=(COUNT_OR_REDUCTION,)),
+)
+
+
+def run_order(registry: tuple[Detector, ...] = REGISTRY) -> tuple[Detector, ...]:
+    """The registry with every ``runs_before`` detector moved just before the one it names."""
+    order = [d for d in registry if d.runs_before is None]
+    for d in registry:
+        if d.runs_before is not None:
+            i = next((i for i, e in enumerate(order) if e.kind == d.runs_before), None)
+            if i is None:
+                raise ValueError(f"detector {d.kind!r} runs before {d.runs_before!r}, which is not in the registry")
+            order.insert(i, d)
+    return tuple(order)
+
+
+def detector(kind: str) -> Detector:
+    """The registered detector of one failure class."""
+    for d in REGISTRY:
+        if d.kind == kind:
+            return d
+    raise KeyError(f"no detector for {kind!r}; registered: {[d.kind for d in REGISTRY]}")
+
+
+def run_detectors(ctx: Context, registry: tuple[Detector, ...] = REGISTRY) -> tuple[list[Finding], dict[str, str]]:
+    """Run ``registry`` on ``ctx``; return the findings in registry order and the reasons for the
+    detectors that could not run (kind -> the first missing need).
+
+    After each detector that ``explains_gap``, its row-level findings add their rows to
+    ``ctx.explained_rows`` and a batch-level one sets ``ctx.gap_explained``.
+    """
+    found: dict[str, list[Finding]] = {}
+    reasons: dict[str, str] = {}
+    for det in run_order(registry):
+        why = det.unmet(ctx)
+        if why is not None:
+            reasons[det.kind] = why
+            continue
+        found[det.kind] = det.run(ctx)
+        if det.explains_gap:
+            ctx.explained_rows |= {f.row for f in found[det.kind] if f.row is not None}
+            ctx.gap_explained = ctx.gap_explained or any(f.row is None for f in found[det.kind])
+    return [f for det in registry for f in found.get(det.kind, [])], reasons
+
+
+def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, student_tokenizer: Any = None,
+                    teacher_tokenizer: Any = None, num_items: int | None = None,
+                    reduction: str | None = None) -> AlignmentReport:
+    """Run every detector this batch (and the extra inputs) allow; list the classes it could not check.
+
+    ``batch`` should carry ``rollout_logprobs`` and ``student_logprobs`` (recomputed by the trainer
+    side) and, when available, ``teacher_logprobs``; ``batch.sampling`` / ``batch.scoring`` enable
+    the config-aware temperature rule and ``batch.meta`` the version / length rules. Tokenizers
+    enable D (both) and E (either; the student's first), ``num_items`` / ``reduction`` enable K.
+    Ordering is tried before offsets, and every explained row is left out of the later gap
+    detectors, so one cause gives one finding per row.
+    """
+    ctx = Context(batch, tolerances, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
+                  num_items=num_items, reduction=reduction)
+    with one_thread():
+        findings, reasons = run_detectors(ctx)
+        stats = {}
+        if ctx.has_pair:
+            gap = ctx.gap(batch.valid())
+            if bool((~gap.isnan()).any()):
+                a = gap.abs()[~gap.isnan()]
+                stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
+    return AlignmentReport(findings=findings, stats=stats, unchecked=[k for k in KINDS if k in reasons],
+                           unchecked_reasons={k: reasons[k] for k in KINDS if k in reasons},
+                           row_lags=ctx.row_lags, explained_rows=tuple(sorted(ctx.explained_rows)),
+                           gap_explained=ctx.gap_explained)
+
+
+__all__ = ["REGISTRY", "run_order", "detector", "run_detectors", "check_alignment"]

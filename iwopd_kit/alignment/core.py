@@ -1,0 +1,322 @@
+"""The check's data types: findings, tolerances, the report, and what a detector is.
+
+A detector is a :class:`Detector`: its ``kind`` (one failure class of :data:`KINDS`), the inputs
+it ``needs`` (each a :class:`Need`; when one is missing the report says so, with the need's own
+words), whether it ``explains_gap`` (its rows, or the whole batch, need no further gap-based
+finding), and one ``run(context) -> list[Finding]``. :class:`Context` carries the batch, the
+tolerances, the extra inputs, and what the detectors that ran before decided.
+
+Only data types and tiny tensor helpers live here: views may import this module; they never
+import the detectors.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from ..batch import Batch
+from ..objective import REDUCTIONS
+
+KINDS = (
+    "offset", "missing_token_ids", "teacher_coverage", "tokenizer_mismatch", "bos_eos", "padding",
+    "truncation", "temperature", "processed_logprobs", "staleness", "normalisation", "ordering", "numerics",
+)
+SEVERITIES = ("error", "warning", "info")
+SIDES = (("student", "student_logprobs"), ("teacher", "teacher_logprobs"))
+"""The two scored sides and their series; the rollout is the reference they are compared with."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    row: int | None
+    position: int | None
+    severity: str
+    message: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown finding kind {self.kind!r}; expected one of {KINDS}")
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.severity!r}; expected one of {SEVERITIES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Thresholds, in nats, on |rollout - student| per token (see the package docstring for the calibration).
+
+    same: values this close are the same number (float32 vLLM vs transformers: ~3e-6).
+    rounding: a per-token gap up to this, with no structure, is low-precision rounding (bf16: ~0.06).
+    max_lag: the offset scan tries lags k in [-max_lag, max_lag].
+    lag_gain: an offset is reported when some lag k != 0 fits at least this many times better than k = 0;
+        a re-ordered row must match another row's student series this many times better than its own.
+    min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
+    stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
+    stale_min_rows: rows (each with >= min_tokens_for_lag values) needed before a gap counts as systematic.
+    """
+
+    same: float = 1e-3
+    rounding: float = 0.25
+    max_lag: int = 4
+    lag_gain: float = 10.0
+    min_tokens_for_lag: int = 3
+    stale_t: float = 3.0
+    stale_min_rows: int = 4
+
+
+@dataclass(frozen=True)
+class RowLag:
+    """The offset check's decision for one row: the lag it settled on and the mean |gap| there.
+
+    ``lag`` is the best lag k != 0 when the check reported an offset for this row, else 0;
+    ``gap_at_lag`` is the mean |rollout[j + lag] - student[j]| at that lag (= ``gap_at_0`` when 0).
+    NaN where the row has no overlapping values.
+    """
+
+    row: int
+    lag: int
+    gap_at_0: float
+    gap_at_lag: float
+
+
+@dataclass(frozen=True)
+class AlignmentReport:
+    """Findings, a few summary stats, and the classes the inputs did not allow to check.
+
+    ``unchecked`` lists kinds; ``unchecked_reasons[kind]`` says which input was missing.
+    What the check decided, for views to show rather than re-decide: ``row_lags`` (one
+    :class:`RowLag` per row when the offset scan ran, else empty), ``explained_rows`` (rows whose
+    gap a row-level finding explained, left out of the later gap detectors) and ``gap_explained``
+    (a batch-level finding explained the gap of the whole batch).
+    """
+
+    findings: list[Finding] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)
+    unchecked_reasons: dict[str, str] = field(default_factory=dict)
+    row_lags: tuple[RowLag, ...] = ()
+    explained_rows: tuple[int, ...] = ()
+    gap_explained: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error-level finding."""
+        return not any(f.severity == "error" for f in self.findings)
+
+    def by_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    @property
+    def kinds(self) -> set[str]:
+        return {f.kind for f in self.findings}
+
+    def to_dicts(self) -> list[dict]:
+        return [f.to_dict() for f in self.findings]
+
+    def unchecked_text(self) -> str:
+        """``kind (why), ...`` for the classes not checked."""
+        return ", ".join(f"{k} ({self.unchecked_reasons[k]})" if k in self.unchecked_reasons else k
+                         for k in self.unchecked)
+
+    def __repr__(self) -> str:
+        head = f"AlignmentReport(ok={self.ok}, {len(self.findings)} finding(s))"
+        lines = [head] + [f"  [{f.severity}] {f.kind} row={f.row} pos={f.position}: {f.message}" for f in self.findings]
+        if self.unchecked:
+            lines.append(f"  not checked: {self.unchecked_text()}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- the context
+@dataclass
+class Context:
+    """What one detector run sees: the batch, the tolerances, the extra inputs, earlier decisions.
+
+    ``explained_rows``: rows already explained by a row-level finding (re-ordered, shifted,
+    padded, stale); the gap detectors leave them out. ``gap_explained``: a batch-level finding
+    (temperature, top-p, staleness) explained the gap. ``row_lags``: the offset check's per-row
+    decisions, for the report. The driver updates the first two after each detector that
+    ``explains_gap``.
+    """
+
+    batch: Batch
+    tol: Tolerances = field(default_factory=Tolerances)
+    student_tokenizer: Any = None
+    teacher_tokenizer: Any = None
+    num_items: int | None = None
+    reduction: str | None = None
+    explained_rows: set[int] = field(default_factory=set)
+    gap_explained: bool = False
+    row_lags: tuple[RowLag, ...] = ()
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer for BOS/EOS checks: the student's, else the teacher's (None without either)."""
+        return self.student_tokenizer if self.student_tokenizer is not None else self.teacher_tokenizer
+
+    @property
+    def exclude(self) -> frozenset[int]:
+        return frozenset(self.explained_rows)
+
+    def has(self, name: str) -> bool:
+        return self.batch.has(name)
+
+    @property
+    def has_pair(self) -> bool:
+        """Both series a gap needs: rollout and student log-probs."""
+        return self.batch.has("rollout_logprobs") and self.batch.has("student_logprobs")
+
+    def meta(self, key: str) -> list[Any] | None:
+        """``meta[b][key]`` per row (None where absent); None when no row has the key."""
+        return meta_values(self.batch, key)
+
+    def valid(self) -> Tensor:
+        """batch.valid() [B, L] with the explained rows switched off."""
+        valid = self.batch.valid()
+        if self.explained_rows:
+            valid[sorted(self.explained_rows)] = False
+        return valid
+
+    def gap(self, valid: Tensor) -> Tensor:
+        """rollout - student [B, L] float64 on ``valid`` tokens, NaN elsewhere (needs :data:`PAIR`)."""
+        r = self.batch.series("rollout_logprobs", torch.float64)
+        s = self.batch.series("student_logprobs", torch.float64)
+        return torch.where(valid, r - s, torch.full_like(r, float("nan")))
+
+
+@dataclass(frozen=True)
+class Need:
+    """One input a detector needs: ``holds(context)`` says whether it is there.
+
+    ``what`` names it for the report (``needs {what}``); ``reason`` replaces that sentence when the
+    input is there but cannot show the defect (all prompts of one length: nothing was padded).
+    """
+
+    what: str
+    holds: Callable[[Context], bool]
+    reason: str | None = None
+
+    @property
+    def missing(self) -> str:
+        return self.reason if self.reason is not None else f"needs {self.what}"
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One failure class: ``run(context)`` returns its findings; it runs only when every need holds.
+
+    ``explains_gap``: its findings explain the rollout-student gap (row-level ones for their rows,
+    a batch-level one for the whole batch), so the gap detectors after it skip what it explained.
+    ``runs_before``: the kind of a detector this one must run before although it is reported after
+    it (the report keeps the registry's order; ordering is tried before offsets).
+    """
+
+    kind: str
+    run: Callable[[Context], list[Finding]]
+    needs: tuple[Need, ...] = ()
+    explains_gap: bool = False
+    runs_before: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown detector kind {self.kind!r}; expected one of {KINDS}")
+
+    def unmet(self, ctx: Context) -> str | None:
+        """Why this detector cannot run on ``ctx`` (the first missing need), or None."""
+        return next((n.missing for n in self.needs if not n.holds(ctx)), None)
+
+    def __call__(self, ctx: Context) -> list[Finding]:
+        """The findings on ``ctx``; none when an input it needs is missing."""
+        if self.unmet(ctx) is not None:
+            return []
+        with one_thread():
+            return self.run(ctx)
+
+
+# --------------------------------------------------------------------------------------- the needs
+def meta_values(batch: Batch, key: str) -> list[Any] | None:
+    """``meta[b][key]`` per row (None where absent); None when no row has the key."""
+    if batch.meta is None:
+        return None
+    vals = [m.get(key) if isinstance(m, dict) else None for m in batch.meta]
+    return vals if any(v is not None for v in vals) else None
+
+
+PAIR = Need("rollout_logprobs and student_logprobs", lambda c: c.has_pair)
+TEACHER = Need("teacher_logprobs", lambda c: c.has("teacher_logprobs"))
+PADDED = Need("prompts of different lengths", lambda c: len(set(c.batch.prompt_lengths)) > 1,
+              reason="all prompts have the same length, so no row was left-padded")
+SCORED_OR_LENGTHS = Need(
+    "student_logprobs / teacher_logprobs or the other side's lengths in meta",
+    lambda c: (c.has("student_logprobs") or c.has("teacher_logprobs")
+               or any(c.meta(f"{side}_{what}_length") is not None for side, _ in SIDES for what in ("prompt", "completion"))))
+BOTH_TOKENIZERS = Need("student_tokenizer and teacher_tokenizer",
+                       lambda c: c.student_tokenizer is not None and c.teacher_tokenizer is not None)
+A_TOKENIZER = Need("a tokenizer: student_tokenizer or teacher_tokenizer", lambda c: c.tokenizer is not None)
+VERSIONS_OR_PAIR = Need(
+    "meta policy_version / trainer_version, or rollout_logprobs and student_logprobs",
+    lambda c: (c.meta("policy_version") is not None and c.meta("trainer_version") is not None) or c.has_pair)
+COUNT_OR_REDUCTION = Need("num_items or reduction", lambda c: c.num_items is not None or c.reduction is not None)
+
+
+# ---------------------------------------------------------------------------------- tensor helpers
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch ops with one intra-op thread, then restore the setting.
+
+    The detectors do elementwise work on [B, L] tensors (a few MB): one thread does it in well
+    under a millisecond per op, while on a machine whose cores are busy (a training run beside a
+    notebook) OpenMP's synchronisation made the same op ~100x slower (8 ms with 2 threads).
+    """
+    n = torch.get_num_threads()
+    if n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def nanmean_rows(d: Tensor) -> Tensor:
+    """Mean over dim 1 ignoring NaN (NaN for a row without values); faster than torch.nanmean."""
+    ok = ~d.isnan()
+    return torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(1) / ok.sum(1)
+
+
+def row_mask(n: int, rows: frozenset[int] | set[int]) -> Tensor:
+    """BoolTensor [n]: True at the given rows."""
+    m = torch.zeros(n, dtype=torch.bool)
+    if rows:
+        m[list(rows)] = True
+    return m
+
+
+def first_true(m: Tensor) -> Tensor:
+    """Index of the first True per row of a [B, L] bool tensor (0 for a row without any)."""
+    return m.to(torch.int8).argmax(dim=1)
+
+
+def last_true(m: Tensor) -> Tensor:
+    """Index of the last True per row of a [B, L] bool tensor (-1 for a row without any)."""
+    L = m.shape[1]
+    idx = torch.arange(L).expand_as(m)
+    return torch.where(m, idx, torch.full_like(idx, -1)).max(dim=1).values
+
+
+def at(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, idx[b]] for a [B, L] tensor and [B] indices."""
+    return x.gather(1, idx[:, None]).squeeze(1)
+
+
+__all__ = ["KINDS", "SEVERITIES", "REDUCTIONS", "SIDES", "Finding", "Tolerances", "RowLag", "AlignmentReport",
+           "Context", "Need", "Detector", "PAIR", "TEACHER", "PADDED", "SCORED_OR_LENGTHS", "BOTH_TOKENIZERS",
+           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "meta_values", "one_thread"]

@@ -1,0 +1,151 @@
+"""Gap-based detectors, row by row: a row's rollout values belong to other tokens or another row.
+
+Class A (offset: the values are shifted by k tokens), L (ordering: they are another row's) and
+F (padding: the student was scored under left padding with the wrong positions). Each is a
+``find_*(ctx)`` over a :class:`~iwopd_kit.alignment.core.Context`; all three explain the gap of
+the rows they report, so the later gap detectors leave those rows out.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .core import Context, Finding, first_true, nanmean_rows, row_mask
+from .lags import shifted_rows
+
+
+def find_offset(ctx: Context) -> list[Finding]:
+    """Class A: per row, the lag k that best matches rollout to student log-probs; healthy rows have k = 0.
+
+    Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its prompt length
+    suggests (``prompt_length_lags``), which catch slicing bugs of any size. The rule is
+    :func:`~iwopd_kit.alignment.lags.shifted_rows`; its per-row decisions go to ``ctx.row_lags``
+    (the report's ``row_lags``, which the diff view shows).
+
+    Vectorised over rows (one ``lag_scan``); Python work only for the rows it reports. Rows
+    already explained (e.g. re-ordered) are skipped.
+    """
+    shifted = shifted_rows(ctx.batch, ctx.tol, ctx.exclude)
+    ctx.row_lags = shifted.row_lags()
+    out = []
+    for b in shifted.flagged.nonzero().flatten().tolist():
+        k, e0, e_best = int(shifted.best_k[b]), float(shifted.e0[b]), float(shifted.e_best[b])
+        out.append(Finding(
+            "offset", b, 0, "error",
+            f"rollout log-probs are shifted by {-k:+d} token(s): token j carries the log-prob of token j{-k:+d} "
+            f"(mean gap {e0:.3g} at lag 0, {e_best:.3g} at lag {k:+d}); index the rollout "
+            "log-probs by completion position per row, not from a batch-wide prompt length",
+        ))
+    return out
+
+
+# ------------------------------------------------------------------------------------- L: ordering
+def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """Mean |rows[i, j] - student[c, j]| over the j where both have values, for every pair (i, c).
+
+    ``rows`` [C, L], ``student`` [B, L] (NaN = no value). Returns ``(err [C, B], n [C, B])``; the
+    work is split into chunks of candidate rows so that no temporary exceeds ``max_elems``.
+    """
+    C, L = rows.shape
+    B = student.shape[0]
+    step = max(1, max_elems // max(1, B * L))
+    errs, ns = [], []
+    for i in range(0, C, step):
+        d = (rows[i : i + step, None, :] - student[None, :, :]).abs()   # [c, B, L]
+        ok = ~d.isnan()
+        n = ok.sum(-1)
+        ns.append(n)
+        errs.append(torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(-1) / n)
+    return torch.cat(errs), torch.cat(ns)
+
+
+def find_ordering(ctx: Context) -> list[Finding]:
+    """Class L: rows re-ordered or regrouped between the rollout and the trainer.
+
+    Candidates are the rows whose rollout series disagrees with their own student series at lag 0
+    (mean |gap| > ``tol.same``). A candidate is explained when the student series of *another* row
+    matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding`` on every token) over at
+    least 90% of its values. Reported when at least two rows are explained (a re-order moves two
+    rows at least); the message gives the mapping rollout row -> trainer row. Cost: a vectorised
+    [C, B, 256] comparison on the first 256 positions picks each candidate's best partner, one
+    [C, L] comparison confirms it (nothing on a healthy batch).
+    """
+    batch, tol = ctx.batch, ctx.tol
+    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+    n_r = (~r.isnan()).sum(1)
+    e0 = nanmean_rows((r - s).abs())
+    cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag) & ~row_mask(batch.size, ctx.exclude)
+    idx = cand.nonzero().flatten()
+    if idx.numel() < 2:
+        return []
+    # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
+    probe = min(r.shape[1], 256)
+    err, _ = _pairwise_gap(r[idx, :probe], s[:, :probe])
+    err[torch.arange(idx.numel()), idx] = float("inf")                      # not itself
+    best = torch.nan_to_num(err, nan=float("inf")).argmin(dim=1)
+    d = (r[idx] - s[best]).abs()
+    n = (~d.isnan()).sum(1)
+    best_err = nanmean_rows(d)
+    need = torch.clamp(torch.ceil(0.9 * n_r[idx].double()), min=tol.min_tokens_for_lag)
+    best_err = torch.where(best_err.isnan() | (n < need) | (best == idx), torch.full_like(best_err, float("inf")), best_err)
+    # a moved row matches its partner token by token, within rounding (the *max*, not the mean: two confident rows
+    # with mostly near-0 log-probs have a small mean gap without being the same series)
+    best_max = torch.nan_to_num(d, nan=0.0).max(dim=1).values
+    matched = (best_err * tol.lag_gain <= e0[idx]) & (best_max <= tol.rounding)
+    if int(matched.sum()) < 2:
+        return []
+    pairs = [(int(idx[i]), int(best[i]), float(e0[idx[i]]), float(best_err[i])) for i in matched.nonzero().flatten().tolist()]
+    targets = [c for _, c, _, _ in pairs]
+    how = "a permutation" if len(set(targets)) == len(targets) else "regrouped: several rows map to one"
+    mapping = ", ".join(f"{b}->{c}" for b, c, _, _ in pairs[:12]) + (", ..." if len(pairs) > 12 else "")
+    return [Finding(
+        "ordering", b, 0, "error",
+        f"rollout row {b} carries the log-probs of row {c} (mean gap {g0:.3g} against its own student series, "
+        f"{gc:.3g} against row {c}'s): rows were re-ordered between rollout and training ({how}; rollout row -> "
+        f"trainer row: {mapping}); carry a row id (prompt uid + sample index) through gathering, grouping and "
+        "sharding, and restore the order by it before pairing series",
+    ) for b, c, g0, gc in pairs]
+
+
+# -------------------------------------------------------------------------------------- F: padding
+def find_padding(ctx: Context) -> list[Finding]:
+    """Class F: a gap that appears only in rows whose prompt was left-padded, growing with the pad amount.
+
+    Needs only the prompt lengths (of at least two sizes): row b is padded by ``pad_b = max(P) - P_b``
+    tokens in a left-padded batch. Signature of a student scored under left padding without position
+    ids (or a wrong next-token shift there): every row with ``pad_b = 0`` agrees (mean |gap| <=
+    ``tol.same``), every row with ``pad_b > 0`` does not, and with two or more pad amounts the row gap
+    is positively correlated with ``pad_b``. Rows already explained are left out.
+    """
+    batch, tol = ctx.batch, ctx.tol
+    P = torch.tensor(batch.prompt_lengths)
+    pad_amt = P.max() - P
+    valid = ctx.valid()
+    a = ctx.gap(valid).abs()
+    row_gap = nanmean_rows(a)
+    has = ~row_gap.isnan()
+    zero, padded = has & (pad_amt == 0), has & (pad_amt > 0)
+    if not (bool(zero.any()) and bool(padded.any())):
+        return []
+    bad = row_gap > tol.same
+    if bool(bad[zero].any()) or not bool(bad[padded].all()):
+        return []
+    x, y = pad_amt[padded].double(), row_gap[padded]
+    if x.unique().numel() >= 2:
+        rho = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
+        if not rho > 0:
+            return []
+    first = first_true(valid & (a > tol.same))
+    n_zero = int(zero.sum())
+    return [Finding(
+        "padding", b, int(first[b]), "error",
+        f"row {b} is left-padded by {int(pad_amt[b])} token(s) and its student log-probs differ from the rollout's "
+        f"(mean gap {float(row_gap[b]):.3g}), while the {n_zero} unpadded row(s) agree and the gap grows with the pad "
+        "amount: the student was scored under left padding with the wrong positions; pass position_ids = "
+        "cumsum(attention_mask) - 1 (clamped at 0), or score right-padded rows, and take the logits of token j "
+        "at column (first real column) + P_b + j - 1",
+    ) for b in padded.nonzero().flatten().tolist()]
+
+
+__all__ = ["find_offset", "find_ordering", "find_padding"]

@@ -1,0 +1,127 @@
+"""Lags: how well rollout log-probs match student log-probs when shifted by k tokens.
+
+``lag_scan`` scores every lag in a window, ``row_lag_error`` a per-row lag, ``prompt_length_lags``
+the shifts a batch-wide prompt-length slicing bug produces, ``best_lags`` the best lag k != 0 per
+row, and ``shifted_rows`` the offset decision (the rule class A reports and the views show).
+
+Coordinate frame: ``[B, L]`` completion coordinates; lag k pairs rollout[j + k] with student[j].
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..batch import Batch
+from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask
+
+
+@one_thread()
+def lag_scan(rollout: Tensor, student: Tensor, valid: Tensor, max_lag: int = 4) -> tuple[Tensor, Tensor]:
+    """Mean |rollout[j + k] - student[j]| per row for k in [-K, K].
+
+    ``rollout``, ``student`` [B, L] and ``valid`` [B, L] bool, in completion coordinates. Fully
+    vectorised over rows and tokens: one Python step per lag (2K+1 of them), none per row.
+    Returns ``(lags [2K+1], err [B, 2K+1])``; err is NaN where a row has no overlapping values.
+    """
+    lags = torch.arange(-max_lag, max_lag + 1)
+    dtype = torch.promote_types(rollout.dtype, student.dtype)
+    nan = torch.tensor(float("nan"), dtype=dtype)
+    r = torch.where(valid, rollout.to(dtype), nan)
+    s = torch.where(valid, student.to(dtype), nan)
+    B, L = r.shape
+    err = torch.full((B, len(lags)), float("nan"), dtype=dtype)
+    for i, k in enumerate(lags.tolist()):
+        if abs(k) >= L:
+            continue
+        # pairs (rollout[j + k], student[j]) for every j with both indices inside [0, L)
+        d = (r[:, k:] - s[:, : L - k]) if k >= 0 else (r[:, : L + k] - s[:, -k:])
+        err[:, i] = nanmean_rows(d.abs())
+    return lags, err
+
+
+def row_lag_error(rollout: Tensor, student: Tensor, valid: Tensor, lags: Tensor) -> Tensor:
+    """Mean |rollout[j + k_b] - student[j]| per row for a per-row lag ``lags`` [B] (vectorised gather).
+
+    Used for the lags suggested by prompt-length differences, which can exceed the scan window.
+    Returns err [B] (NaN where a row has no overlapping values).
+    """
+    B, L = rollout.shape
+    j = torch.arange(L)[None, :]
+    idx = j + lags[:, None]
+    inside = (idx >= 0) & (idx < L)
+    r = torch.where(valid, rollout, torch.full_like(rollout, float("nan")))
+    s = torch.where(valid, student, torch.full_like(student, float("nan")))
+    shifted = r.gather(1, idx.clamp(0, L - 1)).masked_fill(~inside, float("nan"))
+    return nanmean_rows((shifted - s).abs())
+
+
+def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
+    """Candidate lags [B, 4] per row from prompt lengths: +-(p_b - p_min) and +-(p_max - p_b).
+
+    A layout bug that slices every row at the batch's shortest (or longest) prompt shifts row b by
+    exactly that many tokens (TRL's review bug 1), however long the prompts are.
+    """
+    p = torch.tensor(prompt_lengths)
+    d_min, d_max = p - p.min(), p.max() - p
+    return torch.stack([-d_min, d_min, -d_max, d_max], dim=1)
+
+
+def best_lags(batch: Batch, max_lag: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row, the lag k != 0 that best matches rollout to student log-probs.
+
+    Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags. Returns
+    ``(best_k [B] long, err_at_0 [B], err_at_best [B])`` (mean |gap|; NaN / inf where undefined).
+    """
+    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+    valid_pairs = batch.padding_mask() & ~r.isnan() & ~s.isnan()
+    lags, err = lag_scan(r, s, valid_pairs, max_lag)
+    e0 = err[:, int((lags == 0).nonzero())]
+    extra = prompt_length_lags(batch.prompt_lengths)                                  # [B, 4]
+    extra_err = torch.stack([row_lag_error(r, s, valid_pairs, extra[:, i]) for i in range(extra.shape[1])], 1)
+    all_lags = torch.cat([lags[None, :].expand(batch.size, -1), extra], dim=1)         # [B, 2K+1+4]
+    e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill(all_lags == 0, float("inf")),
+                             nan=float("inf"))
+    best = e_all.argmin(dim=1)
+    return all_lags.gather(1, best[:, None]).squeeze(1), e0, e_all.gather(1, best[:, None]).squeeze(1)
+
+
+@dataclass(frozen=True)
+class ShiftedRows:
+    """The offset decision for a batch: ``flagged`` [B] bool, and ``best_k``, ``e0``, ``e_best`` [B]
+    from :func:`best_lags` (mean |gap| at lag 0 and at the best lag k != 0)."""
+
+    flagged: Tensor
+    best_k: Tensor
+    e0: Tensor
+    e_best: Tensor
+
+    def row_lags(self) -> tuple[RowLag, ...]:
+        """One :class:`RowLag` per row: the best lag where flagged, else 0 (and the gap there)."""
+        out = []
+        for b, hit in enumerate(self.flagged.tolist()):
+            e0 = float(self.e0[b])
+            out.append(RowLag(b, int(self.best_k[b]), e0, float(self.e_best[b])) if hit else RowLag(b, 0, e0, e0))
+        return tuple(out)
+
+
+def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> ShiftedRows:
+    """Which rows carry shifted rollout log-probs (class A's rule).
+
+    A row is flagged when it has at least ``tol.min_tokens_for_lag`` tokens and a rollout value,
+    its mean |gap| at lag 0 exceeds ``tol.same``, it is not in ``exclude`` (already explained), and
+    its best lag k != 0 fits at least ``tol.lag_gain`` times better than lag 0. Needs rollout and
+    student log-probs.
+    """
+    r = batch.series("rollout_logprobs", torch.float64)
+    has_value = batch.padding_mask() & ~r.isnan() & (r != math.inf)
+    best_k, e0, e_best = best_lags(batch, tol.max_lag)
+    cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value.any(1) & ~e0.isnan()
+            & (e0 > tol.same) & ~row_mask(batch.size, exclude))
+    return ShiftedRows(cand & (e_best * tol.lag_gain <= e0), best_k, e0, e_best)
+
+
+__all__ = ["lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows"]
