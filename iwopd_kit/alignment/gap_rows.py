@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .core import Context, Finding, first_true, nanmean_rows, row_mask
 from .lags import shifted_rows
-from .zeros import placeholder_text, zero_placeholders
+from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
@@ -52,13 +52,10 @@ def _zero_padded_rows(ctx: Context, flagged: Tensor) -> list[Finding]:
     batch = ctx.batch
     valid = ctx.valid()
     valid[flagged] = False
-    eos = getattr(ctx.tokenizer, "eos_token_id", None)
-    if eos is not None:                           # a final EOS of 0.0 is the BOS/EOS check's (appended by hand)
-        last = torch.tensor(batch.lengths) - 1
-        rows = torch.arange(batch.size)
-        ends = (last >= 0) & (batch.tokens(pad_id=-1)[rows, last.clamp(min=0)] == eos)
-        valid[rows[ends], last[ends]] = False
     zero = zero_placeholders(batch, ctx.tol, valid)
+    eos = getattr(ctx.tokenizer, "eos_token_id", None)
+    if eos is not None:               # a lone 0.0 on the final EOS is the BOS/EOS check's (appended by hand)
+        zero &= ~lone_final_eos(batch, zero, eos)[:, None]
     if not bool(zero.any()):
         return []
     s = batch.series("student_logprobs", torch.float64)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import Context, Finding, at, first_true
-from .zeros import placeholder_text, zero_placeholders
+from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -184,7 +184,8 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
     if batch.has("rollout_logprobs") and bool(ends.any()):
         r = at(batch.series("rollout_logprobs", torch.float64), last)
         s = at(batch.series("student_logprobs", torch.float64), last) if batch.has("student_logprobs") else None
-        placeholder = at(zero_placeholders(batch, tol), last) if s is not None else (r == 0.0)
+        # a 0.0 EOS that is the row's only placeholder; with more, the row's rollout series was padded (offset)
+        placeholder = lone_final_eos(batch, zero_placeholders(batch, tol), eos) if s is not None else (r == 0.0)
         for b in (ends & r.isnan()).nonzero().flatten().tolist():
             flagged.add(b)
             out.append(Finding(

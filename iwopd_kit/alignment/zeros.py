@@ -47,6 +47,16 @@ def zero_placeholders(batch: Batch, tol: Tolerances, valid: Tensor | None = None
     return valid & (r == 0.0) & ~s.isnan() & (s < floor - tol.zero_slack)
 
 
+def lone_final_eos(batch: Batch, zero: Tensor, eos: int) -> Tensor:
+    """[B] bool: rows whose only placeholder (``zero`` [B, L]) is their final token, an EOS: an EOS appended
+    by hand (the BOS/EOS check's); a row with more placeholders has a padded rollout series (an offset)."""
+    last = torch.tensor(batch.lengths) - 1
+    rows = torch.arange(batch.size)
+    col = last.clamp(min=0)
+    at_last = (last >= 0) & zero[rows, col] & (batch.tokens(pad_id=-1)[rows, col] == eos)
+    return at_last & (zero.sum(1) == 1)
+
+
 def placeholder_text(batch: Batch) -> str:
     """Why a 0.0 there cannot be a nucleus of one, for the messages."""
     floor = nucleus_floor(batch)
@@ -55,4 +65,4 @@ def placeholder_text(batch: Batch) -> str:
     return f"alone in the top_p={batch.sampling.top_p:g} nucleus only above log(top_p) = {floor:.3g}"
 
 
-__all__ = ["nucleus_floor", "zero_placeholders", "placeholder_text"]
+__all__ = ["nucleus_floor", "zero_placeholders", "lone_final_eos", "placeholder_text"]
