@@ -15,6 +15,7 @@ from .formats import (
     load_any,
     to_trl_batch,
 )
+from .mismatch import MISMATCH_KEYS, mismatch_metrics
 from .objective import (
     ObjectiveResult,
     advantage,
@@ -33,10 +34,10 @@ from . import views
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlignmentReport", "Batch", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
+    "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
     "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
-    "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "opd_loss",
+    "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "mismatch_metrics", "opd_loss",
     "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
     "to_trl_batch", "write_jsonl",
 ]

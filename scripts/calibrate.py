@@ -1,7 +1,8 @@
 """Measure the numbers behind ``Tolerances``: |rollout - student| on healthy real rollouts, and the gap each
 broken fixture in data/fixtures/ produces.
 
-    source scripts/env.sh && .venv/bin/python scripts/calibrate.py
+    source scripts/env.sh && .venv/bin/python scripts/calibrate.py              # the gap tables
+    source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch   # + mismatch distributions
 
 Healthy settings (3 seeds each, 12 held-out prompts of 4 lengths, the tiny student served by vLLM
 in-process on the CPU, the student rescored with transformers in float32):
@@ -33,7 +34,58 @@ def gap_stats(batch: K.Batch) -> tuple[float, float, int]:
     return float(g.max()), float(g.mean()), int(g.numel())
 
 
+MISMATCH_PROMPTS = 48          # per seed: ~1200 tokens, enough for a p99.9
+
+
+def mismatch_row(batch: K.Batch) -> dict:
+    """Pooled mismatch metrics, |Δ| quantiles and the exact-0.0 rollout tokens of one healthy batch."""
+    from iwopd_kit.mismatch import abs_delta_quantiles, metrics_from_delta, pooled_delta
+
+    s, r, valid = batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64), batch.valid()
+    d = pooled_delta(s, r, valid)
+    zero = valid & (r == 0.0)
+    report = K.check_alignment(batch, student_tokenizer=K.load_tokenizer(toy.STUDENT_DIR))
+    return {"tokens": d.numel(), **abs_delta_quantiles(d), "max": float(d.abs().max()), **metrics_from_delta(d),
+            "zeros": int(zero.sum()), "zero_min_student": float(s[zero].min()) if bool(zero.any()) else None,
+            "errors": sum(f.severity == "error" for f in report.findings),
+            "numerics": next((f.severity for f in report.findings if f.kind == "numerics"), "-")}
+
+
+def mismatch_calibration() -> None:
+    """Healthy rollout-vs-trainer pairs of both tiny models: the distributions the numerics rule is set on."""
+    tok = K.load_tokenizer(toy.STUDENT_DIR)
+    prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:MISMATCH_PROMPTS]]
+    settings = [  # name, engine kwargs, top_p, trainer autocast dtype (None: float32)
+        ("vLLM fp32 vs trainer fp32", dict(dtype="float32"), 1.0, None),
+        ("vLLM bf16 vs trainer fp32", dict(dtype="bfloat16"), 1.0, None),
+        ("vLLM bf16 vs trainer bf16 autocast", dict(dtype="bfloat16"), 1.0, torch.bfloat16),
+        ("vLLM fp32 vs trainer fp32, processed top_p 0.95", dict(dtype="float32"), 0.95, None),
+    ]
+    cols = ["tokens", "p50", "p90", "p99", "p99.9", "max", "mismatch/k3_kl", "mismatch/token_mult_prob_error",
+            "mismatch/is_ess", "mismatch/chi2_token", "zeros", "zero_min_student", "numerics", "errors"]
+    print("| model | setting | seed | " + " | ".join(c.removeprefix("mismatch/") for c in cols) + " |")
+    print("|---|---|---|" + "---|" * len(cols))
+    fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
+    for name, model_dir in (("student", toy.STUDENT_DIR), ("teacher", toy.TEACHER_DIR)):
+        trainer = K.load_model(model_dir)
+        for setting, engine_kw, top_p, autocast in settings:
+            engine = K.VLLMEngine(model_dir, logprobs_mode="processed_logprobs", **engine_kw)
+            for seed in SEEDS:
+                b = K.rollout(engine, prompts, temperature=1.0, top_p=top_p, max_tokens=MAX_TOKENS, seed=seed)
+                ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
+                with ctx:
+                    b = K.score_batch(b, student=trainer)
+                rd = engine_kw["dtype"]
+                b = b.replace(meta=[dict(m or {}, rollout_dtype=rd, trainer_dtype=str(autocast or torch.float32)
+                                         .removeprefix("torch.")) for m in (b.meta or [{}] * b.size)])
+                row = mismatch_row(b)
+                print(f"| {name} | {setting} | {seed} | " + " | ".join(fmt(row[c]) for c in cols) + " |", flush=True)
+
+
 def main() -> None:
+    if "--mismatch" in sys.argv[1:]:
+        mismatch_calibration()
+        return
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     prompts = [tok(p)["input_ids"] for p in pick_prompts()]
     student = K.load_model(toy.STUDENT_DIR)

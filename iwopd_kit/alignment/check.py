@@ -19,7 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..batch import Batch
+from ..mismatch import metrics_from_delta, pooled_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
     VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
@@ -88,6 +91,22 @@ def run_detectors(ctx: Context, registry: tuple[Detector, ...] = REGISTRY) -> tu
     return [f for det in registry for f in found.get(det.kind, [])], reasons
 
 
+MISMATCH = "mismatch"
+"""The name under which the report's ``unchecked`` lists the mismatch metrics when they could not be computed."""
+
+
+def _mismatch(ctx: Context) -> tuple[dict[str, float], str | None]:
+    """The pooled mismatch metrics of the batch (trainer = student recompute), or why there are none."""
+    if not ctx.has_pair:
+        return {}, "needs rollout_logprobs and student_logprobs"
+    b = ctx.batch
+    delta = pooled_delta(b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64),
+                         b.valid())
+    if delta.numel() == 0:
+        return {}, "no valid token has both a finite rollout and a finite student log-prob"
+    return metrics_from_delta(delta), None
+
+
 def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, student_tokenizer: Any = None,
                     teacher_tokenizer: Any = None, num_items: int | None = None,
                     reduction: str | None = None) -> AlignmentReport:
@@ -110,10 +129,14 @@ def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, stud
             if bool((~gap.isnan()).any()):
                 a = gap.abs()[~gap.isnan()]
                 stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
-    return AlignmentReport(findings=findings, stats=stats, unchecked=[k for k in KINDS if k in reasons],
-                           unchecked_reasons={k: reasons[k] for k in KINDS if k in reasons},
+        metrics, why = _mismatch(ctx)
+        if why is not None:
+            reasons[MISMATCH] = why
+    kinds = (*KINDS, MISMATCH)
+    return AlignmentReport(findings=findings, stats=stats, unchecked=[k for k in kinds if k in reasons],
+                           unchecked_reasons={k: reasons[k] for k in kinds if k in reasons}, metrics=metrics,
                            row_lags=ctx.row_lags, explained_rows=tuple(sorted(ctx.explained_rows)),
                            gap_explained=ctx.gap_explained)
 
 
-__all__ = ["REGISTRY", "run_order", "detector", "run_detectors", "check_alignment"]
+__all__ = ["MISMATCH", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment"]

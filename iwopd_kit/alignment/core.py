@@ -51,16 +51,30 @@ class Finding:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Thresholds, in nats, on |rollout - student| per token (see the package docstring for the calibration).
+    """Thresholds, in nats, on the per-token gap |rollout - student| = |Δ| (calibration: docs/calibration.md).
 
-    same: values this close are the same number (float32 vLLM vs transformers: ~3e-6).
-    rounding: a per-token gap up to this, with no structure, is low-precision rounding (bf16: ~0.06).
+    same: values this close are the same number (float32 vLLM vs transformers: max ~2e-5).
+    rounding: in a batch whose bulk agrees to float32 (see ``bulk_quantile``), a structureless gap on a
+        token up to this is a warning, beyond it an error (a token off by a nat among exact ones is not
+        rounding); also the per-token bound a re-ordered row must match its partner within.
     max_lag: the offset scan tries lags k in [-max_lag, max_lag].
     lag_gain: an offset is reported when some lag k != 0 fits at least this many times better than k = 0;
         a re-ordered row must match another row's student series this many times better than its own.
     min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
     stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
     stale_min_rows: rows (each with >= min_tokens_for_lag values) needed before a gap counts as systematic.
+    bulk_quantile: the |Δ| quantile that tells a low-precision batch (above ``same``: bf16 on a side,
+        p90 ~0.007-0.01 measured) from a float32 one (p90 ~1e-6); recorded dtypes (meta ``rollout_dtype``
+        / ``trainer_dtype``) other than float32/float64 also make it low-precision.
+    mult_prob_error: in a low-precision batch, the pooled ``mismatch/token_mult_prob_error`` (mean
+        exp|Δ|) above which the mismatch is an error (NeMo-RL's healthy bound, 1.05; bf16 vs fp32
+        measured 1.003-1.005).
+    k3_kl: in a low-precision batch, the pooled ``mismatch/k3_kl`` above which the mismatch is an error
+        (10x the usual dense-model upper end of 1e-3; bf16 vs fp32 measured ~1e-4).
+    zero_slack: how far below where a certain / nucleus-of-one token sits (0, or log(top_p) under
+        processed top-p) the trainer's log-prob of a token with a rollout log-prob of exactly 0.0 may be
+        and still count as healthy (engine rounding of a near-certain token); below it the 0.0 is a
+        padding value on a real token.
     """
 
     same: float = 1e-3
@@ -70,6 +84,10 @@ class Tolerances:
     min_tokens_for_lag: int = 3
     stale_t: float = 3.0
     stale_min_rows: int = 4
+    bulk_quantile: float = 0.9
+    mult_prob_error: float = 1.05
+    k3_kl: float = 1e-2
+    zero_slack: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,12 @@ class AlignmentReport:
     :class:`RowLag` per row when the offset scan ran, else empty), ``explained_rows`` (rows whose
     gap a row-level finding explained, left out of the later gap detectors) and ``gap_explained``
     (a batch-level finding explained the gap of the whole batch).
+
+    ``metrics``: the rollout-vs-trainer mismatch metrics under the names the field logs
+    (:func:`iwopd_kit.mismatch_metrics`: ``mismatch/k3_kl``, ``mismatch/token_mult_prob_error``, ...),
+    pooled over every valid token that has both a rollout and a student log-prob, rows flagged for
+    other reasons included. Empty when a series is missing; ``unchecked`` then lists ``"mismatch"``
+    and ``unchecked_reasons["mismatch"]`` says why.
     """
 
     findings: list[Finding] = field(default_factory=list)
@@ -105,6 +129,7 @@ class AlignmentReport:
     row_lags: tuple[RowLag, ...] = ()
     explained_rows: tuple[int, ...] = ()
     gap_explained: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

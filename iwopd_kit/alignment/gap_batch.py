@@ -13,6 +13,8 @@ import math
 import torch
 from torch import Tensor
 
+from ..mismatch import abs_delta_quantiles, metrics_from_delta
+from ..objective import iw_opd_loss
 from .core import Context, Finding, nanmean_rows
 
 
@@ -80,7 +82,12 @@ def find_temperature(ctx: Context) -> list[Finding]:
 def find_processed(ctx: Context) -> list[Finding]:
     """Class I: top-p / top-k renormalised (processed) rollout log-probs sit above the full-vocab ones.
 
-    Skipped when an earlier finding (temperature) already explained the batch's gap.
+    vLLM's processed log-prob of a kept token is log(p_t / S_t), S_t the kept mass at step t, so
+    A_t = teacher - rollout = (teacher - log p_t) + log S_t: every advantage moves *down* by |log S_t|.
+    The finding measures it (:func:`processed_bias`): mean log S (= mean of student - rollout), its share
+    of mean |A|, and the IW-OPD loss and mean prefix weight with the full-distribution log-probs (the
+    trainer's recompute) in place of the rollout's. Skipped when an earlier finding (temperature)
+    already explained the batch's gap.
     """
     if ctx.gap_explained:
         return []
@@ -90,17 +97,56 @@ def find_processed(ctx: Context) -> list[Finding]:
     big = valid & (gap.abs() > tol.same)
     if not bool(big.any()):
         return []
-    recorded = batch.sampling is not None and batch.sampling.truncates and batch.sampling.logprobs_mode == "processed_logprobs"
+    sampling = batch.sampling
+    recorded = sampling is not None and sampling.truncates and sampling.logprobs_mode == "processed_logprobs"
     if not recorded and _gap_pattern(gap[big], batch.series("student_logprobs", torch.float64)[big]) != "processed":
         return []
-    kept = float(torch.exp(-gap[big]).mean())
     b, j = (int(v) for v in big.nonzero()[0])
-    return [Finding(
-        "processed_logprobs", None, None, "warning",
-        f"rollout log-probs sit above the student's on {int(big.sum())} of {int(valid.sum())} tokens (first: row {b}, "
-        f"position {j}; mean kept mass ~{kept:.3f}): they are renormalised over a top-p/top-k set, which biases the "
-        "advantage upward; sample with top_p=1, top_k=0 or use logprobs_mode='raw_logprobs' at T=1",
-    )]
+    how = (", ".join(x for x in (f"top_p={sampling.top_p:g}" if sampling.top_p < 1 else "",
+                                 f"top_k={sampling.top_k}" if sampling.top_k else "") if x) + ", processed_logprobs"
+           if recorded else "no settings recorded; rollout above the student on almost every differing token")
+    q = processed_bias(ctx, valid)
+    text = (f"rollout log-probs are renormalised over a top-p/top-k set ({how}): they sit above the trainer's "
+            f"full-distribution log-probs on {int(big.sum())} of {int(valid.sum())} tokens (first: row {b}, position {j}). "
+            f"A kept token's rollout value is log(p/S), S the kept mass: mean log S = {q['mean_log_s']:.4g} (mean kept "
+            f"mass {q['kept']:.4f}), so every advantage A = teacher - rollout is shifted down by |log S|")
+    if "mean_abs_a" in q:
+        text += (f", {q['share']:.1%} of mean |A| ({q['mean_abs_a']:.4g}); with the full-distribution log-probs (the "
+                 f"trainer's recompute) as rollout log-probs the IW-OPD loss would be {q['loss_full']:.4g} instead of "
+                 f"{q['loss']:.4g} ({q['loss_full'] - q['loss']:+.3g}) and the mean prefix weight "
+                 f"{q['weight_full']:.4f} instead of {q['weight']:.4f} (gamma {q['gamma']:g})")
+    text += "; sample with top_p=1, top_k=0 (the paper's setting) or use logprobs_mode='raw_logprobs' at T=1"
+    return [Finding("processed_logprobs", None, None, "warning", text)]
+
+
+def processed_bias(ctx: Context, valid: Tensor) -> dict[str, float]:
+    """The size of the top-p bias on ``valid`` tokens: ``mean_log_s`` (mean of student - rollout), ``kept``
+    (mean exp of it) and, with teacher log-probs, ``mean_abs_a`` (mean |teacher - rollout|), ``share``
+    (|mean log S| / mean |A|), ``loss`` / ``weight`` (IW-OPD loss and mean prefix weight with the rollout
+    log-probs) and ``loss_full`` / ``weight_full`` (with the student's full-distribution log-probs
+    instead), at meta ``iw_opd_gamma`` / ``iw_opd_epsilon`` (default 0.5 / 1e-8), token-mean."""
+    batch = ctx.batch
+    s, r = batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64)
+    ok = valid & torch.isfinite(s) & torch.isfinite(r)
+    log_s = (s - r)[ok]
+    out = {"mean_log_s": float(log_s.mean()), "kept": float(log_s.exp().mean())}
+    if not batch.has("teacher_logprobs"):
+        return out
+    t = batch.series("teacher_logprobs", torch.float64)
+    m = ok & torch.isfinite(t)
+    if not bool(m.any()):
+        return out
+    zero = torch.zeros((), dtype=torch.float64)
+    s0, r0, t0 = (torch.where(m, x, zero) for x in (s, r, t))
+    gamma = next((float(v) for v in ctx.meta("iw_opd_gamma") or [] if v is not None), 0.5)
+    eps = next((float(v) for v in ctx.meta("iw_opd_epsilon") or [] if v is not None), 1e-8)
+    roll = iw_opd_loss(s0, t0, m, rollout_logprobs=r0, gamma=gamma, eps=eps)
+    full = iw_opd_loss(s0, t0, m, rollout_logprobs=s0, gamma=gamma, eps=eps)
+    mean_abs_a = float((t0 - r0)[m].abs().mean())
+    out.update(mean_abs_a=mean_abs_a, share=abs(float((s0 - r0)[m].mean())) / mean_abs_a if mean_abs_a > 0 else math.inf,
+               loss=float(roll.loss), loss_full=float(full.loss), weight=roll.metrics["iw_opd/mean_weight"],
+               weight_full=full.metrics["iw_opd/mean_weight"], gamma=gamma)
+    return out
 
 
 def find_staleness(ctx: Context) -> list[Finding]:
@@ -156,10 +202,27 @@ def find_staleness(ctx: Context) -> list[Finding]:
     )]
 
 
+_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
+_FULL_PRECISION = ("float32", "float64")
+
+
+def _recorded_dtype(ctx: Context, key: str) -> str | None:
+    return next((str(v) for v in ctx.meta(key) or [] if v is not None), None)
+
+
 def find_numerics(ctx: Context) -> list[Finding]:
-    """Class M: a gap with no structure. Up to ``tol.rounding`` it is low-precision rounding (warning);
-    beyond that an unexplained disagreement (error). Redo the comparison in float64 on both sides: a gap
-    that stays the same size is a bug, one that shrinks by orders of magnitude was rounding.
+    """Class M: a gap with no structure, judged on its distribution, not on its largest token.
+
+    With Δ = student - rollout on the valid tokens nothing else explained: a batch is *low-precision*
+    when the recorded dtypes (meta ``rollout_dtype`` / ``trainer_dtype``, e.g. a bf16 vLLM engine vs a
+    float32 trainer) say so, or when its bulk (the ``tol.bulk_quantile`` quantile of |Δ|) exceeds
+    ``tol.same``. There, healthy rounding has long tails (a few tokens of 0.1-0.3 nats on the tiny
+    models, several nats on rare tokens of large vocabularies): the finding is an error only when the
+    pooled mismatch is beyond the field's healthy range (``mismatch/token_mult_prob_error`` above
+    ``tol.mult_prob_error``, or ``mismatch/k3_kl`` above ``tol.k3_kl``), else a warning that names the
+    cause. In a batch whose bulk agrees to float32, a token off by more than ``tol.rounding`` is an
+    error: it is not rounding. Redo the comparison in float64 on both sides: a gap that stays the same
+    size is a bug, one that shrinks by orders of magnitude was rounding.
 
     Skipped when a batch-level finding explained the gap; explained rows are left out.
     """
@@ -168,20 +231,51 @@ def find_numerics(ctx: Context) -> list[Finding]:
     tol = ctx.tol
     valid = ctx.valid()
     gap = ctx.gap(valid)
-    a = gap.abs()[valid & ~gap.isnan()]
+    ok = valid & torch.isfinite(gap)
+    a = gap.abs()[ok]
     if a.numel() == 0 or float(a.max()) <= tol.same:
         return []
-    worst = torch.nan_to_num(gap.abs().masked_fill(~valid, float("nan")), nan=-1.0)
+    worst = torch.where(ok, gap.abs(), torch.full_like(gap, -1.0))
     b, j = divmod(int(worst.argmax()), worst.shape[1])
-    mx, mean = float(a.max()), float(a.mean())
-    sev = "warning" if mx <= tol.rounding else "error"
-    what = ("looks like low-precision rounding (bf16?)" if sev == "warning"
-            else "is too large for rounding and has no offset/temperature pattern")
-    return [Finding(
-        "numerics", b, j, sev,
-        f"|rollout - student| up to {mx:.3g} (mean {mean:.3g}, at row {b}, position {j}) {what}; compare in float32 "
-        "or float64 on both sides",
-    )]
+    delta = -gap[ok]
+    m, q = metrics_from_delta(delta), abs_delta_quantiles(delta)
+    bulk = float(torch.quantile(a, tol.bulk_quantile))
+    rd, td = _recorded_dtype(ctx, "rollout_dtype"), _recorded_dtype(ctx, "trainer_dtype")
+    low_recorded = any(d is not None and d not in _FULL_PRECISION for d in (rd, td))
+    low = low_recorded or bulk > tol.same
+    tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], float(a.max())
+    stats = (f"|trainer - rollout| p50 {q['p50']:.3g}, p90 {q['p90']:.3g}, p99 {q['p99']:.3g}, max {mx:.3g} (row {b}, "
+             f"position {j}) over {a.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
+    short = lambda d: _SHORT.get(d, d)  # noqa: E731
+    if rd is not None and td is not None and rd != td:
+        cause = f"rollout {short(rd)} vs trainer {short(td)}"
+    elif rd is not None and td is not None:
+        cause = f"rollout and trainer both {short(rd)}"
+    else:
+        cause = None
+    if low:
+        beyond = [f"mismatch/token_mult_prob_error {tmpe:.4f} > {tol.mult_prob_error:g} (NeMo-RL's healthy bound)"
+                  if tmpe > tol.mult_prob_error else "",
+                  f"mismatch/k3_kl {k3:.3g} > {tol.k3_kl:g}" if k3 > tol.k3_kl else ""]
+        beyond = [x for x in beyond if x]
+        sev = "error" if beyond else "warning"
+        if beyond:
+            what = (f"too wide for low-precision rounding{f' ({cause})' if cause else ''}: {'; '.join(beyond)}, with no "
+                    "offset, temperature, top-p or staleness pattern; compare in float64 on both sides (rounding shrinks, "
+                    "a bug stays) and check that both sides run the same weights")
+        elif cause is not None:
+            what = (f"{cause}: low-precision rounding, within the healthy range (token_mult_prob_error <= "
+                    f"{tol.mult_prob_error:g}); roll out in the trainer's dtype to remove it (TRL: build the engine with "
+                    "iwopd_kit.integrations.trl.vllm_engine_kwargs(dtype='float32'), or train in the engine's dtype)")
+        else:
+            what = ("looks like low-precision rounding (bf16 on one side?), within the healthy range; record meta "
+                    "rollout_dtype / trainer_dtype to name the cause, or compare in float32 or float64 on both sides")
+    else:
+        sev = "error" if mx > tol.rounding else "warning"
+        what = (f"while the bulk agrees to float32 (p{100 * tol.bulk_quantile:g} {bulk:.2g}): "
+                + ("not rounding; find what changes this token's value on one side only" if sev == "error"
+                   else "a small disagreement on a few tokens (batch-variant kernels?); compare in float64 on both sides"))
+    return [Finding("numerics", b, j, sev, f"{stats}: {what}")]
 
 
-__all__ = ["find_temperature", "find_processed", "find_staleness", "find_numerics"]
+__all__ = ["find_temperature", "find_processed", "processed_bias", "find_staleness", "find_numerics"]

