@@ -32,7 +32,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .ragged import (SERIES, BatchError, Packed, RecordBuilder, ids_row, locate, mask_row, pack_padded, rows_of,
+from .ragged import (SERIES, BatchError, Column, Packed, RecordBuilder, ids_row, locate, mask_row, pack_padded, rows_of,
                      series_row)
 
 LOGPROBS_MODES: tuple[str, ...] = ("raw_logprobs", "processed_logprobs")
@@ -170,8 +170,12 @@ class Batch:
         packed: dict[str, Packed | None] = {}
         for name in ("prompt_ids", "completion_ids"):
             v = raw[name]
-            packed[name] = v if isinstance(v, Packed) else Packed.from_arrays(
-                [ids_row(name, b, r) for b, r in enumerate(v)], "ids")
+            if not isinstance(v, Packed):
+                col = Column("ids")
+                for b, r in enumerate(v):
+                    col.append(ids_row(name, b, r))
+                v = col.packed()
+            packed[name] = v
         lengths = packed["completion_ids"].lengths
         if (lengths == 0).any():
             b = int(np.flatnonzero(lengths == 0)[0])
@@ -189,11 +193,10 @@ class Batch:
             if len(v) != len(lengths):
                 what = "mask" if name == "mask" else name
                 raise BatchError(f"{what} has {len(v)} rows but the batch has {len(lengths)}")
-            if name == "mask":
-                rows = [mask_row(b, m, int(n)) for b, (m, n) in enumerate(zip(v, lengths))]
-            else:
-                rows = [series_row(name, b, r, int(n)) for b, (r, n) in enumerate(zip(v, lengths))]
-            packed[name] = Packed.from_arrays(rows, "mask" if name == "mask" else "series")
+            col = Column("mask" if name == "mask" else "series")
+            for b, (r, n) in enumerate(zip(v, lengths.tolist())):
+                col.append(mask_row(b, r, n) if name == "mask" else series_row(name, b, r, n))
+            packed[name] = col.packed()
         set_ = object.__setattr__
         set_(self, "_packed", packed)
         set_(self, "_lists", {})

@@ -107,13 +107,6 @@ class Packed:
     def __init__(self, values: Tensor, lengths: np.ndarray, kind: str):
         self.values, self.lengths, self.kind = values, lengths, kind   # kind: "ids" | "series" | "mask"
 
-    @classmethod
-    def from_arrays(cls, rows: list[np.ndarray], kind: str) -> "Packed":
-        """Concatenate validated rows, in the narrowest lossless dtype."""
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        flat = np.concatenate(rows) if rows else np.zeros(0)
-        return cls(torch.from_numpy(narrow(flat, kind)), lengths, kind)
-
     @property
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.lengths)])
@@ -127,6 +120,47 @@ class Packed:
         parts = [self.values[off[r]: off[r + 1]] for r in rows]
         values = torch.cat(parts) if parts else self.values[:0]
         return Packed(values, self.lengths[list(rows)], self.kind)
+
+
+class Column:
+    """A per-token field being filled row by row, in one growing buffer of the narrowest lossless dtype.
+
+    Starts as float32 / int32 / bool and widens once (float64 / int64) at the first row that needs
+    it; no per-row array is kept, so reading N tokens holds about N values of the field, not more.
+    """
+
+    _START = {"series": np.float32, "ids": np.int32, "mask": np.bool_}
+    _WIDE = {"series": np.float64, "ids": np.int64, "mask": np.bool_}
+    _FILL = {"series": np.nan, "mask": True}
+
+    def __init__(self, kind: str, filled: int = 0):
+        self.kind, self.dtype = kind, np.dtype(self._START[kind])
+        self.buf = bytearray()
+        self.lengths: list[int] = []
+        if filled:                               # rows before the first one that has values
+            self.append(np.full(filled, self._FILL[kind]), record=False)
+
+    def append(self, row: np.ndarray, record: bool = True) -> None:
+        if self.dtype != self._WIDE[self.kind]:
+            cast = row.astype(self.dtype)
+            if not np.array_equal(cast, row, equal_nan=self.kind == "series"):
+                wide = np.dtype(self._WIDE[self.kind])
+                self.buf = bytearray(np.frombuffer(self.buf, dtype=self.dtype).astype(wide).tobytes())
+                self.dtype, cast = wide, row.astype(wide)
+        else:
+            cast = row.astype(self.dtype, copy=False)
+        self.buf += cast.tobytes()
+        if record:
+            self.lengths.append(len(row))
+
+    def fill(self, n: int) -> None:
+        """A row without values (missing log-probs / every token counts)."""
+        self.append(np.full(n, self._FILL[self.kind]))
+
+    def packed(self, lengths: np.ndarray | None = None) -> "Packed":
+        values = torch.from_numpy(np.frombuffer(self.buf, dtype=self.dtype)) if self.buf else \
+            torch.zeros(0, dtype=torch.from_numpy(np.zeros(0, self.dtype)).dtype)
+        return Packed(values, np.asarray(self.lengths if lengths is None else lengths, dtype=np.int64), self.kind)
 
 
 def narrow(flat: np.ndarray, kind: str) -> np.ndarray:
@@ -189,8 +223,9 @@ class RecordBuilder:
     def __init__(self, source: str = ""):
         self.source = source
         self.where = f"{source}: row" if source else "row"
-        self.arrays: dict[str, list[np.ndarray | None]] = {
-            k: [] for k in ("prompt_ids", "completion_ids", *SERIES, "mask")}
+        self.cols: dict[str, Column | None] = {"prompt_ids": Column("ids"), "completion_ids": Column("ids"),
+                                               **{k: None for k in (*SERIES, "mask")}}
+        self.total = 0                            # completion tokens so far
         self.finish: list[Any] = []
         self.samplings: list[dict] = []
         self.metas: list[dict] = []
@@ -205,7 +240,6 @@ class RecordBuilder:
         for key in ("prompt_ids", "completion_ids"):
             if key not in rec:
                 raise BatchError(f"{where} {b} (line {b + 1}): missing required key {key!r}")
-        a = self.arrays
         try:
             p = ids_row("prompt_ids", b, rec["prompt_ids"])
             c = ids_row("completion_ids", b, rec["completion_ids"])
@@ -216,11 +250,19 @@ class RecordBuilder:
             m = None if m is None else mask_row(b, m, len(c))
         except BatchError as e:
             raise locate(e, self.source) from None
-        a["prompt_ids"].append(p)
-        a["completion_ids"].append(c)
-        for name in SERIES:
-            a[name].append(series[name])
-        a["mask"].append(m)
+        cols = self.cols
+        cols["prompt_ids"].append(p)
+        cols["completion_ids"].append(c)
+        for name, v in (*series.items(), ("mask", m)):
+            kind = "mask" if name == "mask" else "series"
+            if v is None:
+                if cols[name] is not None:
+                    cols[name].fill(len(c))
+                continue
+            if cols[name] is None:
+                cols[name] = Column(kind, filled=self.total)
+            cols[name].append(v)
+        self.total += len(c)
         self.finish.append(rec.get("finish_reason"))
         if rec.get("sampling") is not None:
             self.samplings.append(rec["sampling"])
@@ -229,17 +271,10 @@ class RecordBuilder:
 
     def build(self) -> dict[str, Any]:
         """The Batch fields: packed per-token fields, ``finish_reasons``, ``meta``, and ``samplings``."""
-        a = self.arrays
-        if not a["completion_ids"]:
+        if not self.cols["completion_ids"].lengths:
             raise BatchError("no records; expected at least one row")
-        lengths = [len(c) for c in a["completion_ids"]]
-        out: dict[str, Any] = {k: Packed.from_arrays(a.pop(k), "ids") for k in ("prompt_ids", "completion_ids")}
-        for name, kind, fill in [*((s, "series", np.nan) for s in SERIES), ("mask", "mask", True)]:
-            rows = a.pop(name)
-            if all(r is None for r in rows):
-                out[name] = None
-                continue
-            out[name] = Packed.from_arrays(
-                [np.full(n, fill, dtype=np.float64 if kind == "series" else np.bool_) if r is None else r
-                 for r, n in zip(rows, lengths)], kind)
+        lengths = self.cols["completion_ids"].lengths
+        out = {k: None if c is None else c.packed(lengths if k not in ("prompt_ids", "completion_ids") else None)
+               for k, c in self.cols.items()}
+        self.cols = {}
         return {**out, "finish_reasons": self.finish, "meta": self.metas, "samplings": self.samplings}
