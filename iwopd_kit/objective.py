@@ -41,11 +41,32 @@ def _check_mask(mask: Tensor) -> Tensor:
 
 
 def _first_bad(x: Tensor, mask: Tensor) -> tuple[int, int] | None:
+    """(row, position) of the first non-finite value of ``x`` on a valid token, or None.
+
+    The slow path: called only after a one-kernel check (a masked sum that is not finite) says
+    something is wrong, to name the row and position in the error.
+    """
     bad = mask & ~torch.isfinite(x)
     if not bool(bad.any()):
         return None
     b, j = (int(v) for v in bad.nonzero()[0])
     return b, j
+
+
+def _raise_not_finite(named: list[tuple[str, Tensor]], mask: Tensor) -> None:
+    """Raise the error for the first series (in the given order) with a non-finite valid value.
+
+    Returns without raising when every value is finite (the masked sum that sent us here overflowed).
+    """
+    for name, x in named:
+        bad = _first_bad(x.detach(), mask)
+        if bad is None:
+            continue
+        b, j = bad
+        if name == "student_logprobs":
+            raise ValueError(f"row {b}, position {j}: student_logprobs is not finite on a valid token")
+        raise ValueError(f"row {b}, position {j}: {name} is {x[b, j].item()} on a valid token; "
+                         "expected a finite log-prob (mask the token out or fix the scoring)")
 
 
 def advantage(
@@ -61,14 +82,15 @@ def advantage(
     mask = _check_mask(mask)
     _check_pair("teacher_logprobs", teacher_logprobs, mask)
     _check_pair("rollout_logprobs", rollout_logprobs, mask)
-    for name, x in (("teacher_logprobs", teacher_logprobs), ("rollout_logprobs", rollout_logprobs)):
-        bad = _first_bad(x, mask)
-        if bad is not None:
-            b, j = bad
-            raise ValueError(f"row {b}, position {j}: {name} is {x[b, j].item()} on a valid token; "
-                             "expected a finite log-prob (mask the token out or fix the scoring)")
-    diff = teacher_logprobs.detach() - rollout_logprobs.detach()
-    return torch.where(mask, diff, torch.zeros_like(diff))
+    adv = _masked_diff(teacher_logprobs, rollout_logprobs, mask)
+    if not math.isfinite(float(adv.sum())):        # one reduction; the slow path names the token
+        _raise_not_finite([("teacher_logprobs", teacher_logprobs), ("rollout_logprobs", rollout_logprobs)], mask)
+    return adv
+
+
+def _masked_diff(teacher: Tensor, rollout: Tensor, mask: Tensor) -> Tensor:
+    """sg(teacher - rollout) on valid tokens, exactly 0 elsewhere (no validation)."""
+    return torch.where(mask, teacher.detach() - rollout.detach(), 0.0)
 
 
 def prefix_weights(
@@ -93,15 +115,20 @@ def prefix_weights(
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     a = advantages.detach()
-    a = torch.where(mask, a if signed else a.abs(), torch.zeros_like(a))
+    a = torch.where(mask, a if signed else a.abs(), 0.0)
+    return _weights(a, gamma, eps, signed)
+
+
+def _weights(a: Tensor, gamma: float, eps: float, signed: bool) -> Tensor:
+    """The prefix weights from |A| (or A) that is already 0 off the mask (no validation)."""
     csum = torch.cumsum(a, dim=-1)
     # exclusive prefix sum by shifting (not csum - a, whose rounding can make w rise by an ulp);
     # S is the last prefix sum, so S_<j <= S holds exactly and w stays in [1, 1 + gamma]
-    before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)
+    before = torch.nn.functional.pad(csum[..., :-1], (1, 0))
     total = csum[..., -1:]
-    w = 1.0 + gamma * (1.0 - before / total.clamp_min(eps))
+    w = (before / total.clamp_min(eps)).neg_().add_(1.0).mul_(gamma).add_(1.0)   # 1 + gamma * (1 - S_<j / S)
     if signed:
-        w = w.clamp(1.0, 1.0 + gamma)
+        w = w.clamp_(1.0, 1.0 + gamma)
     return w
 
 
@@ -190,19 +217,54 @@ def iw_opd_loss(
     """
     mask = _check_mask(mask)
     _check_pair("student_logprobs", student_logprobs, mask)
-    bad = _first_bad(student_logprobs.detach(), mask)
-    if bad is not None:
-        raise ValueError(f"row {bad[0]}, position {bad[1]}: student_logprobs is not finite on a valid token")
+    _check_pair("teacher_logprobs", teacher_logprobs, mask)
+    if rollout_logprobs is not None:
+        _check_pair("rollout_logprobs", rollout_logprobs, mask)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; expected one of {REDUCTIONS}")
+    if reduction == "sequence_mean" and num_items is not None:
+        raise ValueError("num_items applies to reduction='token_mean' only")
+    if num_items is not None and not float(num_items) > 0:
+        raise ValueError(f"num_items must be > 0 (got {float(num_items)}); the batch has no valid tokens")
+    if not (gamma >= 0 and math.isfinite(gamma)):
+        raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps!r}")
     rollout = student_logprobs.detach() if rollout_logprobs is None else rollout_logprobs
-    adv = advantage(teacher_logprobs, rollout, mask)
-    w = prefix_weights(adv, mask, gamma=gamma, eps=eps, signed=signed)
-    coeff = torch.where(mask, w * adv, torch.zeros_like(adv))
-    safe_student = torch.where(mask, student_logprobs, torch.zeros_like(student_logprobs))
-    per_token = -coeff * safe_student
-    loss, n = _reduce(per_token, mask, reduction, num_items)
+    adv = _masked_diff(teacher_logprobs, rollout, mask)
+    a_abs = adv.abs()
+    w = _weights(adv if signed else a_abs, gamma, eps, signed)
+    coeff = w * adv                        # 0 off the mask (adv is exactly 0 there, w is finite)
+    safe_student = torch.where(mask, student_logprobs, 0.0)
+    per_token = safe_student * coeff.neg()
+    count = mask.sum()
+    if reduction == "token_mean":
+        total = per_token.sum()
+        loss = total / (count if num_items is None else float(num_items))
+    else:
+        counts = mask.sum(dim=-1)
+        rows = counts > 0
+        total = per_token.sum(dim=-1)[rows] / counts[rows]
+        loss = total.mean()
+    # everything the caller needs from the device, in one transfer: the loss (non-finite iff a valid
+    # input is, so it doubles as the input check), the token count and the five metrics
+    vals = torch.cat([loss.detach().reshape(1).to(adv.dtype), count.reshape(1).to(adv.dtype),
+                      _metric_sums(adv, a_abs, w, coeff, mask)]).tolist()
+    if not math.isfinite(vals[0]):
+        _raise_not_finite([("student_logprobs", student_logprobs), ("teacher_logprobs", teacher_logprobs),
+                           ("rollout_logprobs", rollout)], mask)
+    n_valid = vals[1]
+    if reduction == "token_mean":
+        n = n_valid if num_items is None else float(num_items)
+        if n <= 0:
+            raise ValueError(f"num_items must be > 0 (got {n}); the batch has no valid tokens")
+    else:
+        if n_valid <= 0:
+            raise ValueError("the batch has no valid tokens")
+        n = float(total.numel())
     return ObjectiveResult(
         loss=loss, advantages=adv, weights=w, per_token_loss=per_token.detach(),
-        metrics=iw_opd_metrics(adv, w, mask), reduction=reduction, num_items=n,
+        metrics=_metrics_from(vals[2:], n_valid), reduction=reduction, num_items=n,
     )
 
 
@@ -213,19 +275,35 @@ def opd_loss(student_logprobs, teacher_logprobs, mask, rollout_logprobs=None, nu
                        gamma=0.0, num_items=num_items, reduction=reduction)
 
 
-def iw_opd_metrics(advantages: Tensor, weights: Tensor, mask: Tensor) -> dict[str, float]:
-    """TRL's logged metrics over valid tokens."""
-    m = mask.bool()
-    if not bool(m.any()):
+def _metric_sums(adv: Tensor, a_abs: Tensor, w: Tensor, coeff: Tensor, mask: Tensor) -> Tensor:
+    """[sum w*A, sum |A|, sum w, min w, max w] over valid tokens, as one tensor (no sync)."""
+    wd = w.detach()
+    return torch.stack([
+        coeff.detach().sum(), a_abs.sum(), torch.where(mask, wd, 0.0).sum(),
+        torch.where(mask, wd, math.inf).amin(), torch.where(mask, wd, -math.inf).amax(),
+    ]).to(adv.dtype)
+
+
+def _metrics_from(sums: list[float], n: float) -> dict[str, float]:
+    if n <= 0:
         return {}
-    a, w = advantages.detach()[m], weights.detach()[m]
+    wa, aa, ws, wmin, wmax = sums
     return {
-        "iw_opd/mean_advantage": float((w * a).mean()),
-        "iw_opd/mean_abs_advantage": float(a.abs().mean()),
-        "iw_opd/mean_weight": float(w.mean()),
-        "iw_opd/min_weight": float(w.min()),
-        "iw_opd/max_weight": float(w.max()),
+        "iw_opd/mean_advantage": wa / n,
+        "iw_opd/mean_abs_advantage": aa / n,
+        "iw_opd/mean_weight": ws / n,
+        "iw_opd/min_weight": wmin,
+        "iw_opd/max_weight": wmax,
     }
+
+
+def iw_opd_metrics(advantages: Tensor, weights: Tensor, mask: Tensor) -> dict[str, float]:
+    """TRL's logged metrics over valid tokens (one transfer from the device)."""
+    m = mask.bool()
+    a = torch.where(m, advantages.detach(), 0.0)
+    vals = torch.cat([m.sum().reshape(1).to(a.dtype),
+                      _metric_sums(a, a.abs(), weights, weights.detach() * a, m)]).tolist()
+    return _metrics_from(vals[1:], vals[0])
 
 
 def position_mask(mask: Bool[Tensor, "B L"], part: str, fraction: float = 0.3) -> Bool[Tensor, "B L"]:

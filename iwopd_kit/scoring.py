@@ -15,7 +15,9 @@ from torch import Tensor
 from .batch import Batch, BatchError
 
 DEFAULT_CHUNK = 1024
-FUSED_MIN_ELEMENTS = 1 << 22   # below this many logits the plain (autograd) formula is used
+CHUNK_ELEMENTS = 1 << 23       # at most this many logits per chunk (32 MB in float32) on the fused path
+FUSED_MIN_ELEMENTS = 1 << 18   # below this many logits the plain (autograd) formula is used (faster there)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def sampled_logprobs(
@@ -29,9 +31,15 @@ def sampled_logprobs(
 
     ``logits[b, j]`` must already be the logits that predict ``tokens[b, j]`` (shifted). Above
     ``FUSED_MIN_ELEMENTS`` logits it never materialises a full-vocabulary log_softmax of the batch:
-    a fused autograd function processes ``chunk_size`` positions at a time (forward and backward),
-    so the temporary memory is O(chunk_size * V). Below it (at most 16 MB of logits) the plain
-    log_softmax + gather is faster. ``fused=True/False`` forces the path.
+    a fused autograd function processes at most ``chunk_size`` positions (and at most
+    ``CHUNK_ELEMENTS`` logits) at a time, forward and backward, so the temporary memory is
+    O(chunk * V). Below it (at most 1 MB of float32 logits) the plain log_softmax + gather is faster
+    (measured in benchmarks/bench_loss.py: above it, the fused backward beats autograd's).
+    ``fused=True/False`` forces the path.
+
+    bfloat16 / float16 logits are upcast to float32 chunk by chunk and the result is float32: the
+    log-sum-exp over a 150k vocabulary in bf16 is off by up to ~0.06 nats, the size of the
+    rollout-vs-trainer mismatch the alignment check looks for. The gradient has the logits' dtype.
     Differentiable.
     """
     if logits.dim() != 3:
@@ -43,38 +51,54 @@ def sampled_logprobs(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     V = logits.shape[-1]
-    bad = (tokens < 0) | (tokens >= V)
-    if bool(bad.any()):
+    if tokens.numel() == 0:
+        return logits.new_zeros(tokens.shape, dtype=_out_dtype(logits.dtype))
+    lo, hi = torch.aminmax(tokens)                 # one reduction; the slow path names the token
+    if int(lo) < 0 or int(hi) >= V:
+        bad = (tokens < 0) | (tokens >= V)
         b, j = (int(v) for v in bad.nonzero()[0])
         raise ValueError(f"row {b}, position {j}: token id {int(tokens[b, j])} is outside the vocabulary [0, {V})")
-    flat = logits.reshape(-1, V)
-    ids = tokens.reshape(-1).long()
-    if flat.shape[0] == 0:
-        return logits.new_zeros(tokens.shape)
+    ids = tokens.long()
     if fused is None:
-        fused = flat.numel() > FUSED_MIN_ELEMENTS
+        fused = logits.numel() > FUSED_MIN_ELEMENTS
     if not fused:   # small: memory is no concern, skip the Python chunk loop
-        z = flat / temperature if temperature != 1.0 else flat
-        return torch.log_softmax(z, dim=-1).gather(-1, ids[:, None]).squeeze(-1).reshape(tokens.shape)
-    return _SampledLogprobs.apply(flat, ids, float(temperature), int(chunk_size)).reshape(tokens.shape)
+        z = logits.float() if logits.dtype in LOW_PRECISION else logits
+        if temperature != 1.0:
+            z = z / temperature
+        return torch.log_softmax(z, dim=-1).gather(-1, ids[..., None]).squeeze(-1)
+    rows = max(1, min(int(chunk_size), CHUNK_ELEMENTS // max(V, 1)))
+    return _SampledLogprobs.apply(logits.reshape(-1, V), ids.reshape(-1), float(temperature), rows).reshape(tokens.shape)
+
+
+def _out_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in LOW_PRECISION else dtype
+
+
+def _chunk_z(flat: Tensor, rows: slice, temperature: float) -> Tensor:
+    """Logits of the chunk, in float32 or better, divided by T."""
+    z = flat[rows]
+    if z.dtype in LOW_PRECISION:
+        z = z.float()
+    return z / temperature if temperature != 1.0 else z
 
 
 def _chunk_picked(flat: Tensor, ids: Tensor, temperature: float, chunk_size: int) -> tuple[Tensor, Tensor]:
     """(log_softmax(z / T)[y], logsumexp(z / T)) per row of [N, V], ``chunk_size`` rows at a time.
 
-    Each chunk uses the fused log_softmax kernel (one [chunk, V] temporary); the log-sum-exp is
-    recovered as z[y] / T - log p(y), so nothing of size [N, V] is kept.
+    Each chunk uses the fused log_softmax kernel (one [chunk, V] temporary, after the upcast of a
+    bf16 / fp16 chunk); the log-sum-exp is recovered as z[y] / T - log p(y), so nothing of size
+    [N, V] is kept.
     """
-    picked = flat.new_empty(flat.shape[0])
-    lse = flat.new_empty(flat.shape[0])
+    dtype = _out_dtype(flat.dtype)
+    picked = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)
+    lse = torch.empty(flat.shape[0], dtype=dtype, device=flat.device)
     for s in range(0, flat.shape[0], chunk_size):
-        z = flat[s : s + chunk_size]
-        if temperature != 1.0:
-            z = z / temperature
-        y = ids[s : s + chunk_size, None]
+        e = slice(s, s + chunk_size)
+        z = _chunk_z(flat, e, temperature)
+        y = ids[e, None]
         lp = torch.log_softmax(z, dim=-1).gather(-1, y).squeeze(-1)
-        picked[s : s + chunk_size] = lp
-        lse[s : s + chunk_size] = z.gather(-1, y).squeeze(-1) - lp
+        picked[e] = lp
+        lse[e] = z.gather(-1, y).squeeze(-1) - lp
     return picked, lse
 
 
@@ -98,12 +122,18 @@ class _SampledLogprobs(torch.autograd.Function):
         flat, ids, lse = ctx.saved_tensors
         T, chunk = ctx.temperature, ctx.chunk_size
         grad = torch.empty_like(flat)
+        low = flat.dtype in LOW_PRECISION
         for s in range(0, flat.shape[0], chunk):
             e = slice(s, s + chunk)
-            g = grad[e]
-            torch.sub(flat[e] / T if T != 1.0 else flat[e], lse[e, None], out=g)
+            if low:                                   # float32 per chunk, then one cast into the grad
+                g = _chunk_z(flat, e, T).sub_(lse[e, None])
+            else:
+                g = grad[e]
+                torch.sub(flat[e] / T if T != 1.0 else flat[e], lse[e, None], out=g)
             g.exp_().mul_(-grad_out[e, None] / T)                      # -softmax * g / T
             g.scatter_add_(-1, ids[e, None], (grad_out[e] / T)[:, None])  # + onehot * g / T
+            if low:
+                grad[e] = g
         return grad, None, None, None
 
 
