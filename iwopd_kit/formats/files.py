@@ -23,6 +23,7 @@ import io
 import json
 import pickle
 import pickletools
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -71,7 +72,7 @@ def _unsupported_global(msg: str) -> str | None:
     """The name torch's weights-only unpickler refused (``GLOBAL x.y was not an allowed global``)."""
     import re
 
-    m = re.search(r"GLOBAL ([\w.]+) was not an allowed global", msg) or re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+    m = re.search(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)", msg) or re.search(r"GLOBAL ([\w.]+)", msg)
     return m.group(1) if m else None
 
 
@@ -84,7 +85,8 @@ def read_torch(path: str | Path | None = None, allow_pickle: bool = False, data:
     try:
         if allow_pickle:
             return torch.load(src, map_location="cpu", weights_only=False)
-        with torch.serialization.safe_globals(tensordict_safe_globals()):
+        with torch.serialization.safe_globals(tensordict_safe_globals()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")   # a raw pickle renamed .pt
             return torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
@@ -166,11 +168,12 @@ def pickle_globals(path: str | Path, limit: int = 64) -> list[str]:
 
 
 def refuse_pickle(path: Path, what: str) -> BatchError:
+    """``what``: the format it would be read as."""
     """The error for a pickle read without ``allow_pickle``: what it names, why not, how to convert."""
     names = pickle_globals(path)
     shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
     return BatchError(
-        f"{path}: not read: a pickle ({what}{'; it names ' + shown if shown else ''}) and {PICKLE_RISK}. "
+        f"{path}: not read: a pickle (read as {what}{'; it names ' + shown if shown else ''}) and {PICKLE_RISK}. "
         "Pass --allow-pickle (allow_pickle=True) only for a file you trust, or " + CONVERT_HINT)
 
 
@@ -232,7 +235,10 @@ def read_pickle(path: str | Path) -> Any:
 # ------------------------------------------------------------------------------------------- JSON
 def read_json(path: str | Path) -> Any:
     path = existing(path)
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise BatchError(f"{path}: not UTF-8 text (byte {e.start}); expected JSON (a binary file?)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -244,18 +250,18 @@ def read_json(path: str | Path) -> Any:
 def first_jsonl_record(path: str | Path) -> Any:
     """The first line of a JSONL file, parsed (None if it is empty or not JSON: the reader says why)."""
     path = existing(path)
-    with path.open() as f:
-        line = f.readline()
     try:
+        with path.open() as f:
+            line = f.readline()
         return json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return None
 
 
 def iter_jsonl(path: str | Path):
     """``(line_number, record)`` per line; errors name the line (1-based)."""
     path = existing(path)
-    with path.open() as f:
+    with path.open(errors="replace") as f:      # a binary line fails as JSON, naming its line
         for i, line in enumerate(f, start=1):
             if not line.strip():
                 raise BatchError(f"{path}: line {i} is empty; expected one JSON object per line")

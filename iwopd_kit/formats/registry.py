@@ -138,7 +138,7 @@ def detect_format(path: str | Path, allow_pickle: bool = False) -> str:
 def _load(path: Path, reader: Reader, peek: Any, allow_pickle: bool) -> Any:
     if reader.container == "pickle":
         if not allow_pickle:
-            raise files.refuse_pickle(path, reader.help.split(" (")[0])
+            raise files.refuse_pickle(path, f"{reader.name}, {reader.help.split(' (')[0]}")
         return files.read_pickle(path)
     if reader.container == "jsonl":
         return path
