@@ -2,9 +2,11 @@
 
 ``iwopd-kit demo``  — the whole pipeline on the bundled tiny models with real vLLM rollouts;
 prints a per-token table and a summary, writes a self-contained HTML report.
-``iwopd-kit check`` — the alignment check on a dump (JSONL, TRL or verl torch file, vLLM pickle,
-OpenAI JSON); scores missing student / teacher series with local models; exit 1 on an error
-finding, 2 on unreadable input.
+``iwopd-kit check`` — the alignment check on a dump or a directory of dumps (JSONL, prime-rl
+token export, TRL or verl torch file, OpenAI / TRL-client JSON; pickles only with
+``--allow-pickle``); scores missing student / teacher series with local models; exit 1 on an
+error finding, 2 on unreadable input.
+``iwopd-kit convert IN OUT`` — any readable dump -> the kit's JSONL.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import os
 import sys
 from pathlib import Path
 
-FORMAT_CHOICES = ("auto", "jsonl", "trl", "verl", "vllm", "openai")
+from .formats.registry import FORMATS as FORMAT_CHOICES  # the readers' table (the old name, kept)
+
+JSON_SCHEMA = 1
+"""Version of the ``check --json`` object."""
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -60,6 +65,9 @@ class _Progress:
             self.bar.close()
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _score_rows(model, batch, temperature: float, progress: _Progress, desc: str, chunk: int = 32) -> list[list]:
     """Log-probs of every completion token under ``model``, ``chunk`` rows per forward pass (ragged lists)."""
     from .batch import ragged_from_padded
@@ -73,58 +81,122 @@ def _score_rows(model, batch, temperature: float, progress: _Progress, desc: str
     return rows
 
 
-def _recompute(batch, args: argparse.Namespace, progress: _Progress):
+def _vocab_size(model_dir) -> int | None:
+    try:
+        return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _recompute(batch, args: argparse.Namespace, progress: _Progress, models: dict | None = None):
     """Fill missing student / teacher series from model dirs; load the tokenizers the dirs provide.
 
-    Returns ``(batch, student_tokenizer, teacher_tokenizer)``. Defaults for a missing series: the
-    bundled tiny models. Scores at the rollout log-probs' temperature (1.0 when unknown).
+    Returns ``(batch, student_tokenizer, teacher_tokenizer, notes)``. Defaults for a missing series:
+    the bundled tiny models, unless the dump's token ids lie outside their vocabulary (a real
+    model's dump: the series stays missing and a note says to pass ``--student/--teacher``).
+    Scores at the rollout log-probs' temperature (1.0 when unknown) on ``--device`` in ``--dtype``,
+    ``--batch-size`` rows per forward pass; ``models`` caches loaded models across files.
     """
+    import torch
+
     from . import toy
     from .scoring import load_model, load_tokenizer
 
+    models = {} if models is None else models
     need = {"student": not batch.has("student_logprobs"), "teacher": not batch.has("teacher_logprobs")}
+    given = {"student": args.student, "teacher": args.teacher}
     dirs = {"student": args.student or (toy.STUDENT_DIR if need["student"] else None),
             "teacher": args.teacher or (toy.TEACHER_DIR if need["teacher"] else None)}
+    top = max(max(c) for c in batch.completion_ids)
     T = batch.sampling.logprob_temperature if batch.sampling is not None else 1.0
-    toks = {}
+    toks, notes = {}, []
     for side in ("student", "teacher"):
         d = dirs[side]
-        if d is None:
+        vocab = _vocab_size(d) if d is not None and not given[side] else None
+        if d is None or (vocab is not None and top >= vocab):
+            if d is not None:
+                notes.append(f"{side}_logprobs not scored: token id {top} is outside the bundled tiny {side}'s "
+                             f"vocabulary ({vocab}); pass --{side} DIR")
             toks[side] = None
             continue
         if need[side]:
             if not (Path(d) / "config.json").exists():
                 raise FileNotFoundError(f"the dump has no {side}_logprobs and {d} is not a model directory (no "
                                         f"config.json); pass --{side} DIR to score the tokens")
-            rows = _score_rows(load_model(d), batch, T, progress, f"scoring {side}")
+            key = (str(d), args.dtype, args.device)
+            if key not in models:
+                models[key] = load_model(d, dtype=getattr(torch, args.dtype)).to(args.device)
+            rows = _score_rows(models[key], batch, T, progress, f"scoring {side}", chunk=args.batch_size)
             batch = batch.with_series(f"{side}_logprobs", rows, temperature=T)
         toks[side] = load_tokenizer(d)
-    return batch, toks["student"], toks["teacher"]
+    return batch, toks["student"], toks["teacher"], notes
 
 
-def _check(args: argparse.Namespace) -> int:
+def _unchecked(report) -> dict[str, str]:
+    """``{kind: reason}`` for the classes the report could not check."""
+    if isinstance(report.unchecked, dict):
+        return dict(report.unchecked)
+    reasons = getattr(report, "unchecked_reasons", {}) or {}
+    return {k: reasons.get(k, "inputs missing") for k in report.unchecked}
+
+
+def check_object(report) -> dict:
+    """One file's ``--json`` object: ``{"schema": 1, "findings", "metrics", "unchecked"}``."""
+    return {"schema": JSON_SCHEMA, "findings": report.to_dicts(), "metrics": dict(getattr(report, "metrics", {}) or {}),
+            "unchecked": _unchecked(report)}
+
+
+def _check_file(path, args: argparse.Namespace, progress: _Progress | None, models: dict):
+    """Read, rescore and check one dump: ``(exit code, batch, report, tokenizer, notes, error)``."""
     from .alignment import check_alignment
     from .batch import BatchError
     from .formats.load import load_any
+
+    try:
+        batch = load_any(path, args.format, allow_pickle=args.allow_pickle)
+    except (BatchError, OSError) as e:
+        return 2, None, None, None, [], str(e)
+    passes = int(not batch.has("student_logprobs")) + int(not batch.has("teacher_logprobs"))
+    own = progress is None
+    progress = _Progress(total=batch.size * (passes + 1), rows=batch.size) if own else progress
+    try:
+        batch, student_tok, teacher_tok, notes = _recompute(batch, args, progress, models)
+    except (BatchError, OSError, ValueError, RuntimeError) as e:
+        if own:
+            progress.close()
+        return 2, batch, None, None, [], str(e)
+    report = check_alignment(batch, student_tokenizer=student_tok, teacher_tokenizer=teacher_tok)
+    if own:
+        progress.step(batch.size, "checked")
+        progress.close()
+    return (0 if report.ok else 1), batch, report, student_tok or teacher_tok, notes, None
+
+
+def _write_outputs(args: argparse.Namespace, obj: dict, html: str | None) -> int:
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(obj, indent=2))
+        if args.html and html is not None:
+            out = Path(args.html)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(html)
+            print(f"report: {out.resolve()}")
+    except OSError as e:
+        print(f"error: cannot write the output ({e})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    if Path(args.path).is_dir():
+        return _check_dir(args)
     from .views.alignment import finding_counts
     from .views.report import text_table
 
-    try:
-        batch = load_any(args.path, args.format)
-    except (BatchError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    code, batch, report, tokenizer, notes, error = _check_file(args.path, args, None, {})
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
         return 2
-    passes = int(not batch.has("student_logprobs")) + int(not batch.has("teacher_logprobs"))
-    progress = _Progress(total=batch.size * (passes + 1), rows=batch.size)
-    try:
-        batch, student_tok, teacher_tok = _recompute(batch, args, progress)
-    except (BatchError, OSError, ValueError) as e:
-        progress.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    report = check_alignment(batch, student_tokenizer=student_tok, teacher_tokenizer=teacher_tok)
-    progress.step(batch.size, "checked")
-    progress.close()
     print(f"{args.path}: {batch.size} rows, {int(batch.valid().sum())} valid tokens")
     if report.findings:
         header, rows = finding_counts(report)
@@ -137,22 +209,92 @@ def _check(args: argparse.Namespace) -> int:
             print(f"... {len(report.findings) - len(shown)} more finding(s); write them all with --json")
     else:
         print("no findings")
+    for note in notes:
+        print(note)
     if report.unchecked:
         print("not checked (inputs missing): " + report.unchecked_text())
         if {"tokenizer_mismatch", "bos_eos"} & set(report.unchecked):
             print("(pass --student DIR and --teacher DIR to check the tokenizers and BOS/EOS)")
+    html = _check_html(args.path, batch, report, tokenizer) if args.html else None
+    return _write_outputs(args, check_object(report), html) or code
+
+
+def _check_dir(args: argparse.Namespace) -> int:
+    """Every dump under a directory (many ranks and steps): one summary row per file, the worst exit code."""
+    from .batch import BatchError
+    from .formats.registry import dump_files
+    from .views.report import html_page, html_table, text_table
+
     try:
-        if args.json:
-            Path(args.json).write_text(json.dumps(report.to_dicts(), indent=2))
-        if args.html:
-            out = Path(args.html)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(_check_html(args.path, batch, report, student_tok or teacher_tok))
-            print(f"report: {out.resolve()}")
-    except OSError as e:
-        print(f"error: cannot write the output ({e})", file=sys.stderr)
+        paths = dump_files(args.path)
+    except BatchError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0 if report.ok else 1
+    bar = _FileBar(len(paths))
+    inner = _Progress(total=0, rows=0)            # no per-row bar inside a directory run
+    models: dict = {}
+    rows, objs, worst = [], {}, 0
+    for p in paths:
+        name = str(p.relative_to(args.path))
+        bar.step(name)
+        code, batch, report, _, notes, error = _check_file(p, args, inner, models)
+        worst = max(worst, code)
+        if error is not None:
+            objs[name] = {"schema": JSON_SCHEMA, "error": error, "findings": [], "metrics": {}, "unchecked": {}}
+            rows.append([name, "-", "-", "-", "-", "unreadable", code])
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        objs[name] = check_object(report)
+        errors = sum(f.severity == "error" for f in report.findings)
+        kinds = sorted({f.kind for f in report.findings})
+        rows.append([name, batch.size, int(batch.valid().sum()), errors, len(report.findings) - errors,
+                     ", ".join(kinds) or "-", code])
+        for note in notes:
+            print(f"{name}: {note}")
+    bar.close()
+    header = ["file", "rows", "tokens", "errors", "warnings", "kinds", "exit"]
+    print(f"{args.path}: {len(paths)} dump file(s)")
+    print(text_table(header, rows))
+    print("per-file findings: iwopd-kit check FILE, or all of them with --json")
+    html = html_page(f"alignment check: {Path(args.path).name}", [("files", html_table(header, rows))]) if args.html else None
+    return _write_outputs(args, {"schema": JSON_SCHEMA, "files": objs}, html) or worst
+
+
+class _FileBar:
+    """A tqdm bar over the files of a directory, on stderr when it is a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, file=sys.stderr, unit="file", leave=False, desc="check")
+
+    def step(self, desc: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description(desc[-40:])
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``iwopd-kit convert IN OUT``: any readable dump -> the kit's JSONL."""
+    from .batch import BatchError, write_jsonl
+    from .formats.load import load_any
+
+    try:
+        batch = load_any(args.src, args.format, allow_pickle=args.allow_pickle)
+        out = write_jsonl(batch, args.dst)
+    except (BatchError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{out}: {batch.size} rows, {int(batch.valid().sum())} valid tokens")
+    return 0
 
 
 def _check_html(path: str, batch, report, tokenizer, max_rows: int = 20) -> str:
@@ -177,6 +319,22 @@ def _check_html(path: str, batch, report, tokenizer, max_rows: int = 20) -> str:
                      [("summary", head + summary + unchecked), ("findings and per-token diff", note + view.to_html())])
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
+def _input_args(p: argparse.ArgumentParser) -> None:
+    from .formats.registry import FORMATS, formats_help
+
+    p.add_argument("--format", default="auto", choices=FORMATS,
+                   help="input layout (default: from the file suffix, then its keys / first record): " + formats_help())
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read pickles (vLLM RequestOutputs, verl DataProto) and torch files beyond plain tensors: "
+                        "this RUNS CODE FROM THE FILE; only for files you trust (default: refused)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iwopd-kit", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -188,19 +346,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--gamma", type=float, default=0.5)
     d.add_argument("--html", default="reports/demo.html", help="where to write the HTML report")
     d.set_defaults(func=_demo)
-    c = sub.add_parser("check", help="check a dump (JSONL, TRL / verl torch file, vLLM pickle, OpenAI JSON) for "
-                                      "token misalignment; exit 1 on an error finding, 2 on unreadable input")
-    c.add_argument("path")
-    c.add_argument("--format", default="auto", choices=FORMAT_CHOICES,
-                   help="input layout (default: from the file suffix and, for .pt, its keys)")
+    c = sub.add_parser("check", help="check a dump, or every dump under a directory, for token misalignment; exit 1 "
+                                      "on an error finding, 2 on unreadable input (a directory: the worst file's code)")
+    c.add_argument("path", help="a dump file, or a directory of them (e.g. prime-rl's token_exports/: one row per file)")
+    _input_args(c)
     c.add_argument("--student", help="model dir that scores missing student log-probs and gives the student "
                                      "tokenizer (default for a missing series: the bundled tiny student)")
     c.add_argument("--teacher", help="model dir that scores missing teacher log-probs and gives the teacher "
                                      "tokenizer (default for a missing series: the bundled tiny teacher)")
-    c.add_argument("--json", help="write the findings as a JSON list (kind, row, position, severity, message)")
+    c.add_argument("--device", default="cpu", help="device for --student/--teacher scoring (default cpu; e.g. cuda:0)")
+    c.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the scoring models (default float32)")
+    c.add_argument("--batch-size", type=_positive_int, default=32, help="rows per scoring forward pass (default 32)")
+    c.add_argument("--json", help='write {"schema": 1, "findings": [...], "metrics": {...}, "unchecked": {kind: '
+                                  'reason}}; for a directory {"schema": 1, "files": {path: that object}}')
     c.add_argument("--html", help="write a self-contained HTML report with the per-token diff at each finding")
     c.add_argument("--max-findings", type=int, default=50, help="findings printed in the terminal (default 50)")
     c.set_defaults(func=_check)
+    v = sub.add_parser("convert", help="convert a dump (any readable format) to the kit's JSONL")
+    v.add_argument("src")
+    v.add_argument("dst", help="the JSONL file to write")
+    _input_args(v)
+    v.set_defaults(func=_convert)
     return p
 
 

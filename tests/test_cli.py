@@ -43,9 +43,13 @@ def test_check_clean_and_broken_dumps(tmp_path):
     broken = subprocess.run([SCRIPT, "check", str(_dump(tmp_path, True)), "--json", str(findings)],
                             capture_output=True, text=True)
     assert broken.returncode == 1, broken.stdout + broken.stderr
-    rows = json.loads(findings.read_text())
+    obj = json.loads(findings.read_text())
+    assert set(obj) == {"schema", "findings", "metrics", "unchecked"} and obj["schema"] == 1
+    rows = obj["findings"]
     assert [(f["kind"], f["row"], f["position"], f["severity"]) for f in rows] == [("offset", 1, 0, "error")]
     assert set(rows[0]) == {"kind", "row", "position", "severity", "message"}
+    assert isinstance(obj["metrics"], dict)
+    assert isinstance(obj["unchecked"], dict) and all(isinstance(v, str) and v for v in obj["unchecked"].values())
 
 
 def test_check_truncated_file_is_a_clear_error_not_a_traceback(tmp_path):
@@ -132,7 +136,8 @@ def test_check_every_format_with_series(tmp_path, run):
         for how in ("auto", fmt):
             r = run(paths[fmt], "--format", how, "--json", out)
             assert r.returncode == 1, (fmt, how, r.stdout + r.stderr)
-            assert [(f["kind"], f["row"], f["position"]) for f in json.loads(out.read_text())] == [("offset", 1, 0)], fmt
+            assert [(f["kind"], f["row"], f["position"]) for f in json.loads(out.read_text())["findings"]] == \
+                [("offset", 1, 0)], fmt
             assert "Traceback" not in r.stderr
 
 
@@ -146,21 +151,24 @@ def test_check_rollout_only_formats_recompute_with_local_models(tmp_path, tiny_m
     paths = _write_all_formats(tmp_path, healthy)
     for fmt in ("vllm", "openai"):
         out = tmp_path / f"{fmt}.json"
-        r = run(paths[fmt], "--student", tiny_model_dir, "--teacher", tiny_model_dir, "--json", out)
+        r = run(paths[fmt], "--student", tiny_model_dir, "--teacher", tiny_model_dir, "--json", out, "--allow-pickle")
         assert r.returncode == 0, (fmt, r.stdout + r.stderr)
-        assert json.loads(out.read_text()) == [], fmt
+        assert json.loads(out.read_text())["findings"] == [], fmt
         assert "tokenizer_mismatch" not in r.stdout and "bos_eos" not in r.stdout   # both checked (tokenizers given)
     # a shifted rollout through the same path is an error
     bad = healthy.with_series("rollout_logprobs", [r[1:] + [-0.01] if b == 1 else r
                                                    for b, r in enumerate(healthy.rollout_logprobs)])
     paths = _write_all_formats(tmp_path, bad)
-    r = run(paths["vllm"], "--format", "vllm", "--student", tiny_model_dir, "--teacher", tiny_model_dir)
+    r = run(paths["vllm"], "--format", "vllm", "--student", tiny_model_dir, "--teacher", tiny_model_dir, "--allow-pickle")
     assert r.returncode == 1 and "offset" in r.stdout, r.stdout + r.stderr
+    # without the flag the pickle is refused (exit 2) and the error says how to convert it
+    r = run(paths["vllm"], "--student", tiny_model_dir, "--teacher", tiny_model_dir)
+    assert r.returncode == 2 and "--allow-pickle" in r.stderr and "iwopd-kit convert" in r.stderr, r.stderr
 
 
 def test_check_missing_model_dir_is_exit_2(tmp_path, run):
     paths = _write_all_formats(tmp_path, _shifted_batch())
-    r = run(paths["vllm"], "--student", tmp_path / "nowhere", "--teacher", tmp_path / "nowhere")
+    r = run(paths["vllm"], "--student", tmp_path / "nowhere", "--teacher", tmp_path / "nowhere", "--allow-pickle")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no student_logprobs" in r.stderr and "--student" in r.stderr
 
@@ -198,10 +206,17 @@ def test_check_exit_codes_for_unreadable_inputs(tmp_path):
 
 
 def test_check_format_choices_match_load_any():
-    from iwopd_kit.cli import FORMAT_CHOICES
+    """The CLI reads the readers' table; it does not repeat it."""
+    from iwopd_kit.cli import FORMAT_CHOICES, build_parser
     from iwopd_kit.formats.load import FORMATS
+    from iwopd_kit.formats.registry import READERS
 
-    assert FORMAT_CHOICES == FORMATS
+    assert FORMAT_CHOICES == FORMATS == ("auto", *(r.name for r in READERS))
+    for command in ("check", "convert"):
+        sub = build_parser()._subparsers._group_actions[0].choices[command]
+        fmt = next(a for a in sub._actions if a.dest == "format")
+        assert tuple(fmt.choices) == FORMATS
+        assert all(r.name in fmt.help for r in READERS)
 
 
 def test_check_progress_bar_only_for_long_dumps(tmp_path, run):

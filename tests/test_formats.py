@@ -155,7 +155,7 @@ def test_load_any_every_format(tmp_path):
     _same(b, load_any(tmp_path / "d.jsonl"))
     _same(b, load_any(tmp_path / "trl.pt"))
     _same(b, load_any(tmp_path / "verl.pth", format="verl"))
-    vl = load_any(tmp_path / "out.pkl")
+    vl = load_any(tmp_path / "out.pkl", allow_pickle=True)
     assert vl.completion_ids == b.completion_ids and vl.finish_reasons == ["stop"] * 3
     assert vl.rollout_logprobs[2][3] == -9.0 and vl.rollout_logprobs[1] == b.rollout_logprobs[1]
     for name in ("a.json", "b.json"):
@@ -202,11 +202,11 @@ def test_truncated_and_bad_files_give_clear_errors(tmp_path):
     data = (tmp_path / "out.pkl").read_bytes()
     (tmp_path / "out.pkl").write_bytes(data[: len(data) // 2])
     with pytest.raises(K.BatchError, match=r"out.pkl: cannot unpickle .*truncated"):
-        load_any(tmp_path / "out.pkl")
+        load_any(tmp_path / "out.pkl", allow_pickle=True)
     with (tmp_path / "x.pkl").open("wb") as f:
         pickle.dump([{"not": "a RequestOutput"}], f)
     with pytest.raises(K.BatchError, match=r"x.pkl: item 0 is a dict without prompt_token_ids"):
-        load_any(tmp_path / "x.pkl")
+        load_any(tmp_path / "x.pkl", allow_pickle=True)
     K.write_jsonl(b, tmp_path / "d.jsonl")
     text = (tmp_path / "d.jsonl").read_text()
     (tmp_path / "d.jsonl").write_text(text[:-15])
@@ -233,7 +233,10 @@ def test_real_vllm_request_outputs_pickle(tmp_path):
                                   outputs=[comp], finished=True))
     with (tmp_path / "real.pkl").open("wb") as f:
         pickle.dump({"outputs": outs, "sampling": {"temperature": 1.0, "engine": "vllm"}}, f)
-    got = load_any(tmp_path / "real.pkl")
+    with pytest.raises(K.BatchError, match=r"real.pkl: not read: a pickle .*names vllm\.outputs\.RequestOutput.*--allow-pickle"):
+        load_any(tmp_path / "real.pkl")                            # the safe default: refused, and says what it is
+    assert detect_format(tmp_path / "real.pkl") == "vllm"          # recognised from its opcodes, nothing run
+    got = load_any(tmp_path / "real.pkl", allow_pickle=True)
     assert got.completion_ids == b.completion_ids and got.prompt_ids == b.prompt_ids
     assert got.rollout_logprobs[0] == pytest.approx(b.rollout_logprobs[0])
     assert got.sampling.engine == "vllm"

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..batch import SERIES, Batch, BatchError, SamplingSettings
+from .files import read_torch_dict
 
 IGNORE_INDEX = -100
 
@@ -111,9 +112,14 @@ def load_trl_dump(path: str | Path) -> Batch:
     ``completion_mask`` ([B, T], the layout of :func:`from_trl_batch`). Errors name the file and the
     key (or row and column); a truncated file says so.
     """
-    from .load import from_torch_dict, read_torch_dict
-
-    return from_torch_dict(read_torch_dict(path), "trl", str(path))
+    where = str(path)
+    d = read_torch_dict(path)
+    try:
+        return from_trl_batch(d)
+    except BatchError as e:
+        raise BatchError(f"{where}: {e}") from None
+    except (TypeError, ValueError, RuntimeError) as e:   # a value torch cannot turn into a tensor
+        raise BatchError(f"{where}: malformed trl dump ({type(e).__name__}: {e})") from None
 
 
 def to_trl_batch(batch: Batch, pad_id: int = 0, padding_side: str = "left") -> dict[str, Tensor]:

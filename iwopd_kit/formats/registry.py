@@ -1,0 +1,198 @@
+"""The dump readers, in one table: name, suffixes, how the file is opened, how it is recognised.
+
+``load_any``, ``detect_format`` and the CLI (``iwopd-kit check`` / ``convert``) read this table
+and nothing else; the converters (``trl``, ``verl``, ``vllm``, ``primerl``, and
+:func:`iwopd_kit.batch.read_jsonl`) know nothing of it. Adding a format = a pure converter in its
+own module and one :class:`Reader` line in :data:`READERS`.
+
+A reader's *container* says how its file is opened (:mod:`iwopd_kit.formats.files`):
+
+- ``jsonl`` / ``json``: plain JSON, never code;
+- ``torch``: ``torch.load(weights_only=True)`` (plus tensordict's safe types);
+- ``pickle``: recognised from the names in its opcodes without running anything, unpickled
+  only with ``allow_pickle=True``.
+
+With ``format="auto"`` the suffix picks the container, then the first reader of that suffix
+whose ``sniff`` accepts the file's first record / keys / pickled names; if none does, the first
+reader listed for the suffix reads it and says what is wrong (torch files: the keys it found).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..batch import Batch, BatchError, read_jsonl
+from . import files
+from .primerl import from_primerl_records, is_primerl_record
+from .trl import from_trl_batch
+from .verl import from_verl_batch
+from .vllm import from_openai_json, from_trl_vllm_output, from_vllm_object
+
+
+@dataclass(frozen=True)
+class Reader:
+    """One dump format: ``read(path, loaded)`` turns the opened container into a Batch."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    container: str                                  # "jsonl" | "json" | "torch" | "pickle"
+    sniff: Callable[[Any], bool]                    # on the peek: first record / object / dict / pickled names
+    read: Callable[[Path, Any], Batch]
+    help: str
+    fallback: bool = False                          # read files of its suffix that no reader recognises
+
+    @property
+    def runs_code(self) -> bool:
+        return self.container == "pickle"
+
+
+def _keys(d: Any) -> set:
+    return set(d) if isinstance(d, dict) else set()
+
+
+def _vllm_names(names: list[str]) -> bool:
+    return any(n.startswith("vllm.") for n in names)
+
+
+def _dataproto_names(names: list[str]) -> bool:
+    return "verl.protocol.DataProto" in names
+
+
+def _read_primerl(path: Path, _: Any) -> Batch:
+    return from_primerl_records(rec for _, rec in files.iter_jsonl(path))
+
+
+def _read_dataproto(path: Path, obj: Any) -> Batch:
+    return from_verl_batch(files.as_mapping(obj, "verl DataProto"))
+
+
+READERS: tuple[Reader, ...] = (
+    Reader("jsonl", (".jsonl",), "jsonl", lambda rec: "completion_ids" in _keys(rec), lambda p, _: read_jsonl(p),
+           "the kit's own rows (iwopd_kit/batch.py)", fallback=True),
+    Reader("trl", (".pt", ".pth"), "torch", lambda d: {"input_ids", "labels"} <= _keys(d),
+           lambda p, d: from_trl_batch(d), "a torch.save'd TRL batch (input_ids, attention_mask, labels, ...)"),
+    Reader("verl", (".pt", ".pth"), "torch", lambda d: {"prompts", "responses"} <= _keys(d),
+           lambda p, d: from_verl_batch(d), "a torch.save'd verl batch: a dict or TensorDict (prompts, responses, ...)"),
+    Reader("vllm", (".pkl", ".pickle"), "pickle", _vllm_names, lambda p, obj: from_vllm_object(obj),
+           "pickled vLLM RequestOutputs (only with --allow-pickle)", fallback=True),
+    Reader("openai", (".json",), "json", lambda o: isinstance(o, list) or "responses" in _keys(o),
+           lambda p, obj: from_openai_json(obj), "/v1/completions responses (+ prompt ids)", fallback=True),
+    Reader("primerl", (".jsonl",), "jsonl", is_primerl_record, _read_primerl,
+           "prime-rl's token export (token_exports/step_N/rank_R.jsonl)"),
+    Reader("trl_vllm", (".json",), "json", lambda o: {"completion_ids", "logprobs"} <= _keys(o),
+           lambda p, obj: from_trl_vllm_output(obj), "TRL's vLLM client output (prompt_ids, completion_ids, logprobs, "
+           "logprob_token_ids)"),
+    Reader("verl_dataproto", (".pkl", ".pickle"), "pickle", _dataproto_names, _read_dataproto,
+           "a verl DataProto saved with save_to_disk (a pickle: only with --allow-pickle)"),
+)
+
+BY_NAME: dict[str, Reader] = {r.name: r for r in READERS}
+FORMATS: tuple[str, ...] = ("auto", *BY_NAME)
+SUFFIXES: tuple[str, ...] = tuple(sorted({s for r in READERS for s in r.suffixes}))
+
+
+def _candidates(path: Path) -> list[Reader]:
+    suffix = path.suffix.lower()
+    found = [r for r in READERS if suffix in r.suffixes]
+    if not found:
+        raise BatchError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; pass format= (--format) one "
+                         f"of {FORMATS[1:]} (suffixes: {list(SUFFIXES)})")
+    return found
+
+
+def _peek(path: Path, container: str, allow_pickle: bool) -> Any:
+    if container == "jsonl":
+        return files.first_jsonl_record(path)
+    if container == "json":
+        return files.read_json(path)
+    if container == "torch":
+        return files.read_torch_dict(path, allow_pickle)
+    return files.pickle_globals(path)
+
+
+def _pick(path: Path, allow_pickle: bool) -> tuple[Reader, Any]:
+    """The reader for ``path`` and what its container showed (loaded for json / torch)."""
+    found = _candidates(path)
+    peek = _peek(path, found[0].container, allow_pickle)
+    for r in found:
+        if r.sniff(peek):
+            return r, peek
+    for r in found:
+        if r.fallback:
+            return r, peek
+    raise BatchError(f"{path}: cannot tell the layout from the keys {sorted(_keys(peek))}; expected "
+                     + " or ".join(f"{r.name} ({r.help})" for r in found))
+
+
+def detect_format(path: str | Path, allow_pickle: bool = False) -> str:
+    """The format name of ``path``: from its suffix, then its keys / first record / pickled names.
+
+    Nothing in the file runs: a pickle is recognised from its opcodes.
+    """
+    return _pick(files.existing(path), allow_pickle)[0].name
+
+
+def _load(path: Path, reader: Reader, peek: Any, allow_pickle: bool) -> Any:
+    if reader.container == "pickle":
+        if not allow_pickle:
+            raise files.refuse_pickle(path, f"{reader.name}, {reader.help.split(' (')[0]}")
+        return files.read_pickle(path)
+    if reader.container == "jsonl":
+        return path
+    return peek
+
+
+def load_any(path: str | Path, format: str = "auto", allow_pickle: bool = False) -> Batch:
+    """Read ``path`` in ``format`` (one of :data:`FORMATS`; ``auto`` detects it) into a Batch.
+
+    No format runs code from the file unless ``allow_pickle=True``, which unpickles pickles
+    (vLLM ``RequestOutput`` lists, verl ``DataProto``) and loads torch files without
+    ``weights_only``: that runs code named in the file; pass it only for files you trust.
+    """
+    if format not in FORMATS:
+        raise BatchError(f"unknown format {format!r}; expected one of {FORMATS}")
+    path = files.existing(path)
+    if format == "auto":
+        reader, peek = _pick(path, allow_pickle)
+    else:
+        reader = BY_NAME[format]
+        peek = None if reader.container in ("jsonl", "pickle") else _peek(path, reader.container, allow_pickle)
+    loaded = _load(path, reader, peek, allow_pickle)
+    try:
+        return reader.read(path, loaded)
+    except BatchError as e:
+        msg = str(e)
+        raise BatchError(_with_hints(path, msg if msg.startswith(str(path)) else f"{path}: {msg}")) from None
+    except (TypeError, ValueError, RuntimeError, AttributeError, KeyError) as e:  # a value that is not what the layout says
+        raise BatchError(_with_hints(path, f"{path}: malformed {reader.name} dump ({type(e).__name__}: {e})")) from None
+
+
+def _with_hints(path: Path, msg: str) -> str:
+    """prime-rl marks a finished step with ``STABLE``: say so when a step directory lacks it."""
+    step_dir = path.parent
+    if re.fullmatch(r"step_\d+", step_dir.name) and not (step_dir / "STABLE").exists():
+        msg += f" ({step_dir.name} has no STABLE marker: the trainer may still be writing it)"
+    return msg
+
+
+def _natural(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def dump_files(directory: str | Path) -> list[Path]:
+    """Every file under ``directory`` with a reader's suffix, in natural order (step_2 before step_10)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BatchError(f"{directory}: not a directory")
+    found = [p for p in directory.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES]
+    if not found:
+        raise BatchError(f"{directory}: no dump files (suffixes {list(SUFFIXES)}) in it or below")
+    return sorted(found, key=_natural)
+
+
+def formats_help() -> str:
+    """One line per format, for ``--help``."""
+    return "; ".join(f"{r.name} ({'/'.join(r.suffixes)}): {r.help}" for r in READERS)
