@@ -1,5 +1,5 @@
 """Regenerate data/fixtures/: real vLLM rollouts of the tiny student, scored by the student and the
-teacher, then broken the way each failure class (SPEC section 3, A-M) breaks in practice.
+teacher, then broken the way each failure class (docs/method.md, failure classes A-M) breaks in practice.
 
     source scripts/env.sh && .venv/bin/python scripts/make_fixtures.py
 

@@ -1,6 +1,6 @@
-"""SPEC "Golden numbers", through the public API only (``import iwopd_kit as K``).
+"""The golden numbers of docs/method.md (from TRL's tests), through the public API only (``import iwopd_kit as K``).
 
-Every expected value comes from SPEC.md or from an independent hand computation in this file
+Every expected value comes from docs/method.md ("Golden numbers") or from an independent hand computation in this file
 (plain Python / float64), never from running the library.
 """
 

@@ -1,6 +1,6 @@
 """Plotly figures, widget state and exercise checkers.
 
-Figures: built from the golden batch of SPEC (gamma 0.5, A = [[0.2, -0.3, 0.5], [0.4, 0, 0]]) and
+Figures: built from the golden batch of docs/method.md (gamma 0.5, A = [[0.2, -0.3, 0.5], [0.4, 0, 0]]) and
 checked trace by trace. Widgets: the pure ``_state`` function (no browser), plus one slider change
 on a real VBox. Exercises: each checker passes on the kit's reference and fails, naming row and
 position, on a deliberately wrong implementation.
@@ -37,7 +37,7 @@ def _trace(fig: go.Figure, name: str):
 
 
 def _golden_batch() -> Batch:
-    """SPEC golden 1 as a Batch, with a rollout series equal to the student (no rollout cache)."""
+    """Golden number 1 (docs/method.md) as a Batch, with a rollout series equal to the student (no rollout cache)."""
     student = [[-LN4] * 3, [-LN4]]
     teacher = [[-LN4 + 0.2, -LN4 - 0.3, -LN4 + 0.5], [-LN4 + 0.4]]
     return Batch(prompt_ids=[[5], [6, 7]], completion_ids=[[0, 1, 2], [1]], rollout_logprobs=student,

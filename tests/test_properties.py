@@ -1,4 +1,4 @@
-"""Property tests (hypothesis) for the invariants of SPEC sections 2 and 4-6.
+"""Property tests (hypothesis) for the invariants of docs/method.md, sections 4-8 (scoring, advantage, weights, loss).
 
 References are independent: plain-Python loops and ``torch.log_softmax`` in float64.
 """
@@ -62,7 +62,7 @@ def test_all_zero_rows_get_one_plus_gamma(B, L, gamma):
 
 
 def _ref_weights(A: list[list[float]], mask: list[list[bool]], gamma: float, eps: float) -> list[list[float]]:
-    """SPEC section 5, literally: exclusive prefix sum of |A| over the row's valid tokens."""
+    """docs/method.md, prefix weights, literally: exclusive prefix sum of |A| over the row's valid tokens."""
     out = []
     for a_row, m_row in zip(A, mask):
         absA = [abs(a) if m else 0.0 for a, m in zip(a_row, m_row)]
