@@ -111,7 +111,8 @@ def test_check_runs_from_the_wheel_on_bundled_fixtures(installed, tmp_path):
                   cwd=tmp_path, env=env, ok=(1,))
     found = json.loads((tmp_path / "offset.json").read_text())
     assert any(f["kind"] == "offset" and f["severity"] == "error" for f in found), broken.stdout
-    assert "<script" not in (tmp_path / "offset.html").read_text()
+    report = (tmp_path / "offset.html").read_text()
+    assert "<script" not in report and "http://" not in report and "https://" not in report
 
     # the healthy fixture without its student series: the check scores it with the bundled student
     rows = [json.loads(line) for line in (fixtures / "healthy_fp32_t1.jsonl").read_text().splitlines() if line.strip()]
