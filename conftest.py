@@ -27,7 +27,7 @@ DETERMINISTIC_ENV = {
 for _k, _v in DETERMINISTIC_ENV.items():
     os.environ.setdefault(_k, _v)
 
-NOT_COMPARED = ("application/vnd.plotly.v1+json",)
+NOT_COMPARED = ("application/vnd.plotly.v1+json", "image/png")
 
 
 def pytest_configure(config):
