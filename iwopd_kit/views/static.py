@@ -17,7 +17,8 @@ turns on two things (:func:`enable`; off with ``IWOPD_STATIC_IMAGES=0`` or :func
 
 Both images are drawn by Debian's headless Chromium (the one :mod:`iwopd_kit.browser` finds)
 through Playwright: figures by the plotly.js copy inside the plotly package (``Plotly.toImage``,
-inlined, no CDN), HTML views by an element screenshot. One browser per process, started on first
+read from disk, no CDN), HTML views by an element screenshot; both stored with a 256-colour palette
+(Pillow, which vLLM already depends on). One browser per process, started on first
 use and kept on its own thread (Playwright's sync API cannot run on the kernel's event-loop thread).
 ``IWOPD_STATIC_LOG=path`` appends one JSON line per image (kind, seconds, bytes), to measure the
 cost. Without Playwright or Chromium, importing the kit changes nothing (:func:`available` says
@@ -29,12 +30,15 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 #: The plotly renderer name registered by :func:`enable`, and the default renderer it sets.
@@ -61,7 +65,7 @@ class _Chromium:
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iwopd-chromium")
-        self._pw = self._browser = self._plot_page = self._html_page = None
+        self._pw = self._browser = self._plot_page = self._html_page = self._tmp = None
 
     def call(self, fn: Callable[[], Any], what: str) -> Any:
         start = time.perf_counter()
@@ -87,10 +91,14 @@ class _Chromium:
         page = getattr(self, which)
         if page is None:
             page = self._browser.new_page(viewport={"width": VIEW_WIDTH, "height": 600}, device_scale_factor=1)
-            if which == "_plot_page":
-                page.set_content("<!doctype html><html><head><meta charset='utf-8'></head>"
-                                 "<body style='margin:0;background:#fff'><div id='fig'></div></body></html>")
-                page.add_script_tag(content=_plotly_js())
+            if which == "_plot_page":    # plotly.js read from disk by Chromium (not sent over the pipe)
+                self._tmp = tempfile.TemporaryDirectory(prefix="iwopd-plotly-")
+                wrapper = Path(self._tmp.name) / "plot.html"
+                wrapper.write_text("<!doctype html><html><head><meta charset='utf-8'>"
+                                   f"<script src='{_plotly_js_path().as_uri()}'></script></head>"
+                                   "<body style='margin:0;background:#fff'><div id='fig'></div></body></html>",
+                                   encoding="utf-8")
+                page.goto(wrapper.as_uri(), wait_until="load")
             setattr(self, which, page)
         return page
 
@@ -107,18 +115,18 @@ class _Chromium:
                     return await Plotly.toImage(gd, {format: 'png', width: layout.width || 700,
                                                      height: layout.height || 450});
                 }""", fig_json)
-            return base64.b64decode(url.split(",", 1)[1])
+            return _compact(base64.b64decode(url.split(",", 1)[1]))
         return self.call(job, "figure")
 
     def html_png(self, fragment: str) -> bytes:
         def job() -> bytes:
             page = self._page("_html_page")
             page.set_content("<!doctype html><html><head><meta charset='utf-8'></head>"
-                             "<body style='margin:0;padding:6px;background:#fff'>"
+                             "<body style='margin:0;padding:6px;background:#fff;font:14px system-ui,sans-serif'>"
                              f"<div id='view' style='display:inline-block;max-width:{VIEW_WIDTH - 12}px'>"
                              f"{fragment}</div></body></html>")
             page.evaluate("document.querySelectorAll('details').forEach(d => { d.open = true; })")  # no clicks
-            return page.locator("#view").screenshot(animations="disabled")
+            return _compact(page.locator("#view").screenshot(animations="disabled"))
         return self.call(job, "html view")
 
 
@@ -133,12 +141,25 @@ def _browser() -> _Chromium:
         return _chromium
 
 
-def _plotly_js() -> str:
-    from pathlib import Path
-
+def _plotly_js_path() -> Path:
+    """The plotly.js bundled in the plotly package (the version plotly.py's figures are made for)."""
     import plotly
 
-    return (Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    if not path.exists():
+        raise FileNotFoundError(f"plotly.js not found at {path}; is the plotly package complete?")
+    return path
+
+
+def _compact(png: bytes) -> bytes:
+    """The PNG with a 256-colour palette (no dithering): 3-5x smaller, same look for flat colours and text."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, format="PNG",
+                                                                                          optimize=True)
+    return out.getvalue()
 
 
 # ------------------------------------------------------------------------------------ public API
