@@ -4,8 +4,9 @@
     pytest --nbval notebooks/
 
 For notebooks: run kernels in this environment (``--nbval-current-env``), sanitize with
-``notebooks/sanitize.cfg``, and do not compare plotly's JSON payload (the figures are checked
-through the numbers printed beside them). Kernels inherit a deterministic, CPU-friendly environment.
+``notebooks/sanitize.cfg``, and do not compare plotly's JSON payload nor the PNG copies of figures
+and views (``iwopd_kit/views/static.py``; their bytes depend on Chromium): the figures are checked
+through the numbers printed beside them, the copies' ``text/plain`` is still compared. Kernels inherit a deterministic, CPU-friendly environment.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ DETERMINISTIC_ENV = {
 for _k, _v in DETERMINISTIC_ENV.items():
     os.environ.setdefault(_k, _v)
 
-NOT_COMPARED = ("application/vnd.plotly.v1+json",)
+NOT_COMPARED = ("application/vnd.plotly.v1+json", "image/png")
 
 
 def pytest_configure(config):

@@ -21,10 +21,13 @@ distribution shift that on-policy distillation corrects.
 Everything here is pure Python (stdlib only) so that any part of the toolkit,
 the training scripts and the tests can use it without heavy imports.
 
-Paths: the package is installed in editable mode, so ``__file__`` lives in the
-repository checkout and ``REPO_ROOT`` (the parent of the ``iwopd_kit``
-package directory) points at the repository, where ``data/`` holds the shipped
-prompts and the two tiny models.
+Paths: the shipped prompts, tiny models and fixtures are package data, found through
+:mod:`importlib.resources` as ``iwopd_kit/data`` (:data:`DATA_DIR`). In the repository,
+``iwopd_kit/data`` is a symbolic link to the checkout's ``data/`` (so the editable install and
+every ``data/...`` path relative to the repository keep working); a wheel or sdist carries the
+files themselves. ``REPO_ROOT`` (the parent of the ``iwopd_kit`` package directory) is the
+checkout, for the scripts and tests that write into it; in an installed wheel it is the
+``site-packages`` directory and means nothing.
 """
 
 from __future__ import annotations
@@ -32,18 +35,22 @@ from __future__ import annotations
 import json
 import random
 import re
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-#: Repository root; valid because the package is installed editable (or run
-#: from the checkout), so this file sits in ``<repo>/iwopd_kit/``.
+#: Repository root, for the scripts and tests that write into the checkout (valid in an editable
+#: install or when run from the checkout, where this file sits in ``<repo>/iwopd_kit/``).
 REPO_ROOT: Path = Path(__file__).resolve().parents[1]
-DATA_DIR: Path = REPO_ROOT / "data"
+#: The bundled data (package data ``iwopd_kit/data``; in the checkout the link resolves to ``data/``).
+DATA_DIR: Path = Path(str(resources.files("iwopd_kit").joinpath("data"))).resolve()
 TEACHER_DIR: Path = DATA_DIR / "models" / "teacher"
 STUDENT_DIR: Path = DATA_DIR / "models" / "student"
 TRAIN_PROMPTS: Path = DATA_DIR / "prompts" / "train.jsonl"
 EVAL_PROMPTS: Path = DATA_DIR / "prompts" / "eval.jsonl"
+#: Real rollouts of the tiny student, healthy and broken (one file per failure class; see its README).
+FIXTURES_DIR: Path = DATA_DIR / "fixtures"
 
 #: Token vocabulary: one token per character plus three special tokens.
 VOCAB: list[str] = ["<pad>", "<s>", "</s>", *"0123456789", "+", "=", ","]

@@ -1,7 +1,8 @@
 """The views in a real browser: headless Chromium (Debian's) driven by Playwright.
 
 1. The demo's HTML report: tokens rendered with their background colours, tooltips carrying every series.
-2. An nbconvert export of the tour notebook (stored outputs): the per-token view renders statically.
+2. An nbconvert export of the tour notebook (stored outputs): the per-token view renders statically,
+   and the PNG copy stored after it (for front ends without CSS, see tests/test_static_render.py) is hidden.
 3. JupyterLab itself: open the tour notebook, run all cells, a slider widget and a token view render.
 Screenshots land in ``artifacts/`` (git-ignored) as test artifacts.
 """
@@ -88,6 +89,10 @@ def test_nbconvert_export_of_the_tour_renders_tokens(browser, tmp_path):
     spans, n = _token_spans(page)
     assert _coloured(page, spans, n) > 0
     assert "advantage" in spans.first.get_attribute("title")
+    # stylesheets work here, so the PNG copy stored after each view (for GitHub) is hidden
+    copies = page.locator(".jp-OutputArea-child:has(.iwv-pair) + .jp-OutputArea-child:has(img)")
+    assert copies.count() >= 2, "the tour stores no PNG copies after its token strips"
+    assert not any(copies.nth(i).is_visible() for i in range(copies.count()))
     page.screenshot(path=str(ARTIFACTS / "tour_export.png"), full_page=False)
     page.close()
 
@@ -122,6 +127,10 @@ def _run_tour_in_jupyterlab(browser, work: Path, log: Path, shot: Path) -> str |
         spans = page.locator(".jp-OutputArea-output span[title]")
         assert spans.count() > 0
         assert _coloured(page, spans, spans.count()) > 0
+        # the static view's PNG copy (for front ends without CSS) arrives after it and stays hidden here
+        copies = page.locator(".jp-OutputArea-child:has(.iwv-pair) + .jp-OutputArea-child:has(img)")
+        copies.first.wait_for(state="attached", timeout=120_000)
+        assert not any(copies.nth(i).is_visible() for i in range(copies.count()))
         page.locator(".widget-slider").first.scroll_into_view_if_needed()
         return None
     except PlaywrightTimeout as e:

@@ -17,6 +17,10 @@ from .tokens import (
     token_strip,
     visible_text,
 )
+from .static import auto_enable as _auto_enable
+
+# In a Jupyter kernel: PNG copies of figures and HTML views for static front ends (views/static.py).
+_auto_enable()
 
 __all__ = [
     "AlignmentView",

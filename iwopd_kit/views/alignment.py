@@ -66,6 +66,11 @@ class AlignmentView:
     def _repr_html_(self) -> str:
         return self.to_html()
 
+    def _ipython_display_(self) -> None:   # the HTML, then its PNG copy (see views/static.py)
+        from .static import display_html_view
+
+        display_html_view(self.to_html(), self.to_text(), "alignment view")
+
 
 def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[str], list[list]]:
     """A rows x classes table of finding counts: ``(header, rows)`` for ``text_table`` / ``html_table``.

@@ -70,7 +70,8 @@ class TokenStrip:
     ``start <= j < stop`` shown (``stop`` None = to the end).
 
     Display: ``_repr_html_()`` / :meth:`to_html` (coloured HTML), ``repr()`` /
-    :meth:`to_text` (one text line per token).
+    :meth:`to_text` (one text line per token); in a notebook the HTML is followed by a PNG copy
+    for front ends without CSS (:func:`iwopd_kit.views.static.display_html_view`).
     """
 
     tokens: tuple[tuple[str, ...], ...]
@@ -200,6 +201,12 @@ class TokenStrip:
 
     def _repr_html_(self) -> str:
         return self.to_html()
+
+    def _ipython_display_(self) -> None:
+        """In a notebook: the HTML, then (in a kernel with Chromium) its PNG copy; see :mod:`.static`."""
+        from .static import display_html_view
+
+        display_html_view(self.to_html(), self.to_text(), "token strip")
 
 
 def _fmt_bound(x: float) -> str:
