@@ -11,20 +11,21 @@ through the numbers printed beside them, the copies' ``text/plain`` is still com
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 
-DETERMINISTIC_ENV = {
-    "PYTHONHASHSEED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
-}
+def _env_defaults() -> dict[str, str]:
+    """The kit's one table of environment defaults (iwopd_kit/envdefaults.py), loaded without the package."""
+    spec = importlib.util.spec_from_file_location("_iwopd_envdefaults", ROOT / "iwopd_kit" / "envdefaults.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.RUN_ENV_DEFAULTS
+
+
+DETERMINISTIC_ENV = {**_env_defaults(), "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 for _k, _v in DETERMINISTIC_ENV.items():
     os.environ.setdefault(_k, _v)
 

@@ -31,12 +31,7 @@ import torch
 from .batch import LOGPROBS_MODES, Batch, BatchError, SamplingSettings
 from .formats.vllm import from_openai_completions, from_request_outputs
 
-VLLM_ENV_DEFAULTS = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",   # in-process engine: fast start, no __main__ guard
-    "VLLM_CPU_KVCACHE_SPACE": "1",           # GiB; unset, vLLM takes ~9 GiB
-    "VLLM_CPU_OMP_THREADS_BIND": "0-1",      # both cores of a 2-core machine
-    "VLLM_LOGGING_LEVEL": "ERROR",           # keep notebook stderr clean (nbval compares it)
-}
+from .envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402  (the one table; re-exported here)
 
 
 @contextlib.contextmanager

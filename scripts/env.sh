@@ -1,8 +1,5 @@
-# Environment for deterministic, CPU-friendly runs (sourced by the scripts; the same values are set
-# in conftest.py for plain `pytest` runs, except PYTHONHASHSEED which must be set before Python starts).
-export PYTHONHASHSEED=0
-export TOKENIZERS_PARALLELISM=false
-export VLLM_ENABLE_V1_MULTIPROCESSING=0
-export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
-export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-0-1}
-export VLLM_LOGGING_LEVEL=${VLLM_LOGGING_LEVEL:-ERROR}
+# Environment for deterministic, CPU-friendly runs (sourced by the scripts). The values live in one
+# table, iwopd_kit/envdefaults.py (also used by iwopd_kit.rollout and conftest.py); a variable
+# already set in the environment keeps its value. Sets PYTHONHASHSEED, TOKENIZERS_PARALLELISM,
+# VLLM_ENABLE_V1_MULTIPROCESSING, VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, VLLM_LOGGING_LEVEL.
+eval "$(python3 "$(dirname "${BASH_SOURCE[0]}")/../iwopd_kit/envdefaults.py")"

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
+
+from iwopd_kit.envdefaults import RUN_ENV_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
@@ -49,8 +52,9 @@ def test_no_reference_outside_the_repository():
 
 
 def test_readme_env_matches_env_sh():
-    env = (ROOT / "scripts" / "env.sh").read_text()
+    script = f'unset {" ".join(RUN_ENV_DEFAULTS)}; source "{ROOT / "scripts" / "env.sh"}"; env'
+    env = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Environment notes", 1)[1]
     for var in re.findall(r"`(VLLM_[A-Z_0-9]+|PYTHONHASHSEED)=", section):
-        assert re.search(rf"^export {var}=", env, re.M), f"README says scripts/env.sh sets {var}; it does not"
+        assert re.search(rf"^{var}=", env, re.M), f"README says scripts/env.sh sets {var}; it does not"
