@@ -8,32 +8,14 @@ by the pid we started.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .chromium import CHROMIUM_ARGS, chromium_path, launch  # noqa: F401  (re-exported)
 from .server import wait_for_http
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
-def chromium_path() -> str:
-    """The Debian Chromium executable; a clear error when it is missing."""
-    for cand in (os.environ.get("IWOPD_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
-        if cand and Path(cand).exists():
-            return cand
-    raise FileNotFoundError("Chromium not found: install Debian's package (`apt-get install -y chromium`) "
-                            "or set IWOPD_CHROMIUM to its path")
-
-
-def launch(playwright):
-    """Launch headless Chromium through a ``sync_playwright()`` handle."""
-    return playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
-
 
 @dataclass
 class JupyterLab:

@@ -109,7 +109,7 @@ def test_check_runs_from_the_wheel_on_bundled_fixtures(installed, tmp_path):
 
     broken = _run([kit, "check", fixtures / "offset.jsonl", "--json", "offset.json", "--html", "offset.html"],
                   cwd=tmp_path, env=env, ok=(1,))
-    found = json.loads((tmp_path / "offset.json").read_text())
+    found = json.loads((tmp_path / "offset.json").read_text())["findings"]
     assert any(f["kind"] == "offset" and f["severity"] == "error" for f in found), broken.stdout
     report = (tmp_path / "offset.html").read_text()
     assert "<script" not in report and "http://" not in report and "https://" not in report

@@ -81,7 +81,7 @@ class _Chromium:
         if self._browser is None:
             from playwright.sync_api import sync_playwright
 
-            from ..browser import launch
+            from ..chromium import launch
 
             self._pw = sync_playwright().start()
             self._browser = launch(self._pw)
@@ -168,7 +168,7 @@ def available() -> tuple[bool, str]:
     if importlib.util.find_spec("playwright") is None:
         return False, "playwright is not installed (pip install playwright; the dev extra has it)"
     try:
-        from ..browser import chromium_path
+        from ..chromium import chromium_path
 
         chromium_path()
     except FileNotFoundError as e:
