@@ -179,30 +179,78 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=iter(list(named_tensors))))
 
 
+class VLLMServerError(RuntimeError):
+    """The vLLM server could not be reached or answered with an error; the message says which and what to check."""
+
+
 class VLLMServerEngine:
     """A vLLM OpenAI-compatible server at ``base_url`` (``/v1/completions`` with token-id prompts).
 
     The server's ``--logprobs-mode`` must be told here (it is a server setting, not per request).
+    A refused connection and HTTP 502/503/504 are retried ``retries`` times (0.5 s, 1 s, ...: a
+    server that is starting or restarting); a timeout, other HTTP errors and a non-JSON answer are
+    not. Each failure raises :class:`VLLMServerError` naming the server and what to check.
     """
 
-    OPTIONS = ("model", "logprobs_mode", "timeout")
+    OPTIONS = ("model", "logprobs_mode", "timeout", "retries")
 
     def __init__(self, base_url: str, model: str | None = None, logprobs_mode: str = "raw_logprobs",
-                 timeout: float = 60.0, **options: Any) -> None:
+                 timeout: float = 60.0, retries: int = 2, **options: Any) -> None:
         _reject_unknown("VLLMServerEngine", options, self.OPTIONS)
         if logprobs_mode not in LOGPROBS_MODES:
             raise ValueError(f"VLLMServerEngine: logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
         self.base_url, self.logprobs_mode, self.timeout = base_url.rstrip("/"), logprobs_mode, timeout
+        self.retries = int(retries)
         self.model = model or self._first_model()
 
     def _request(self, path: str, payload: dict | None = None) -> dict:
+        import socket
+        import time
+
+        url = self.base_url + path
         data = None if payload is None else json.dumps(payload).encode()
-        req = urllib.request.Request(self.base_url + path, data=data, headers={"Content-Type": "application/json"})
+        where = f"vLLM server {self.base_url} ({'POST' if data else 'GET'} {path})"
+        check = f"check that it runs (curl {self.base_url}/health) and that the URL and port are right"
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    body = resp.read()
+                break
+            except urllib.error.HTTPError as e:
+                text = e.read()[:500].decode(errors="replace")
+                if e.code in (502, 503, 504) and not last:
+                    time.sleep(0.5 * 2 ** attempt)
+                    continue
+                hint = {404: "the path or the model name is wrong (GET /v1/models lists the served names)",
+                        400: "the server rejected the request (its message above says which field)",
+                        503: "the server is overloaded or still loading the model"}.get(e.code, "see the server's log")
+                raise VLLMServerError(f"{where}: HTTP {e.code} {e.reason}: {text!r}; {hint}") from None
+            except (TimeoutError, socket.timeout):
+                raise VLLMServerError(f"{where}: no answer within {self.timeout:g} s (timeout); the server may be "
+                                      "overloaded or the request too long: raise VLLMServerEngine(timeout=...) or "
+                                      f"send fewer tokens; {check}") from None
+            except urllib.error.URLError as e:
+                reason = e.reason
+                if isinstance(reason, (TimeoutError, socket.timeout)):
+                    raise VLLMServerError(f"{where}: no connection within {self.timeout:g} s (timeout); the host may "
+                                          f"be down or unreachable; {check}") from None
+                if isinstance(reason, ConnectionRefusedError):
+                    if not last:
+                        time.sleep(0.5 * 2 ** attempt)
+                        continue
+                    raise VLLMServerError(f"{where}: connection refused after {self.retries + 1} tries: nothing listens "
+                                          f"there (the server stopped, crashed or has not started yet); {check}") from None
+                raise VLLMServerError(f"{where}: cannot reach the server ({reason}); {check}") from None
+            except (ConnectionError, OSError) as e:      # reset / closed mid-answer
+                raise VLLMServerError(f"{where}: the connection broke ({type(e).__name__}: {e}); the server may have "
+                                      f"stopped while answering; {check}") from None
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return json.loads(resp.read())
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"{self.base_url}{path}: HTTP {e.code}: {e.read()[:500]!r}") from None
+            return json.loads(body)
+        except json.JSONDecodeError:
+            raise VLLMServerError(f"{where}: the answer is not JSON ({body[:200]!r}); is {self.base_url} a vLLM "
+                                  "OpenAI-compatible server?") from None
 
     def _first_model(self) -> str:
         models = self._request("/v1/models").get("data") or []

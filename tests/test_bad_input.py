@@ -282,3 +282,146 @@ def test_openai_explicit_token_ids_work():
     resp = {"choices": [{"token_ids": [8, 9], "finish_reason": "stop", "logprobs": {"token_logprobs": [-0.3, -0.4]}}]}
     b = K.from_openai_completions([[1]], [resp])
     assert b.completion_ids == [[8, 9]] and b.rollout_logprobs == [[-0.3, -0.4]]
+
+
+# ------------------------------------------------------------- TRL's vLLM client payload (server mode)
+def _trl_payload(**changes):
+    payload = {"prompt_ids": [[1, 5], [1, 6, 7]], "completion_ids": [[10, 11], [12, 13, 2]],
+               "logprobs": [[[-0.1], [-0.2]], [[-0.3], [-0.4, -2.5], [-0.05]]],
+               "logprob_token_ids": [[[10], [11]], [[12], [13, 4], [2]]]}
+    payload.update(changes)
+    return payload
+
+
+def test_trl_vllm_payload_pairs_each_value_with_its_id():
+    b = K.formats.from_trl_vllm_output(_trl_payload())
+    assert b.rollout_logprobs == [[-0.1, -0.2], [-0.3, -0.4, -0.05]] and b.findings == []
+    two = K.formats.from_trl_vllm_output(_trl_payload(prompt_ids=[[1, 5]], completion_ids=[[10, 11], [12, 13, 2]]))
+    assert two.prompt_ids == [[1, 5], [1, 5]]                  # n=2 generations of one prompt, prompt-major
+
+
+def test_trl_vllm_payload_without_logprob_token_ids_is_a_finding_naming_the_row(tmp_path):
+    """TRL's review bug 2: logprobs present, logprob_token_ids None -> TypeError in TRL; here a finding."""
+    b = K.formats.from_trl_vllm_output(_trl_payload(logprob_token_ids=None))
+    assert b.rollout_logprobs == [[None, None], [None, None, None]]
+    hits = K.check_alignment(b).by_kind("missing_token_ids")
+    assert [(f.row, f.position, f.severity) for f in hits] == [(0, 0, "error"), (1, 0, "error")]
+    assert "row 1" in hits[1].message and "logprob_token_ids" in hits[1].message
+    one = K.formats.from_trl_vllm_output(_trl_payload(logprob_token_ids=[[[10], [11]], None]))
+    assert [(f["row"], f["kind"]) for f in one.findings] == [(1, "missing_token_ids")]
+    # the same payload as a JSON file through the CLI: exit 1, the finding in the table
+    (tmp_path / "payload.json").write_text(json.dumps(_trl_payload(logprob_token_ids=None)))
+    assert K.formats.detect_format(tmp_path / "payload.json") == "trl_vllm"
+    from iwopd_kit.cli import main
+
+    out = tmp_path / "f.json"
+    assert main(["check", str(tmp_path / "payload.json"), "--json", str(out)]) == 1
+    assert {f["kind"] for f in json.loads(out.read_text())["findings"]} >= {"missing_token_ids"}
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(logprobs=[[[-0.1]], [[-0.3], [-0.4], [-0.05]]]), r"row 0: logprobs has 1 steps for 2 completion tokens"),
+    (dict(logprob_token_ids=[[[10], [11]], [[12], [13, 4]]]), r"row 1: logprob_token_ids has 2 steps for 3"),
+    (dict(logprob_token_ids=[[[10], [11]], [[12], [13, 4], 7]]), None),
+    (dict(logprobs=[[[-0.1], ["x"]], [[-0.3], [-0.4], [-0.05]]]), r"row 0, position 1: a log-prob must be a number"),
+    (dict(logprobs=[[[-0.1], [-0.2, -1.0]], [[-0.3], [-0.4], [-0.05]]]), r"row 0, position 1: 2 log-probs but 1 ids"),
+    (dict(logprobs="oops"), r"logprobs has str; expected one list per completion"),
+    (dict(completion_ids=None), r"'completion_ids' must be a non-empty list"),
+])
+def test_trl_vllm_payload_bad_shapes_are_batch_errors_not_type_errors(change, needle):
+    if needle is None:          # a scalar id where a list was expected: read as one id, the sampled id is absent
+        b = K.formats.from_trl_vllm_output(_trl_payload(**change))
+        assert [(f["row"], f["position"]) for f in b.findings] == [(1, 2)]
+        return
+    with pytest.raises(K.BatchError, match=needle):
+        K.formats.from_trl_vllm_output(_trl_payload(**change))
+
+
+def test_openai_bad_shapes_are_batch_errors_not_type_errors():
+    for resp, needle in (([1, 2], r"response 0: expected a JSON object"),
+                         ({"choices": [{"token_ids": 5, "logprobs": {"token_logprobs": [-0.1]}}]}, r"token_ids must be a list"),
+                         ({"choices": [{"token_ids": [5], "logprobs": [-0.1]}]}, r"logprobs must be an object"),
+                         ({"choices": [{"token_ids": [5], "logprobs": {"token_logprobs": -0.1}}]}, r"must be a list")):
+        with pytest.raises(K.BatchError, match=needle):
+            K.from_openai_completions([[1]], [resp])
+
+
+# ------------------------------------------------------------------------ vLLM server faults
+import http.server  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+class _Server:
+    """A tiny HTTP server on 127.0.0.1 whose answers a test scripts: a list of (status, body, delay)."""
+
+    def __init__(self, answers):
+        self.answers, self.hits = list(answers), 0
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                status, body, delay = outer.answers[min(outer.hits, len(outer.answers) - 1)]
+                outer.hits += 1
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_server_engine_refused_connection_names_the_server_and_retries():
+    from iwopd_kit.rollout import VLLMServerError
+    from iwopd_kit.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(VLLMServerError, match=rf"vLLM server {url} \(GET /v1/models\): connection refused after 3 tries"
+                                              r".*stopped.*curl .*/health"):
+        K.VLLMServerEngine(url)
+    assert time.monotonic() - t0 >= 1.4                      # two bounded waits: 0.5 s + 1 s
+    engine = K.VLLMServerEngine(url, model="student", retries=0)   # constructed without a request
+    with pytest.raises(VLLMServerError, match=r"POST /v1/completions\): connection refused after 1 tries"):
+        K.rollout(engine, [[1, 2]], max_tokens=2)
+
+
+def test_server_engine_http_error_timeout_and_retry_are_worded_for_what_they_mean():
+    from iwopd_kit.rollout import VLLMServerError
+
+    srv = _Server([(404, '{"error": "model not found"}', 0)])
+    try:
+        with pytest.raises(VLLMServerError, match=r"HTTP 404 .*model not found.*GET /v1/models lists the served names"):
+            K.VLLMServerEngine(srv.url)
+        assert srv.hits == 1                                 # a 404 is not retried
+    finally:
+        srv.close()
+    srv = _Server([(200, '{"data": [{"id": "m"}]}', 0.6)])
+    try:
+        with pytest.raises(VLLMServerError, match=r"no answer within 0.2 s \(timeout\).*timeout=\.\.\."):
+            K.VLLMServerEngine(srv.url, timeout=0.2)
+    finally:
+        srv.close()
+    srv = _Server([(503, '{"error": "loading"}', 0), (200, '{"data": [{"id": "m"}]}', 0)])
+    try:
+        assert K.VLLMServerEngine(srv.url).model == "m" and srv.hits == 2    # 503 retried once, then fine
+    finally:
+        srv.close()
+    srv = _Server([(200, "<html>not vllm</html>", 0)])
+    try:
+        with pytest.raises(VLLMServerError, match=r"the answer is not JSON"):
+            K.VLLMServerEngine(srv.url)
+    finally:
+        srv.close()
