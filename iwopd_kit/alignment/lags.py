@@ -101,11 +101,9 @@ class ShiftedRows:
 
     def row_lags(self) -> tuple[RowLag, ...]:
         """One :class:`RowLag` per row: the best lag where flagged, else 0 (and the gap there)."""
-        out = []
-        for b, hit in enumerate(self.flagged.tolist()):
-            e0 = float(self.e0[b])
-            out.append(RowLag(b, int(self.best_k[b]), e0, float(self.e_best[b])) if hit else RowLag(b, 0, e0, e0))
-        return tuple(out)
+        rows = zip(self.flagged.tolist(), self.best_k.tolist(), self.e0.tolist(), self.e_best.tolist())
+        return tuple(RowLag(b, int(k), e0, e_best) if hit else RowLag(b, 0, e0, e0)
+                     for b, (hit, k, e0, e_best) in enumerate(rows))
 
 
 def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> ShiftedRows:
