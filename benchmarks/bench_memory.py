@@ -49,9 +49,16 @@ def write_dump(path: Path, rows: int, tokens: int, seed: int = 0) -> int:
     return rows * tokens
 
 
-CHILD = r"""
-import contextlib, io, json, sys, time
-t0 = time.perf_counter()
+SHIM = r"""
+import sys
+if sys.argv[3]:                  # --kit-src: import the kit from that checkout, not the installed one
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()
+                        and "editable" not in getattr(f, "__name__", "").lower()]
+    sys.path.insert(0, sys.argv[3])
+"""
+
+CHILD = SHIM + r"""
+import contextlib, io, json, time
 mode, path = sys.argv[1], sys.argv[2]
 import iwopd_kit as K
 from iwopd_kit import cli
@@ -70,9 +77,18 @@ print(json.dumps({"peak": peak, "seconds": t2 - t1, "kit": K.__file__}))
 """
 
 
-def child(mode: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(path)], capture_output=True, text=True, check=True)
+def child(mode: str, path: Path, kit_src: str = "") -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(path), kit_src], capture_output=True, text=True,
+                         check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PATHS = SHIM + r"""
+import json
+sys.path.insert(0, sys.argv[4])
+import bench_memory
+print(json.dumps(bench_memory.time_paths(bench_memory.Path(sys.argv[2]))))
+"""
 
 
 def time_paths(big: Path) -> list[tuple[str, float]]:
@@ -93,7 +109,7 @@ def time_paths(big: Path) -> list[tuple[str, float]]:
     labels = ids.clone()
     labels[:, :8] = -100
     trl = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-           "rollout_logprobs": -torch.rand(B, L, generator=g)}
+           "rollout_logprobs": -torch.rand(B, 8 + L, generator=g)}
     out = []
     out.append(("Batch from lists [256, 48] (rollout conversion)", best_of(lambda: K.Batch(**small))[0]))
     out.append(("Batch from lists [64, 4096]", best_of(lambda: K.Batch(**large))[0]))
@@ -115,6 +131,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--no-paths", action="store_true", help="memory only")
+    ap.add_argument("--kit-src", default="", help="import iwopd_kit from this directory (to compare another version)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="iwopd_bench_mem_") as tmp:
         tiny, big = Path(tmp) / "tiny.jsonl", Path(tmp) / "big.jsonl"
@@ -127,7 +144,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         kit = None
         for mode in ("read", "check"):
-            a, b = child(mode, tiny), child(mode, big)
+            a, b = child(mode, tiny, args.kit_src), child(mode, big, args.kit_src)
             kit = b["kit"]
             extra = b["peak"] - a["peak"]
             print(f"| {mode} | {a['peak'] / 1e6:.0f} | {b['peak'] / 1e6:.0f} | {extra / 1e6:.0f} | {extra / n:.1f} | "
@@ -135,7 +152,9 @@ def main() -> None:
         print(f"(kit imported from {kit})")
         if not args.no_paths:
             print("\n| path | seconds (best of 3) |\n|---|---|")
-            for name, t in time_paths(big):
+            out = subprocess.run([sys.executable, "-c", PATHS, "paths", str(big), args.kit_src,
+                                  str(Path(__file__).resolve().parent)], capture_output=True, text=True, check=True)
+            for name, t in json.loads(out.stdout.strip().splitlines()[-1]):
                 print(f"| {name} | {t:.3f} |", flush=True)
 
 
