@@ -121,4 +121,4 @@ def test_check_runs_from_the_wheel_on_bundled_fixtures(installed, tmp_path):
     (tmp_path / "no_student.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     healthy = _run([kit, "check", "no_student.jsonl", "--json", "healthy.json"], cwd=tmp_path, env=env)
     assert f"{len(rows)} rows" in healthy.stdout
-    assert not [f for f in json.loads((tmp_path / "healthy.json").read_text()) if f["severity"] == "error"]
+    assert not [f for f in json.loads((tmp_path / "healthy.json").read_text())["findings"] if f["severity"] == "error"]
