@@ -119,14 +119,18 @@ def prefix_weights(
     return _weights(a, gamma, eps, signed)
 
 
-def _weights(a: Tensor, gamma: float, eps: float, signed: bool) -> Tensor:
-    """The prefix weights from |A| (or A) that is already 0 off the mask (no validation)."""
+def _share(a: Tensor, eps: float) -> Tensor:
+    """S_<j / max(S, eps) from |A| (or A) that is already 0 off the mask (no validation)."""
     csum = torch.cumsum(a, dim=-1)
     # exclusive prefix sum by shifting (not csum - a, whose rounding can make w rise by an ulp);
-    # S is the last prefix sum, so S_<j <= S holds exactly and w stays in [1, 1 + gamma]
+    # S is the last prefix sum, so S_<j <= S holds exactly and the share stays in [0, 1]
     before = torch.nn.functional.pad(csum[..., :-1], (1, 0))
-    total = csum[..., -1:]
-    w = (before / total.clamp_min(eps)).neg_().add_(1.0).mul_(gamma).add_(1.0)   # 1 + gamma * (1 - S_<j / S)
+    return before / csum[..., -1:].clamp_min(eps)
+
+
+def _weights(a: Tensor, gamma: float, eps: float, signed: bool) -> Tensor:
+    """The prefix weights from |A| (or A) that is already 0 off the mask (no validation)."""
+    w = _share(a, eps).neg_().add_(1.0).mul_(gamma).add_(1.0)   # 1 + gamma * (1 - S_<j / S)
     if signed:
         w = w.clamp_(1.0, 1.0 + gamma)
     return w
@@ -148,10 +152,7 @@ def exclusive_share(
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     a = advantages.detach()
-    a = torch.where(mask, a.abs(), torch.zeros_like(a))
-    csum = torch.cumsum(a, dim=-1)
-    before = torch.cat([torch.zeros_like(csum[..., :1]), csum[..., :-1]], dim=-1)
-    return before / csum[..., -1:].clamp_min(eps)
+    return _share(torch.where(mask, a.abs(), torch.zeros_like(a)), eps)
 
 
 @dataclass(frozen=True)
