@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,60 +31,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
+from .sampling import LOGPROBS_MODES, SamplingSettings  # noqa: F401  (re-exported: their old home)
 from .ragged import (SERIES, BatchError, Column, Packed, RecordBuilder, ids_row, locate, mask_row, pack_padded, rows_of,
                      series_row)
 
-LOGPROBS_MODES: tuple[str, ...] = ("raw_logprobs", "processed_logprobs")
 RAGGED: tuple[str, ...] = ("prompt_ids", "completion_ids", *SERIES, "mask")
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How the completions were sampled (recorded by every rollout engine).
-
-    ``logprobs_mode`` follows vLLM: ``raw_logprobs`` are log_softmax(logits) whatever the
-    temperature; ``processed_logprobs`` are after temperature and top-p/top-k (renormalised).
-    ``top_k`` 0 means off.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    logprobs_mode: str = "raw_logprobs"
-    seed: int | None = None
-    max_tokens: int | None = None
-    engine: str = ""
-
-    def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
-            raise BatchError(f"sampling.temperature must be a finite number >= 0, got {self.temperature!r}")
-        if not 0 < self.top_p <= 1:
-            raise BatchError(f"sampling.top_p must be in (0, 1], got {self.top_p!r}")
-        if self.top_k < 0:
-            raise BatchError(f"sampling.top_k must be >= 0 (0 = off), got {self.top_k!r}")
-        if self.logprobs_mode not in LOGPROBS_MODES:
-            raise BatchError(f"sampling.logprobs_mode must be one of {LOGPROBS_MODES}, got {self.logprobs_mode!r}")
-
-    @property
-    def logprob_temperature(self) -> float:
-        """The temperature the rollout log-probs are computed at (1.0 in raw mode)."""
-        return self.temperature if self.logprobs_mode == "processed_logprobs" else 1.0
-
-    @property
-    def truncates(self) -> bool:
-        """True when top-p / top-k cut the distribution before sampling."""
-        return self.top_p < 1.0 or self.top_k > 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "sampling") -> "SamplingSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise BatchError(f"{where}: unknown key(s) {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
 
 
 class _Rows:
@@ -244,8 +194,7 @@ class Batch:
         if values.numel() == B * L:                   # no padding: one converting copy
             return values.view(B, L).to(dtype, copy=True)
         out = torch.full((B, L), fill, dtype=dtype)
-        out[self.padding_mask()] = values.to(dtype)
-        return out
+        return out.masked_scatter_(self.padding_mask(), values.to(dtype))   # no index tensor (x[mask] = v builds one)
 
     def tokens(self, pad_id: int = 0) -> torch.Tensor:
         """Completion ids, LongTensor [B, L], right-padded with ``pad_id``."""

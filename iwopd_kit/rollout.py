@@ -28,7 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .batch import LOGPROBS_MODES, Batch, BatchError, SamplingSettings
+from .batch import Batch, BatchError
+from .sampling import LOGPROBS_MODES, Sampling, SamplingSettings
 from .formats.vllm import from_openai_completions, from_request_outputs
 
 from .envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402  (the one table; re-exported here)
@@ -76,23 +77,6 @@ def configure_vllm_env(**overrides: str) -> dict[str, str]:
     for k, v in {**VLLM_ENV_DEFAULTS, **overrides}.items():
         os.environ.setdefault(k, str(v))
     return {k: os.environ[k] for k in VLLM_ENV_DEFAULTS}
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """What to sample: ``Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=48, seed=0)``."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 48
-    seed: int = 0
-    stop_token_ids: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        SamplingSettings(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)  # validates
 
 
 def _check_prompts(prompt_ids: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -153,10 +137,11 @@ class VLLMEngine:
     def _maybe_quiet(self):
         return quiet_output() if self.quiet else contextlib.nullcontext()
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings = Sampling()) -> Batch:
         from vllm import SamplingParams
 
         prompts = _check_prompts(prompt_ids)
+        sampling = self.settings(sampling)
         params = [
             SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or -1,
                            max_tokens=sampling.max_tokens, logprobs=0, seed=sampling.seed + i,
@@ -167,12 +152,10 @@ class VLLMEngine:
         with self._maybe_quiet() if not self._warm else contextlib.nullcontext():
             outs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         self._warm = True
-        return from_request_outputs(outs, self.settings(sampling))
+        return from_request_outputs(outs, sampling)
 
-    def settings(self, sampling: Sampling) -> SamplingSettings:
-        return SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                logprobs_mode=self.logprobs_mode, seed=sampling.seed,
-                                max_tokens=sampling.max_tokens, engine="vllm")
+    def settings(self, sampling: SamplingSettings) -> SamplingSettings:
+        return sampling.for_engine("vllm", self.logprobs_mode)
 
     def load_weights(self, named_tensors) -> None:
         """Push new weights (HF state_dict names) into the running engine (the OPD loop's sync)."""
@@ -258,8 +241,9 @@ class VLLMServerEngine:
             raise RuntimeError(f"{self.base_url}: the server lists no models")
         return models[0]["id"]
 
-    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings = Sampling()) -> Batch:
         prompts = _check_prompts(prompt_ids)
+        sampling = sampling.for_engine("vllm-server", self.logprobs_mode)
         responses = []
         for i, p in enumerate(prompts):
             payload = {"model": self.model, "prompt": p, "max_tokens": sampling.max_tokens,
@@ -270,10 +254,7 @@ class VLLMServerEngine:
             if sampling.stop_token_ids:
                 payload["stop_token_ids"] = list(sampling.stop_token_ids)
             responses.append(self._request("/v1/completions", payload))
-        settings = SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                    logprobs_mode=self.logprobs_mode, seed=sampling.seed,
-                                    max_tokens=sampling.max_tokens, engine="vllm-server")
-        return from_openai_completions(prompts, responses, settings)
+        return from_openai_completions(prompts, responses, sampling)
 
 
 def process_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
@@ -312,8 +293,9 @@ class TransformersEngine:
         self.pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else self.eos_id) if pad_id is None else pad_id
 
     @torch.no_grad()
-    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: Sampling = Sampling()) -> Batch:
+    def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings = Sampling()) -> Batch:
         prompts = _check_prompts(prompt_ids)
+        sampling = settings = sampling.for_engine("transformers", self.logprobs_mode)
         P = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), P), self.pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
@@ -342,9 +324,6 @@ class TransformersEngine:
             comps.append(row[:n])
             lps.append(lp[b, :n].tolist())
             reasons.append("stop" if stop is not None else "length")
-        settings = SamplingSettings(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                                    logprobs_mode=self.logprobs_mode, seed=sampling.seed,
-                                    max_tokens=sampling.max_tokens, engine="transformers")
         return Batch(prompt_ids=prompts, completion_ids=comps, rollout_logprobs=lps,
                      finish_reasons=reasons, sampling=settings)
 

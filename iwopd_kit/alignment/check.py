@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..batch import Batch
-from ..mismatch import metrics_from_delta, pooled_delta
+from ..mismatch import metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
     VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
@@ -95,16 +95,29 @@ MISMATCH = "mismatch"
 """The name under which the report's ``unchecked`` lists the mismatch metrics when they could not be computed."""
 
 
-def _mismatch(ctx: Context) -> tuple[dict[str, float], str | None]:
-    """The pooled mismatch metrics of the batch (trainer = student recompute), or why there are none."""
+def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str | None]:
+    """The report's gap ``stats``, the pooled mismatch metrics (trainer = student recompute), and why
+    there are no metrics (None when there are), from one flat Δ over the batch's valid tokens."""
     if not ctx.has_pair:
-        return {}, "needs rollout_logprobs and student_logprobs"
-    b = ctx.batch
-    delta = pooled_delta(b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64),
-                         b.valid())
+        return {}, {}, "needs rollout_logprobs and student_logprobs"
+    gap = ctx.gap(ctx.batch.valid())
+    flat = gap[~gap.isnan()]                          # rollout - student where both have a value
+    del gap
+    if flat.numel() == 0:
+        return {}, {}, "no valid token has both a finite rollout and a finite student log-prob"
+    finite = torch.isfinite(flat)
+    delta = flat.neg_() if bool(finite.all()) else flat[finite].neg_()   # Δ = student - rollout, finite values
     if delta.numel() == 0:
-        return {}, "no valid token has both a finite rollout and a finite student log-prob"
-    return metrics_from_delta(delta), None
+        return ({"max_abs_gap": float("inf"), "mean_abs_gap": float("inf"), "tokens": float(flat.numel())}, {},
+                "no valid token has both a finite rollout and a finite student log-prob")
+    metrics = metrics_from_delta(delta)
+    if delta.numel() == flat.numel():                  # every gap finite: its stats are the metrics' |Δ| ones
+        stats = {"max_abs_gap": metrics["mismatch/logp_abs_diff_max"],
+                 "mean_abs_gap": metrics["mismatch/logp_abs_diff_mean"], "tokens": float(delta.numel())}
+    else:
+        a = flat.abs()
+        stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
+    return stats, metrics, None
 
 
 def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, student_tokenizer: Any = None,
@@ -123,13 +136,7 @@ def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, stud
                   num_items=num_items, reduction=reduction)
     with one_thread():
         findings, reasons = run_detectors(ctx)
-        stats = {}
-        if ctx.has_pair:
-            gap = ctx.gap(batch.valid())
-            if bool((~gap.isnan()).any()):
-                a = gap.abs()[~gap.isnan()]
-                stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
-        metrics, why = _mismatch(ctx)
+        stats, metrics, why = _gap_summary(ctx)
         if why is not None:
             reasons[MISMATCH] = why
     kinds = (*KINDS, MISMATCH)

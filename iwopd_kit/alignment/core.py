@@ -210,10 +210,13 @@ class Context:
         return valid
 
     def gap(self, valid: Tensor) -> Tensor:
-        """rollout - student [B, L] float64 on ``valid`` tokens, NaN elsewhere (needs :data:`PAIR`)."""
-        r = self.batch.series("rollout_logprobs", torch.float64)
-        s = self.batch.series("student_logprobs", torch.float64)
-        return torch.where(valid, r - s, torch.full_like(r, float("nan")))
+        """rollout - student [B, L] float64 on ``valid`` tokens, NaN elsewhere (needs :data:`PAIR`).
+
+        Built in place from the stored series (one float64 [B, L] result, no float64 copies of the inputs).
+        """
+        g = stored_series(self.batch, "rollout_logprobs").to(torch.float64)
+        g.sub_(stored_series(self.batch, "student_logprobs"))
+        return g.masked_fill_(~valid, float("nan"))
 
 
 @dataclass(frozen=True)
@@ -309,6 +312,12 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def stored_series(batch: Batch, name: str) -> Tensor:
+    """``batch.series(name)`` [B, L] in the dtype it is stored in (float32 for vLLM / torch values):
+    the detectors upcast per block or per use, never the whole batch twice."""
+    return batch.series(name, batch.packed(name).values.dtype)
 
 
 def nanmean_rows(d: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..mismatch import abs_delta_quantiles, metrics_from_delta
+from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
 from ..objective import iw_opd_loss
 from .core import Context, Finding, nanmean_rows
 
@@ -231,15 +231,17 @@ def find_numerics(ctx: Context) -> list[Finding]:
     tol = ctx.tol
     valid = ctx.valid()
     gap = ctx.gap(valid)
-    ok = valid & torch.isfinite(gap)
-    a = gap.abs()[ok]
-    if a.numel() == 0 or float(a.max()) <= tol.same:
+    ok = torch.isfinite(gap)                   # NaN off the valid tokens
+    delta = gap[ok].neg_()
+    if delta.numel() == 0 or float(delta.abs().max()) <= tol.same:
         return []
-    worst = torch.where(ok, gap.abs(), torch.full_like(gap, -1.0))
+    worst = gap.abs_().masked_fill_(~ok, -1.0)   # gap is not needed beyond this point
     b, j = divmod(int(worst.argmax()), worst.shape[1])
-    delta = -gap[ok]
-    m, q = metrics_from_delta(delta), abs_delta_quantiles(delta)
-    bulk = float(torch.quantile(a, tol.bulk_quantile))
+    del gap, worst, ok
+    m = metrics_from_delta(delta)
+    q = abs_delta_quantiles(delta, (*QUANTILES, tol.bulk_quantile))
+    bulk = q[f"p{100 * tol.bulk_quantile:g}"]
+    a = delta.abs_()
     rd, td = _recorded_dtype(ctx, "rollout_dtype"), _recorded_dtype(ctx, "trainer_dtype")
     low_recorded = any(d is not None and d not in _FULL_PRECISION for d in (rd, td))
     low = low_recorded or bulk > tol.same

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask
+from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask, stored_series
 
 
 @one_thread()
@@ -70,23 +70,42 @@ def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
     return torch.stack([-d_min, d_min, -d_max, d_max], dim=1)
 
 
+BLOCK_ELEMENTS = 1 << 18
+"""Tokens per block of rows in :func:`best_lags`: the scan's float64 temporaries stay O(block)."""
+
+
+def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
+    """Consecutive row slices of about ``elements`` tokens each (at least one row per slice)."""
+    step = max(1, elements // max(1, width))
+    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
+
+
 def best_lags(batch: Batch, max_lag: int = 4) -> tuple[Tensor, Tensor, Tensor]:
     """Per row, the lag k != 0 that best matches rollout to student log-probs.
 
     Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags. Returns
     ``(best_k [B] long, err_at_0 [B], err_at_best [B])`` (mean |gap|; NaN / inf where undefined).
+    Works over blocks of rows (:func:`row_blocks`), in float64 per block.
     """
-    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
-    valid_pairs = batch.padding_mask() & ~r.isnan() & ~s.isnan()
-    lags, err = lag_scan(r, s, valid_pairs, max_lag)
-    e0 = err[:, int((lags == 0).nonzero())]
+    r, s = stored_series(batch, "rollout_logprobs"), stored_series(batch, "student_logprobs")
+    pad = batch.padding_mask()
     extra = prompt_length_lags(batch.prompt_lengths)                                  # [B, 4]
-    extra_err = torch.stack([row_lag_error(r, s, valid_pairs, extra[:, i]) for i in range(extra.shape[1])], 1)
-    all_lags = torch.cat([lags[None, :].expand(batch.size, -1), extra], dim=1)         # [B, 2K+1+4]
-    e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill(all_lags == 0, float("inf")),
-                             nan=float("inf"))
-    best = e_all.argmin(dim=1)
-    return all_lags.gather(1, best[:, None]).squeeze(1), e0, e_all.gather(1, best[:, None]).squeeze(1)
+    best_k, e0, e_best = (torch.empty(batch.size, dtype=torch.long), torch.empty(batch.size, dtype=torch.float64),
+                          torch.empty(batch.size, dtype=torch.float64))
+    for rows in row_blocks(batch.size, batch.width):
+        rb, sb = r[rows].to(torch.float64), s[rows].to(torch.float64)
+        valid_pairs = pad[rows] & ~rb.isnan() & ~sb.isnan()
+        lags, err = lag_scan(rb, sb, valid_pairs, max_lag)
+        e0[rows] = err[:, int((lags == 0).nonzero())]
+        ex = extra[rows]
+        extra_err = torch.stack([row_lag_error(rb, sb, valid_pairs, ex[:, i]) for i in range(ex.shape[1])], 1)
+        all_lags = torch.cat([lags[None, :].expand(ex.shape[0], -1), ex], dim=1)       # [b, 2K+1+4]
+        e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill(all_lags == 0, float("inf")),
+                                 nan=float("inf"))
+        best = e_all.argmin(dim=1)
+        best_k[rows] = all_lags.gather(1, best[:, None]).squeeze(1)
+        e_best[rows] = e_all.gather(1, best[:, None]).squeeze(1)
+    return best_k, e0, e_best
 
 
 @dataclass(frozen=True)
@@ -114,12 +133,13 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
     its best lag k != 0 fits at least ``tol.lag_gain`` times better than lag 0. Needs rollout and
     student log-probs.
     """
-    r = batch.series("rollout_logprobs", torch.float64)
-    has_value = batch.padding_mask() & ~r.isnan() & (r != math.inf)
+    r = stored_series(batch, "rollout_logprobs")
+    has_value = (batch.padding_mask() & ~r.isnan() & (r != math.inf)).any(1)
+    del r
     best_k, e0, e_best = best_lags(batch, tol.max_lag)
-    cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value.any(1) & ~e0.isnan()
+    cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value & ~e0.isnan()
             & (e0 > tol.same) & ~row_mask(batch.size, exclude))
     return ShiftedRows(cand & (e_best * tol.lag_gain <= e0), best_k, e0, e_best)
 
 
-__all__ = ["lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows"]
+__all__ = ["row_blocks", "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows"]
