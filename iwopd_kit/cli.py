@@ -107,7 +107,8 @@ def _recompute(batch, args: argparse.Namespace, progress: _Progress, models: dic
     given = {"student": args.student, "teacher": args.teacher}
     dirs = {"student": args.student or (toy.STUDENT_DIR if need["student"] else None),
             "teacher": args.teacher or (toy.TEACHER_DIR if need["teacher"] else None)}
-    top = max(max(c) for c in batch.completion_ids)
+    ids = batch.packed("completion_ids").values          # packed: no Python list of the dump's ids
+    top = int(ids.max()) if ids.numel() else -1
     T = batch.sampling.logprob_temperature if batch.sampling is not None else 1.0
     toks, notes = {}, []
     for side in ("student", "teacher"):

@@ -73,7 +73,7 @@ def pooled_delta(trainer_logprobs: Any, rollout_logprobs: Any, mask: Any = None)
     return (t - r)[both]
 
 
-CHUNK = 1 << 20
+CHUNK = 1 << 16
 """Tokens per step of :func:`metrics_from_delta`: its float64 temporaries stay O(CHUNK), not O(tokens)."""
 
 

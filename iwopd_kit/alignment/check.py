@@ -25,7 +25,7 @@ from ..batch import Batch
 from ..mismatch import metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
-    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
+    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, masked, one_thread,
 )
 from .coverage import find_missing, find_teacher_coverage, find_truncation
 from .gap_batch import find_numerics, find_processed, find_staleness, find_temperature
@@ -101,12 +101,12 @@ def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str 
     if not ctx.has_pair:
         return {}, {}, "needs rollout_logprobs and student_logprobs"
     gap = ctx.gap(ctx.batch.valid())
-    flat = gap[~gap.isnan()]                          # rollout - student where both have a value
+    flat = masked(gap, ~gap.isnan())                 # rollout - student where both have a value
     del gap
     if flat.numel() == 0:
         return {}, {}, "no valid token has both a finite rollout and a finite student log-prob"
     finite = torch.isfinite(flat)
-    delta = flat.neg_() if bool(finite.all()) else flat[finite].neg_()   # Δ = student - rollout, finite values
+    delta = flat.neg_() if bool(finite.all()) else masked(flat, finite).neg_()   # Δ = student - rollout, finite
     if delta.numel() == 0:
         return ({"max_abs_gap": float("inf"), "mean_abs_gap": float("inf"), "tokens": float(flat.numel())}, {},
                 "no valid token has both a finite rollout and a finite student log-prob")

@@ -214,8 +214,12 @@ class Context:
 
         Built in place from the stored series (one float64 [B, L] result, no float64 copies of the inputs).
         """
-        g = stored_series(self.batch, "rollout_logprobs").to(torch.float64)
-        g.sub_(stored_series(self.batch, "student_logprobs"))
+        b = self.batch
+        d = b.packed("rollout_logprobs").values.to(torch.float64, copy=True)    # packed: no padded copies
+        d.sub_(b.packed("student_logprobs").values)
+        g = torch.full((b.size, b.width), float("nan"), dtype=torch.float64)
+        g.masked_scatter_(b.padding_mask(), d)
+        del d
         return g.masked_fill_(~valid, float("nan"))
 
 
@@ -318,6 +322,14 @@ def stored_series(batch: Batch, name: str) -> Tensor:
     """``batch.series(name)`` [B, L] in the dtype it is stored in (float32 for vLLM / torch values):
     the detectors upcast per block or per use, never the whole batch twice."""
     return batch.series(name, batch.packed(name).values.dtype)
+
+
+def masked(x: Tensor, mask: Tensor) -> Tensor:
+    """``x[mask]`` (a flat copy of the selected values) without the int64 index tensor torch's boolean
+    indexing builds (16 bytes per element of ``x``): numpy's boolean indexing, for CPU tensors without grad."""
+    if x.device.type != "cpu" or x.requires_grad or mask.device.type != "cpu":
+        return x[mask]
+    return torch.from_numpy(x.contiguous().numpy()[mask.contiguous().numpy()])
 
 
 def nanmean_rows(d: Tensor) -> Tensor:

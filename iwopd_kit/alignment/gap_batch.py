@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
 from ..objective import iw_opd_loss
-from .core import Context, Finding, nanmean_rows
+from .core import Context, Finding, masked
 
 
 def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
@@ -51,7 +51,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
     if not bool(valid.any()):
         return []
     gap = ctx.gap(valid)
-    big = valid & (gap.abs() > tol.same)
+    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off valid tokens), no float copy
     if not bool(big.any()):
         return []
     roll_T = batch.sampling.logprob_temperature if batch.sampling is not None else None
@@ -94,7 +94,7 @@ def find_processed(ctx: Context) -> list[Finding]:
     batch, tol = ctx.batch, ctx.tol
     valid = ctx.valid()
     gap = ctx.gap(valid)
-    big = valid & (gap.abs() > tol.same)
+    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off valid tokens), no float copy
     if not bool(big.any()):
         return []
     sampling = batch.sampling
@@ -178,15 +178,17 @@ def find_staleness(ctx: Context) -> list[Finding]:
     if ctx.gap_explained:
         return []
     gap = ctx.gap(ctx.valid())
-    n_b = (~gap.isnan()).sum(1)
+    has = ~gap.isnan()
+    n_b = has.sum(1)
     rows = n_b >= tol.min_tokens_for_lag
     if int(rows.sum()) < tol.stale_min_rows:
         return []
-    g = gap[rows]
-    vals = g[~g.isnan()]
-    if float(vals.abs().mean()) <= tol.same:
+    has &= rows[:, None]
+    vals = masked(gap, has)
+    if float(torch.linalg.vector_norm(vals, 1)) / vals.numel() <= tol.same:      # mean |gap|, no float copy
         return []
-    means = nanmean_rows(g)
+    means = (gap.nan_to_num_(0.0).sum(1) / n_b)[rows]      # the row means (gap is not needed beyond this)
+    del gap, has
     if not (bool((means > 0).all()) or bool((means < 0).all())):
         return []
     mu, sd = float(vals.mean()), float(vals.std())
@@ -232,13 +234,15 @@ def find_numerics(ctx: Context) -> list[Finding]:
     valid = ctx.valid()
     gap = ctx.gap(valid)
     ok = torch.isfinite(gap)                   # NaN off the valid tokens
-    delta = gap[ok].neg_()
-    if delta.numel() == 0 or float(delta.abs().max()) <= tol.same:
+    delta = masked(gap, ok).neg_()
+    if delta.numel() == 0:
+        return []
+    m = metrics_from_delta(delta)
+    if m["mismatch/logp_abs_diff_max"] <= tol.same:
         return []
     worst = gap.abs_().masked_fill_(~ok, -1.0)   # gap is not needed beyond this point
     b, j = divmod(int(worst.argmax()), worst.shape[1])
     del gap, worst, ok
-    m = metrics_from_delta(delta)
     q = abs_delta_quantiles(delta, (*QUANTILES, tol.bulk_quantile))
     bulk = q[f"p{100 * tol.bulk_quantile:g}"]
     a = delta.abs_()

@@ -70,7 +70,7 @@ def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
     return torch.stack([-d_min, d_min, -d_max, d_max], dim=1)
 
 
-BLOCK_ELEMENTS = 1 << 18
+BLOCK_ELEMENTS = 1 << 16
 """Tokens per block of rows in :func:`best_lags`: the scan's float64 temporaries stay O(block)."""
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import Tolerances
+from .core import Tolerances, stored_series
 
 
 def nucleus_floor(batch: Batch) -> float:
@@ -41,10 +41,9 @@ def zero_placeholders(batch: Batch, tol: Tolerances, valid: Tensor | None = None
     valid = batch.valid() if valid is None else valid
     if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
         return torch.zeros_like(valid)
-    r = batch.series("rollout_logprobs", torch.float64)
-    s = batch.series("student_logprobs", torch.float64)
-    floor = nucleus_floor(batch)
-    return valid & (r == 0.0) & ~s.isnan() & (s < floor - tol.zero_slack)
+    zero = valid & (stored_series(batch, "rollout_logprobs") == 0.0)
+    s = stored_series(batch, "student_logprobs").to(torch.float64)     # the bound is compared in float64
+    return zero.logical_and_(s < nucleus_floor(batch) - tol.zero_slack)   # NaN < x is False
 
 
 def lone_final_eos(batch: Batch, zero: Tensor, eos: int) -> Tensor:
