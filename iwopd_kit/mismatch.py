@@ -37,8 +37,8 @@ MISMATCH_KEYS: tuple[str, ...] = (
 """The keys :func:`mismatch_metrics` returns, in this order."""
 
 USUAL_THRESHOLDS: dict[str, tuple[str, float | None, float | None]] = {
-    "mismatch/token_mult_prob_error": ("healthy <= 1.05 (NeMo-RL)", None, 1.05),
-    "mismatch/k3_kl": ("~1e-5..1e-3; the check errs above 1e-2", None, 1e-3),
+    "mismatch/token_mult_prob_error": ("healthy <= 1.05 (the kit's numerics error bound)", None, 1.05),
+    "mismatch/k3_kl": ("~1e-5..1e-3; the kit errs above 1e-2", None, 1e-3),
     "mismatch/logp_abs_diff_mean": ("slime gates at 0.1", None, 0.1),
     "mismatch/logp_abs_diff_max": ("slime gates at 0.1", None, None),
     "mismatch/is_ratio_mean": ("TIS clips at 2-5", None, None),

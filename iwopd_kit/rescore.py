@@ -117,7 +117,8 @@ def recompute(batch, args: argparse.Namespace, progress, models: dict | None = N
     if fell_back:
         what = " and ".join(f"{s} log-probs" for s in fell_back)
         models_ = " and ".join(f"the bundled toy {s} ({_shown_path(dirs[s])})" for s in fell_back)
-        notes.insert(0, f"{what} recomputed with {models_}, the default when the dump has none; pass "
+        dtype = "" if args.dtype == "float32" else f" in {args.dtype}"
+        notes.insert(0, f"{what} recomputed with {models_}{dtype}, the default when the dump has none; pass "
                         "--student/--teacher DIR for your own models")
     if skipped:
         sides = [side for side, _ in skipped]

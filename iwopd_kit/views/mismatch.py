@@ -28,7 +28,7 @@ def _num(x: float) -> str:
     where a ratio's excess over 1 is what counts (``token_mult_prob_error`` 1.004512)."""
     if x != x:
         return "nan"
-    return f"{x:.6f}" if 0.5 <= abs(x) < 2 else f"{x:.4g}"
+    return f"{x:.6f}" if 0.5 <= abs(x) <= 2 else f"{x:.4g}"
 
 
 def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
