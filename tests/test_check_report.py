@@ -7,7 +7,6 @@ import json
 import math
 import re
 from argparse import Namespace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,12 +24,8 @@ SPAN = re.compile(r'<span class="(k[^"]*)"(?: style="background-color:(#[0-9a-f]
 
 
 @pytest.fixture
-def run(capsys):
-    def go(*args):
-        code = main(["check", *map(str, args)])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return go
+def run(check_cli):
+    return check_cli          # tests/conftest.py
 
 
 def _fixture(name: str, rows: int | None = None) -> K.Batch:
