@@ -79,6 +79,8 @@ def test_ids_are_separated_and_shown_as_ids_without_a_tokenizer():
     header, rows = s.text_rows()
     assert header == ["row", "pos", "id", "gap", "mark"] and [r[2] for r in rows] == ["4138", "149", "15"]
     assert [r[-1] for r in rows] == ["", "*", ""]
+    plain = token_strip([["a", "b"]], {"gap": [[0.0, 0.1]]}, color_by="gap").to_html()   # stored notebook strips
+    assert ".iwv .x" not in plain and ".iwv .d" not in plain and "</span> <span" not in plain and "flagged" not in plain
     with pytest.raises(ValueError, match="token_ids"):
         token_strip(None, {"gap": [[0.0]]})
     with pytest.raises(ValueError, match=r"mark: .*\(0, 5\)"):

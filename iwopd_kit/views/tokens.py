@@ -48,8 +48,6 @@ _CSS = (
     "border-radius:2px;min-width:.4em}"
     ".iwv .w{color:#fff}"
     ".iwv .m{outline:1px dashed #bbb;outline-offset:-1px}"
-    ".iwv .d{margin:1px 3px 1px 0;padding:1px 3px;box-shadow:inset 0 0 0 1px #d0d0d0}"
-    ".iwv .x{outline:3px solid #111;outline-offset:1px;font-weight:bold;position:relative;z-index:1}"
     ".iwv .k i{font-style:normal;opacity:.55}"
     ".iwv-t{font-weight:bold;margin:.2em 0}"
     ".iwv-l{font-size:11px;color:#444;margin:.2em 0 .5em}"
@@ -59,6 +57,12 @@ _CSS = (
     ".iwv-h{font-size:11px;color:#666}"
     ".iwv details{font-size:11px;color:#444}"
     ".iwv details pre{white-space:pre-wrap;margin:.2em 0;padding:.3em;background:#f6f6f6}"
+)
+
+# Only in strips that show ids or mark tokens (the other strips' HTML stays as it was).
+_EXTRA_CSS = (
+    ".iwv .d{margin:1px 3px 1px 0;padding:1px 3px;box-shadow:inset 0 0 0 1px #d0d0d0}"
+    ".iwv .x{outline:3px solid #111;outline-offset:1px;font-weight:bold;position:relative;z-index:1}"
 )
 
 
@@ -216,7 +220,8 @@ class TokenStrip:
             f'<div class="iwv-t">{html.escape(self.title)}</div>'
         )
         body = "".join(self._row_html(b) for b in self.rows)
-        fragment = f'<div class="iwv"><style>{_CSS}</style>{title}{self._legend_html()}{body}</div>'
+        css = _CSS + (_EXTRA_CSS if self.ids_shown or self.marks else "")
+        fragment = f'<div class="iwv"><style>{css}</style>{title}{self._legend_html()}{body}</div>'
         if full_page:
             return html_page(self.title or "Token strip", [("", fragment)])
         return fragment
