@@ -208,8 +208,10 @@ def _check_dir(args: argparse.Namespace) -> int:
 
 
 def _sci(x: float | None) -> str | None:
-    """A metric cell: 4 significant digits (k3_kl spans 1e-12..1e-1), None (drawn —) when not computed."""
-    return None if x is None else f"{x:.4g}"
+    """A metric cell as the single-file table writes it; None (drawn —) when not computed."""
+    from .views.mismatch import metric_text
+
+    return None if x is None else metric_text(x)
 
 
 class _FileBar:

@@ -239,7 +239,7 @@ def test_the_directory_summary_has_k3_kl_and_token_mult_prob_error(tmp_path, run
     head = next(i for i, line in enumerate(lines) if line.startswith("file"))
     assert lines[head].split()[5:7] == ["k3_kl", "token_mult_prob_error"]
     a = next(line for line in lines if line.startswith("a.jsonl ")).split()
-    assert a[5:7] == ["0.1667", "1.667"]
+    assert a[5:7] == ["0.1667", "1.666667"]
     bl = next(line for line in lines if line.startswith("b.jsonl ")).split()
     assert bl[5:7] == ["—", "—"]
     assert "b.jsonl: student_logprobs and teacher_logprobs not scored" in r.stdout

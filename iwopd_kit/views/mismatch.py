@@ -23,7 +23,7 @@ METRIC_HEADER = ["metric", "value", "usual threshold", "vs usual"]
 QUANTILE_HEADER = ["tokens", "p50", "p90", "p99", "p99.9", "max"]
 
 
-def _num(x: float) -> str:
+def metric_text(x: float) -> str:
     """4 significant digits (metrics span 1e-12 to 1e2: fixed decimals would hide them); 6 decimals near 1,
     where a ratio's excess over 1 is what counts (``token_mult_prob_error`` 1.004512)."""
     if x != x:
@@ -40,7 +40,7 @@ def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
         v = float(metrics[key])
         text, low, high = USUAL_THRESHOLDS[key]
         verdict = "" if low is None and high is None else ("beyond" if beyond_usual(key, v) else "within")
-        rows.append([key, _num(v), text, verdict])
+        rows.append([key, metric_text(v), text, verdict])
     return rows
 
 
@@ -56,7 +56,8 @@ def batch_delta(batch: Batch) -> torch.Tensor | None:
 def quantile_row(delta: torch.Tensor) -> list:
     """``[tokens, p50, p90, p99, p99.9, max]`` of |Δ| (see :data:`QUANTILE_HEADER`)."""
     q = abs_delta_quantiles(delta)
-    return [int(delta.numel()), *(_num(q[k]) for k in ("p50", "p90", "p99", "p99.9")), _num(float(delta.abs().max()))]
+    qs = [metric_text(q[k]) for k in ("p50", "p90", "p99", "p99.9")]
+    return [int(delta.numel()), *qs, metric_text(float(delta.abs().max()))]
 
 
 def mismatch_text(metrics: dict[str, float], delta: torch.Tensor | None, why: str | None = None) -> str:
@@ -116,5 +117,5 @@ def mismatch_html(metrics: dict[str, float], delta: torch.Tensor | None, why: st
     return "".join(parts)
 
 
-__all__ = ["METRIC_HEADER", "QUANTILE_HEADER", "batch_delta", "histogram_svg", "metric_rows", "mismatch_html",
-           "mismatch_text", "quantile_row"]
+__all__ = ["METRIC_HEADER", "QUANTILE_HEADER", "batch_delta", "histogram_svg", "metric_rows", "metric_text",
+           "mismatch_html", "mismatch_text", "quantile_row"]
