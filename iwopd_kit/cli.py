@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from .formats.registry import FORMATS as FORMAT_CHOICES  # the readers' table (the old name, kept)
+from .rescore import DTYPES, device_error, recompute  # scoring a dump's missing series
 
 JSON_SCHEMA = 1
 """Version of the ``check --json`` object."""
@@ -65,72 +66,7 @@ class _Progress:
             self.bar.close()
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _score_rows(model, batch, temperature: float, progress: _Progress, desc: str, chunk: int = 32) -> list[list]:
-    """Log-probs of every completion token under ``model``, ``chunk`` rows per forward pass (ragged lists)."""
-    from .batch import ragged_from_padded
-    from .scoring import score
-
-    rows: list[list] = []
-    for s in range(0, batch.size, chunk):
-        part = batch.select(list(range(s, min(s + chunk, batch.size))))
-        rows += ragged_from_padded(score(model, part, temperature=temperature), part.lengths, desc)
-        progress.step(part.size, desc)
-    return rows
-
-
-def _vocab_size(model_dir) -> int | None:
-    try:
-        return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _recompute(batch, args: argparse.Namespace, progress: _Progress, models: dict | None = None):
-    """Fill missing student / teacher series from model dirs; load the tokenizers the dirs provide.
-
-    Returns ``(batch, student_tokenizer, teacher_tokenizer, notes)``. Defaults for a missing series:
-    the bundled tiny models, unless the dump's token ids lie outside their vocabulary (a real
-    model's dump: the series stays missing and a note says to pass ``--student/--teacher``).
-    Scores at the rollout log-probs' temperature (1.0 when unknown) on ``--device`` in ``--dtype``,
-    ``--batch-size`` rows per forward pass; ``models`` caches loaded models across files.
-    """
-    import torch
-
-    from . import toy
-    from .scoring import load_model, load_tokenizer
-
-    models = {} if models is None else models
-    need = {"student": not batch.has("student_logprobs"), "teacher": not batch.has("teacher_logprobs")}
-    given = {"student": args.student, "teacher": args.teacher}
-    dirs = {"student": args.student or (toy.STUDENT_DIR if need["student"] else None),
-            "teacher": args.teacher or (toy.TEACHER_DIR if need["teacher"] else None)}
-    ids = batch.packed("completion_ids").values          # packed: no Python list of the dump's ids
-    top = int(ids.max()) if ids.numel() else -1
-    T = batch.sampling.logprob_temperature if batch.sampling is not None else 1.0
-    toks, notes = {}, []
-    for side in ("student", "teacher"):
-        d = dirs[side]
-        vocab = _vocab_size(d) if d is not None and not given[side] else None
-        if d is None or (vocab is not None and top >= vocab):
-            if d is not None:
-                notes.append(f"{side}_logprobs not scored: token id {top} is outside the bundled tiny {side}'s "
-                             f"vocabulary ({vocab}); pass --{side} DIR")
-            toks[side] = None
-            continue
-        if need[side]:
-            if not (Path(d) / "config.json").exists():
-                raise FileNotFoundError(f"the dump has no {side}_logprobs and {d} is not a model directory (no "
-                                        f"config.json); pass --{side} DIR to score the tokens")
-            key = (str(d), args.dtype, args.device)
-            if key not in models:
-                models[key] = load_model(d, dtype=getattr(torch, args.dtype)).to(args.device)
-            rows = _score_rows(models[key], batch, T, progress, f"scoring {side}", chunk=args.batch_size)
-            batch = batch.with_series(f"{side}_logprobs", rows, temperature=T)
-        toks[side] = load_tokenizer(d)
-    return batch, toks["student"], toks["teacher"], notes
+_recompute = recompute   # the old private name, kept
 
 
 def _unchecked(report) -> dict[str, str]:
@@ -189,9 +125,14 @@ def _write_outputs(args: argparse.Namespace, obj: dict, html: str | None) -> int
 
 
 def _check(args: argparse.Namespace) -> int:
+    error = device_error(args.device)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if Path(args.path).is_dir():
         return _check_dir(args)
     from .views.alignment import finding_counts
+    from .views.mismatch import batch_delta, mismatch_text
     from .views.report import text_table
 
     code, batch, report, tokenizer, notes, error = _check_file(args.path, args, None, {})
@@ -199,6 +140,8 @@ def _check(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"{args.path}: {batch.size} rows, {int(batch.valid().sum())} valid tokens")
+    for note in notes:
+        print(f"note: {note}")
     if report.findings:
         header, rows = finding_counts(report)
         print(text_table(header, rows))
@@ -210,13 +153,14 @@ def _check(args: argparse.Namespace) -> int:
             print(f"... {len(report.findings) - len(shown)} more finding(s); write them all with --json")
     else:
         print("no findings")
-    for note in notes:
-        print(note)
+    print()
+    print(mismatch_text(report.metrics, batch_delta(batch), report.unchecked_reasons.get("mismatch")))
+    print()
     if report.unchecked:
         print("not checked (inputs missing): " + report.unchecked_text())
         if {"tokenizer_mismatch", "bos_eos"} & set(report.unchecked):
             print("(pass --student DIR and --teacher DIR to check the tokenizers and BOS/EOS)")
-    html = _check_html(args.path, batch, report, tokenizer) if args.html else None
+    html = _check_html(args.path, batch, report, tokenizer, notes=notes) if args.html else None
     return _write_outputs(args, check_object(report), html) or code
 
 
@@ -242,23 +186,32 @@ def _check_dir(args: argparse.Namespace) -> int:
         worst = max(worst, code)
         if error is not None:
             objs[name] = {"schema": JSON_SCHEMA, "error": error, "findings": [], "metrics": {}, "unchecked": {}}
-            rows.append([name, "-", "-", "-", "-", "unreadable", code])
+            rows.append([name, "-", "-", "-", "-", None, None, "unreadable", code])
             print(f"error: {error}", file=sys.stderr)
             continue
         objs[name] = check_object(report)
         errors = sum(f.severity == "error" for f in report.findings)
         kinds = sorted({f.kind for f in report.findings})
+        m = report.metrics
         rows.append([name, batch.size, int(batch.valid().sum()), errors, len(report.findings) - errors,
+                     _sci(m.get("mismatch/k3_kl")), _sci(m.get("mismatch/token_mult_prob_error")),
                      ", ".join(kinds) or "-", code])
         for note in notes:
             print(f"{name}: {note}")
     bar.close()
-    header = ["file", "rows", "tokens", "errors", "warnings", "kinds", "exit"]
+    header = ["file", "rows", "tokens", "errors", "warnings", "k3_kl", "token_mult_prob_error", "kinds", "exit"]
     print(f"{args.path}: {len(paths)} dump file(s)")
     print(text_table(header, rows))
     print("per-file findings: iwopd-kit check FILE, or all of them with --json")
     html = html_page(f"alignment check: {Path(args.path).name}", [("files", html_table(header, rows))]) if args.html else None
     return _write_outputs(args, {"schema": JSON_SCHEMA, "files": objs}, html) or worst
+
+
+def _sci(x: float | None) -> str | None:
+    """A metric cell as the single-file table writes it; None (drawn —) when not computed."""
+    from .views.mismatch import metric_text
+
+    return None if x is None else metric_text(x)
 
 
 class _FileBar:
@@ -298,26 +251,11 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_html(path: str, batch, report, tokenizer, max_rows: int = 20) -> str:
-    """A self-contained page: the counts table, the findings, and the per-token diff of each flagged row."""
-    import html
+def _check_html(path: str, batch, report, tokenizer, max_rows: int = 20, notes=()) -> str:
+    """The self-contained page (:func:`iwopd_kit.views.check_page.check_html`)."""
+    from .views.check_page import check_html
 
-    from .views.alignment import alignment_view, finding_counts
-    from .views.report import html_page, html_table
-
-    tokens = None
-    if tokenizer is not None:
-        tokens = [[str(t) for t in tokenizer.convert_ids_to_tokens(c)] for c in batch.completion_ids]
-    flagged = sorted({f.row for f in report.findings if f.row is not None})
-    view = alignment_view(batch, report, tokens=tokens, rows=flagged[:max_rows] if flagged else None)
-    note = (f"<p>per-token views of the first {max_rows} of {len(flagged)} flagged rows</p>"
-            if len(flagged) > max_rows else "")
-    head = (f"<p>{html.escape(str(path))}: {batch.size} rows, {int(batch.valid().sum())} valid tokens, "
-            f"{len(report.findings)} finding(s); {'ok' if report.ok else 'errors'}</p>")
-    summary = html_table(*finding_counts(report)) if report.findings else "<p>no findings</p>"
-    unchecked = (f"<p>not checked: {html.escape(report.unchecked_text())}</p>" if report.unchecked else "")
-    return html_page(f"alignment check: {Path(path).name}",
-                     [("summary", head + summary + unchecked), ("findings and per-token diff", note + view.to_html())])
+    return check_html(path, batch, report, tokenizer, notes=notes, max_strips=max_rows)
 
 
 def _positive_int(text: str) -> int:

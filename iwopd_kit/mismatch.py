@@ -38,6 +38,30 @@ MISMATCH_KEYS: tuple[str, ...] = (
 )
 """The keys :func:`mismatch_metrics` returns, in this order."""
 
+USUAL_THRESHOLDS: dict[str, tuple[str, float | None, float | None]] = {
+    "mismatch/token_mult_prob_error": ("healthy <= 1.05 (the kit's numerics error bound)", None, 1.05),
+    "mismatch/k3_kl": ("~1e-5..1e-3; the kit errs above 1e-2", None, 1e-3),
+    "mismatch/logp_abs_diff_mean": ("slime gates at 0.1", None, 0.1),
+    "mismatch/logp_abs_diff_max": ("slime gates at 0.1", None, None),
+    "mismatch/is_ratio_mean": ("TIS clips at 2-5", None, None),
+    "mismatch/is_ratio_min": ("TIS clips at 2-5", None, None),
+    "mismatch/is_ratio_max": ("TIS clips at 2-5", None, 2.0),
+    "mismatch/is_ess": ("warn below 0.3", 0.3, None),
+    "mismatch/chi2_token": ("warn above 1", None, 1.0),
+}
+"""Per key of :data:`MISMATCH_KEYS`: ``(usual threshold as the README's table words it, low, high)``;
+``low`` / ``high`` are the bounds :func:`beyond_usual` compares with (None: no single bound: the max
+|Δ| of a healthy bf16-vs-fp32 run reaches ~0.1, and a min or mean ratio is read with the max)."""
+
+
+def beyond_usual(key: str, value: float) -> bool:
+    """True when ``value`` of metric ``key`` is outside its usual healthy bound (:data:`USUAL_THRESHOLDS`).
+
+    A hint for a reader, not a finding: the check's own numerics rule decides errors and warnings."""
+    _, low, high = USUAL_THRESHOLDS[key]
+    return (low is not None and value < low) or (high is not None and value > high)
+
+
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)
 """The per-token |Δ| quantiles :func:`abs_delta_quantiles` reports."""
 

@@ -49,3 +49,18 @@ def vllm_raw():
 def vllm_processed():
     """The tiny student served by vLLM in-process, processed log-probs (TRL's mode)."""
     return K.VLLMEngine(toy.STUDENT_DIR, logprobs_mode="processed_logprobs")
+
+
+@pytest.fixture
+def check_cli(capsys):
+    """``iwopd-kit check ARGS`` in-process, returning ``(returncode, stdout, stderr)`` as attributes (an
+    exception would fail the test: no traceback can hide)."""
+    from types import SimpleNamespace
+
+    from iwopd_kit.cli import main
+
+    def go(*args):
+        code = main(["check", *map(str, args)])
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+    return go

@@ -72,13 +72,8 @@ from iwopd_kit.formats import to_trl_batch, to_verl_batch  # noqa: E402
 
 
 @pytest.fixture
-def run(capsys):
-    """``iwopd-kit check ARGS`` in-process (an exception would fail the test: no traceback can hide)."""
-    def go(*args):
-        code = main(["check", *map(str, args)])
-        out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-    return go
+def run(check_cli):
+    return check_cli          # tests/conftest.py
 
 
 def _shifted_batch() -> K.Batch:

@@ -332,6 +332,15 @@ def masked(x: Tensor, mask: Tensor) -> Tensor:
     return torch.from_numpy(x.contiguous().numpy()[mask.contiguous().numpy()])
 
 
+def value_text(x: float) -> str:
+    """A per-token value in a message as the dump wrote it: ``null`` for a missing one (NaN in the kit's
+    tensors), ``-inf`` / ``inf``, else the number (``repr``-exact)."""
+    x = float(x)
+    if x != x:
+        return "null"
+    return str(x)
+
+
 def nanmean_rows(d: Tensor) -> Tensor:
     """Mean over dim 1 ignoring NaN (NaN for a row without values); faster than torch.nanmean."""
     ok = ~d.isnan()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import SIDES, Context, Finding, first_true, last_true
+from .core import SIDES, Context, Finding, first_true, last_true, value_text
 
 
 def find_missing(ctx: Context) -> list[Finding]:
@@ -46,7 +46,7 @@ def find_teacher_coverage(ctx: Context) -> list[Finding]:
         out.append(Finding(
             "teacher_coverage", b, j, "error",
             f"{int(n_valid[b]) - int(n_bad[b])} finite teacher log-probs for {int(n_valid[b])} valid tokens (first gap at "
-            f"position {j}, value {t[b, j].item()}); the teacher must score every completion token (check the teacher "
+            f"position {j}, value {value_text(t[b, j].item())}); the teacher must score every completion token (check the teacher "
             "server's window and the -inf padding sentinels)",
         ))
     return out

@@ -257,6 +257,9 @@ def find_numerics(ctx: Context) -> list[Finding]:
         cause = f"rollout {short(rd)} vs trainer {short(td)}"
     elif rd is not None and td is not None:
         cause = f"rollout and trainer both {short(rd)}"
+    elif rd is not None or td is not None:
+        cause = (f"rollout {short(rd)}, trainer dtype not recorded" if td is None
+                 else f"trainer {short(td)}, rollout dtype not recorded")
     else:
         cause = None
     if low:

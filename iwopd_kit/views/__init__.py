@@ -6,6 +6,9 @@ no model code. See :func:`token_strip` for the per-token strip and
 """
 
 from .alignment import AlignmentView, alignment_view
+from .check_page import check_html
+from .findings import finding_strips
+from .mismatch import histogram_svg, mismatch_html, mismatch_text
 from .report import MISSING, format_value, html_page, html_table, text_table
 from .tokens import (
     DEFAULT_BOUNDS,
@@ -25,6 +28,11 @@ _auto_enable()
 __all__ = [
     "AlignmentView",
     "alignment_view",
+    "check_html",
+    "finding_strips",
+    "histogram_svg",
+    "mismatch_html",
+    "mismatch_text",
     "DEFAULT_BOUNDS",
     "MISSING",
     "SCALE_KINDS",

@@ -17,6 +17,10 @@ Series the kit produces (any other name is accepted too):
 
 Missing values are ``None`` or NaN; they are written ``—`` and left uncoloured.
 
+Without token text (``tokens=None``) the strip shows the token ids, one separated box each. Marked
+tokens (``mark=[(row, position), ...]``, e.g. the token a finding points at) get a thick outline in
+the HTML (and so in its PNG copy) and a ``*`` in the text table's ``mark`` column.
+
 The colour scale of each known series is fixed (:data:`DEFAULT_BOUNDS`,
 :data:`SCALE_KINDS`) so a colour means the same thing in every strip. Values
 beyond the bounds take the endpoint colour; tooltips and text always show the
@@ -55,6 +59,12 @@ _CSS = (
     ".iwv details pre{white-space:pre-wrap;margin:.2em 0;padding:.3em;background:#f6f6f6}"
 )
 
+# Only in strips that show ids or mark tokens (the other strips' HTML stays as it was).
+_EXTRA_CSS = (
+    ".iwv .d{margin:1px 3px 1px 0;padding:1px 3px;box-shadow:inset 0 0 0 1px #d0d0d0}"
+    ".iwv .x{outline:3px solid #111;outline-offset:1px;font-weight:bold;position:relative;z-index:1}"
+)
+
 
 # --------------------------------------------------------------------------
 # the strip
@@ -84,6 +94,8 @@ class TokenStrip:
     window: Optional[tuple[int, Optional[int]]] = None
     title: Optional[str] = None
     decimals: int = 3
+    marks: frozenset = frozenset()
+    ids_shown: bool = False
 
     # -- selection --------------------------------------------------------
 
@@ -104,16 +116,20 @@ class TokenStrip:
     # -- text -------------------------------------------------------------
 
     def text_rows(self) -> tuple[list[str], list[list[Any]]]:
-        """``(header, rows)`` of the text table: row, pos, token, [id], one column per series."""
-        header = ["row", "pos", "token"] + (["id"] if self.token_ids is not None else [])
-        header += list(self.series)
+        """``(header, rows)`` of the text table: row, pos, token (or id when there is no token text), [id],
+        one column per series, and a ``mark`` column (``*``) when tokens are marked."""
+        with_id = self.token_ids is not None and not self.ids_shown
+        header = ["row", "pos", "id" if self.ids_shown else "token"] + (["id"] if with_id else [])
+        header += list(self.series) + (["mark"] if self.marks else [])
         out: list[list[Any]] = []
         for b in self.rows:
             for j in self.positions(b):
                 line: list[Any] = [b, j, visible_text(self.tokens[b][j])]
-                if self.token_ids is not None:
+                if with_id:
                     line.append(self.token_ids[b][j])
                 line += [self.series[name][b][j] for name in self.series]
+                if self.marks:
+                    line.append("*" if (b, j) in self.marks else "")
                 out.append(line)
         return header, out
 
@@ -132,7 +148,7 @@ class TokenStrip:
     # -- html -------------------------------------------------------------
 
     def _tooltip(self, b: int, j: int) -> str:
-        head = f"j={j}"
+        head = ("flagged · " if (b, j) in self.marks else "") + f"j={j}"
         if self.token_ids is not None:
             tid = self.token_ids[b][j]
             head += f" id={MISSING if tid is None else tid}"
@@ -153,6 +169,10 @@ class TokenStrip:
                 attrs = f' style="background-color:{color}"'
                 if is_dark(color):
                     cls = "k w"
+        if self.ids_shown:
+            cls += " d"
+        if (b, j) in self.marks:
+            cls += " x"
         breaks = "<br>" * tok.count("\n")
         return f'<span class="{cls}"{attrs} title="{self._tooltip(b, j)}">{visible_html(tok)}</span>{breaks}'
 
@@ -168,12 +188,18 @@ class TokenStrip:
                 "<details><summary>prompt</summary>"
                 f"<pre>{html.escape(self.prompts[b])}</pre></details>"
             )
-        parts.append("<div>" + "".join(self._token_html(b, j) for j in pos) + "</div></div>")
+        sep = " " if self.ids_shown else ""   # ids stay apart even where the stylesheet is stripped
+        parts.append("<div>" + sep.join(self._token_html(b, j) for j in pos) + "</div></div>")
         return "".join(parts)
 
     def _legend_html(self) -> str:
+        extra = ""
+        if self.ids_shown:
+            extra += " · boxes show token ids (no tokenizer given)"
+        if self.marks:
+            extra += ' · <span class="k x">flagged</span> token outlined'
         if self.scale is None or self.color_by is None:
-            return '<div class="iwv-l">no colour; hover a token for its values</div>'
+            return f'<div class="iwv-l">no colour{extra}; hover a token for its values</div>'
         s = self.scale
         kind = {"diverging": "diverging", "sequential": "sequential",
                 "sequential_r": "sequential, reversed"}[s.kind]
@@ -185,7 +211,7 @@ class TokenStrip:
             f"{_fmt_bound(s.hi)} · white at {_fmt_bound(s.anchor)}"
             " · clipped beyond the bounds · missing: "
             f'<span class="k m">{MISSING}</span>'
-            " · hover a token for its values</div>"
+            f"{extra} · hover a token for its values</div>"
         )
 
     def to_html(self, full_page: bool = False) -> str:
@@ -194,7 +220,8 @@ class TokenStrip:
             f'<div class="iwv-t">{html.escape(self.title)}</div>'
         )
         body = "".join(self._row_html(b) for b in self.rows)
-        fragment = f'<div class="iwv"><style>{_CSS}</style>{title}{self._legend_html()}{body}</div>'
+        css = _CSS + (_EXTRA_CSS if self.ids_shown or self.marks else "")
+        fragment = f'<div class="iwv"><style>{css}</style>{title}{self._legend_html()}{body}</div>'
         if full_page:
             return html_page(self.title or "Token strip", [("", fragment)])
         return fragment
@@ -214,7 +241,7 @@ def _fmt_bound(x: float) -> str:
 
 
 def token_strip(
-    tokens: Sequence[Sequence[str]],
+    tokens: Optional[Sequence[Sequence[str]]],
     series: Mapping[str, Any],
     color_by: Optional[str] = "advantage",
     *,
@@ -225,12 +252,14 @@ def token_strip(
     bounds: Optional[tuple[float, float]] = None,
     title: Optional[str] = None,
     decimals: int = 3,
+    mark: Optional[Sequence[tuple[int, int]]] = None,
 ) -> TokenStrip:
     """Build a :class:`TokenStrip` from per-token data, validating at the boundary.
 
     Args:
         tokens: ``B`` rows, each a list of ``L_b`` completion token strings
-            (token ``j`` = the ``j``-th generated token of row ``b``).
+            (token ``j`` = the ``j``-th generated token of row ``b``); ``None`` with
+            ``token_ids`` given: show the ids (no tokenizer known), one box each.
         series: name -> per-token floats, either ragged ``B`` rows of exactly
             ``L_b`` values or a padded ``[B, L]`` numpy array / torch tensor
             (cut to ``L_b`` per row). ``None`` / NaN = missing.
@@ -244,6 +273,7 @@ def token_strip(
             :data:`DEFAULT_BOUNDS` for ``color_by``).
         title: optional heading.
         decimals: decimals of the values in tooltips and text.
+        mark: ``(row, position)`` pairs of tokens to outline (e.g. a finding's token).
 
     Raises:
         ValueError: a series or ``token_ids`` row whose length differs from its
@@ -252,6 +282,13 @@ def token_strip(
             ``color_by`` (the message lists the series), bad ``rows`` /
             ``window`` / ``bounds``.
     """
+    ids_shown = tokens is None
+    if ids_shown:
+        if token_ids is None:
+            raise ValueError("tokens=None needs token_ids: the strip shows the ids when there is no token text")
+        if hasattr(token_ids, "shape"):
+            raise TypeError("tokens=None needs ragged token_ids (B lists of L_b ids): a padded array has no row lengths")
+        tokens = [[MISSING if v is None else str(v) for v in row] for row in token_ids]
     toks = normalise_tokens(tokens)
     lengths = [len(r) for r in toks]
     if not isinstance(series, Mapping):
@@ -294,6 +331,14 @@ def token_strip(
             raise ValueError(f"bounds must be (lo, hi), got {bounds!r}")
         scale = scale_for(color_by, bounds, vals[color_by])
 
+    marks = frozenset()
+    if mark is not None:
+        marks = frozenset((int(b), int(j)) for b, j in mark)
+        bad = [(b, j) for b, j in sorted(marks) if not (0 <= b < len(toks) and 0 <= j < lengths[b])]
+        if bad:
+            raise ValueError(f"mark: (row, position) pairs {bad} are outside the tokens (rows 0..{len(toks) - 1}, "
+                             "positions 0..L_b - 1)")
+
     return TokenStrip(
         tokens=toks,
         series=vals,
@@ -305,6 +350,8 @@ def token_strip(
         window=normalise_window(window),
         title=title,
         decimals=decimals,
+        marks=marks,
+        ids_shown=ids_shown,
     )
 
 
