@@ -125,3 +125,24 @@ def test_a_larger_shift_unrelated_to_prompt_lengths_gets_the_general_fix():
     (f, *_) = K.check_alignment(shifted_batch(3)).by_kind("offset")
     assert "off-by-one" not in f.message and "prompt-length difference" not in f.message
     assert "index the rollout log-probs by completion position per row" in f.message
+
+
+def test_the_stored_notebooks_show_shifts_and_never_a_lag():
+    """Notebooks 02 and 06, as stored (strict nbval re-checks these outputs): the offset findings and the
+    diff view's table say +d, the 02 exercise speaks shifts, and no text or output shows a lag."""
+    import json
+    from pathlib import Path
+
+    nb_dir = Path(__file__).resolve().parents[1] / "notebooks"
+    for name, d in (("02_alignment_check.ipynb", 6), ("06_debug_a_run.ipynb", 2)):
+        cells = json.loads((nb_dir / name).read_text())["cells"]
+        sources = "\n".join("".join(c["source"]) for c in cells)
+        outputs = "\n".join("".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+                            for c in cells for o in c.get("outputs", []))
+        for text in (sources, outputs):
+            assert not re.search(r"\b(best )?lags?\b|\bk = -d\b|d = -k", text), name
+        assert f"shifted by +{d} token(s): token j carries the log-prob of token j+{d}" in outputs, name
+        assert re.search(rf"^\s*1\s+\+{d}\s", outputs, re.M), f"{name}: row 1 of the diff view's table is not +{d}"
+        assert "row  shift d" in outputs, name
+    nb02 = (nb_dir / "02_alignment_check.ipynb").read_text()
+    assert "expected shift +" in nb02 and "every shift found" in nb02
