@@ -57,8 +57,10 @@ class Tolerances:
     rounding: in a batch whose bulk agrees to float32 (see ``bulk_quantile``), a structureless gap on a
         token up to this is a warning, beyond it an error (a token off by a nat among exact ones is not
         rounding); also the per-token bound a re-ordered row must match its partner within.
-    max_lag: the offset scan tries lags k in [-max_lag, max_lag].
-    lag_gain: an offset is reported when some lag k != 0 fits at least this many times better than k = 0;
+    max_lag: the offset scan tries every shift d with |d| <= max_lag (plus each row's prompt-length
+        differences); a row shifted by d has token j carrying the rollout log-prob of token j + d.
+    lag_gain: an offset is reported when some shift d != 0 fits at least this many times better than the
+        unshifted series (d = 0);
         a re-ordered row must match another row's student series this many times better than its own.
     min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
     stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
