@@ -23,8 +23,10 @@ TOL = 1e-5
 N_CASES = 24
 #: Case i is drawn from ``torch.Generator().manual_seed(BASE_SEED + i)``.
 BASE_SEED = 2606
-#: Lags the offset detector must scan: k in [-MAX_LAG, MAX_LAG] (rows are built with |k| <= 3).
-MAX_LAG = 4
+#: Shifts the offset detector must try: d in [-MAX_SHIFT, MAX_SHIFT] (rows are built with |d| <= 3).
+MAX_SHIFT = 4
+#: The old name of :data:`MAX_SHIFT` (kept for compatibility).
+MAX_LAG = MAX_SHIFT
 
 _DECIMALS = 4
 

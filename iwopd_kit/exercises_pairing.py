@@ -1,7 +1,7 @@
 """Checkers for the pairing exercises: which log-prob belongs to which token.
 
 * :func:`check_sampled_logprobs` (notebook 01): the log-prob of each sampled token from logits;
-* :func:`check_offset_detector` (notebook 02): per row, the lag that pairs rollout with student;
+* :func:`check_offset_detector` (notebook 02): per row, the shift d (token j carries the log-prob of token j + d);
 * :func:`check_realign` (notebook 06): move a shifted row's values back onto their tokens.
 
 Same cases, tolerance and messages as :mod:`iwopd_kit.exercises` (see :mod:`iwopd_kit.exercise_base`).
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .alignment import lag_scan
 from .exercise_base import (
-    MAX_LAG, N_CASES, TOL, ExerciseResult, _aligned, _as_tensor, _call, _Case, _case, _cases, _check_shape,
+    MAX_SHIFT, N_CASES, TOL, ExerciseResult, _aligned, _as_tensor, _call, _Case, _case, _cases, _check_shape,
     _first_bad, _fmt, _fmt_row, _Fail, _hint, _logprobs, _matches, _mismatch_message, _randint, _run,
 )
 from .scoring import sampled_logprobs
@@ -102,113 +102,117 @@ def check_sampled_logprobs(fn: Callable[[Tensor, Tensor, float], Tensor]) -> Exe
 
 
 # ---------------------------------------------------------------------------------- offset detector
-def reference_offset_detector(rollout: Tensor, student: Tensor, mask: Tensor, max_lag: int = MAX_LAG) -> Tensor:
-    """Per row, the lag k in [-max_lag, max_lag] minimising mean |rollout[j + k] - student[j]|.
+def reference_offset_detector(rollout: Tensor, student: Tensor, mask: Tensor, max_shift: int = MAX_SHIFT) -> Tensor:
+    """Per row, the shift d in [-max_shift, max_shift] minimising mean |rollout[j] - student[j + d]|.
 
+    A row shifted by d has token j carrying the log-prob of token j + d (the findings' convention).
     Inputs [B, L] (NaN allowed off-mask), mask bool [B, L]. Returns LongTensor [B]; a row with no
-    valid token gets 0. A row where token j carries the log-prob of token j + d has lag k = -d
-    (the convention of :func:`iwopd_kit.alignment.lag_scan`).
+    valid token gets 0.
     """
-    lags, err = _scan(rollout, student, mask, max_lag)
-    best = lags[torch.nan_to_num(err, nan=math.inf).argmin(dim=1)]
+    shifts, err = _scan(rollout, student, mask, max_shift)
+    best = shifts[torch.nan_to_num(err, nan=math.inf).argmin(dim=1)]
     return torch.where(mask.bool().any(dim=1), best, torch.zeros_like(best))
 
 
-def _scan(rollout: Tensor, student: Tensor, mask: Tensor, max_lag: int) -> tuple[Tensor, Tensor]:
-    """:func:`iwopd_kit.alignment.lag_scan` in float64, with the lags cut to |k| <= L - 1 (no overlap beyond)."""
-    return lag_scan(rollout.double(), student.double(), mask.bool(), max(0, min(max_lag, rollout.shape[1] - 1)))
+def _scan(rollout: Tensor, student: Tensor, mask: Tensor, max_shift: int) -> tuple[Tensor, Tensor]:
+    """``(shifts d [2K+1], err [B, 2K+1])``: mean |rollout[j] - student[j + d]| per row, in float64, with
+    |d| <= L - 1 (no overlap beyond). The kit's lag scan pairs rollout[j + k] with student[j], i.e. k = -d."""
+    lags, err = lag_scan(rollout.double(), student.double(), mask.bool(), max(0, min(max_shift, rollout.shape[1] - 1)))
+    return -lags, err
 
 
 def _offset_case(index: int) -> tuple[_Case, Tensor, Tensor, Tensor]:
-    """A case with rows shifted by known lags: returns (case, rollout, student, lags [B]).
+    """A case with rows shifted by known shifts: returns (case, rollout, student, shifts [B]).
 
-    Row b with lag k satisfies rollout[b, j + k] ≈ student[b, j] (rounding noise 1e-4); rows too
-    short for their lag (L_b < |k| + 3) and fully-masked rows have lag 0; fully-masked rows hold
-    unrelated values. Both series are NaN at padding.
+    Row b shifted by d satisfies rollout[b, j] ≈ student[b, j + d] (token j carries the log-prob of
+    token j + d; rounding noise 1e-4); rows too short for their shift (L_b < |d| + 3) and fully-masked
+    rows have d = 0; fully-masked rows hold unrelated values. Both series are NaN at padding.
     """
     case, g = _case(index, holes=False)
     B, L = case.shape
-    base = _logprobs(g, (B, L + 2 * MAX_LAG))
+    base = _logprobs(g, (B, L + 2 * MAX_SHIFT))
     noise = torch.randn(B, L, generator=g) * 1e-4
-    lags = torch.randint(-3, 4, (B,), generator=g)
+    shifts = -torch.randint(-3, 4, (B,), generator=g)
     lengths = torch.tensor(case.lengths)
     valid_row = case.mask.any(dim=1)
-    lags = torch.where((lengths >= lags.abs() + 3) & valid_row, lags, torch.zeros_like(lags))
-    student = base[:, MAX_LAG:MAX_LAG + L]
-    idx = (torch.arange(L)[None, :] - lags[:, None]) + MAX_LAG    # rollout[j] = student[j - k]
+    shifts = torch.where((lengths >= shifts.abs() + 3) & valid_row, shifts, torch.zeros_like(shifts))
+    student = base[:, MAX_SHIFT:MAX_SHIFT + L]
+    idx = (torch.arange(L)[None, :] + shifts[:, None]) + MAX_SHIFT    # rollout[j] = student[j + d]
     rollout = base.gather(1, idx) + noise
     unrelated = _logprobs(g, (B, L))
     rollout = torch.where(valid_row[:, None], rollout, unrelated)
     nan = torch.tensor(float("nan"))
-    return case, rollout.masked_fill(~case.padding, nan), student.masked_fill(~case.padding, nan), lags
+    return case, rollout.masked_fill(~case.padding, nan), student.masked_fill(~case.padding, nan), shifts
 
 
 def check_offset_detector(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> ExerciseResult:
-    """Check ``fn(rollout, student, mask) -> lags`` on rows shifted by known lags.
+    """Check ``fn(rollout, student, mask) -> shifts`` on rows shifted by known shifts.
 
     Inputs: rollout, student float32 [B, L] log-probs of the same tokens (NaN at padding; they differ
     by rounding noise ~1e-4 where aligned), mask bool [B, L] (padding and fully-masked rows).
-    Expected: LongTensor [B], per row the lag k in [-4, 4] with ``rollout[j + k] ≈ student[j]``
-    (the convention of :func:`iwopd_kit.alignment.lag_scan`: a row whose token j carries the
-    log-prob of token j + d has k = -d); 0 for a healthy row and for a row with no valid token.
+    Expected: LongTensor [B], per row the shift d in [-4, 4] with ``rollout[j] ≈ student[j + d]``
+    (the row's token j carries the log-prob of token j + d: the convention of the check's findings);
+    0 for a healthy row and for a row with no valid token.
     """
     name = "check_offset_detector"
 
     def body() -> str:
         rows = shifted = 0
         for i in range(N_CASES):
-            case, rollout, student, lags = _offset_case(i)
+            case, rollout, student, shifts = _offset_case(i)
             B, L = case.shape
             args = {"rollout": rollout, "student": student, "mask": case.mask}
             got = _as_tensor(_call(name, fn, args, case), name, case, "", "LongTensor [B]")
-            _check_shape(got, (B,), name, case, "", "one lag per row, [B]")
+            _check_shape(got, (B,), name, case, "", "one shift per row, [B]")
             if got.is_floating_point() and not bool((got == got.round()).all()):
-                raise _Fail(f"{case.header(name)}\n  lags must be integers, got {_fmt_row(got)}")
-            wrong = (got.long() != lags).nonzero().flatten()
+                raise _Fail(f"{case.header(name)}\n  shifts must be integers, got {_fmt_row(got)}")
+            wrong = (got.long() != shifts).nonzero().flatten()
             if len(wrong):
-                raise _Fail(_offset_message(name, case, int(wrong[0]), lags, got.long(), rollout, student))
+                raise _Fail(_offset_message(name, case, int(wrong[0]), shifts, got.long(), rollout, student))
             rows += B
-            shifted += int((lags != 0).sum())
+            shifted += int((shifts != 0).sum())
         return (f"✓ {name}: {N_CASES} cases, {rows} rows compared ({shifted} of them shifted), "
-                "every lag found.")
+                "every shift found.")
 
     return _run(body)
 
 
-def _j(k: int) -> str:
+def _j(d: int) -> str:
     """``j``, ``j + 2`` or ``j - 2``."""
-    return "j" if k == 0 else f"j {'+' if k > 0 else '-'} {abs(k)}"
+    return "j" if d == 0 else f"j {'+' if d > 0 else '-'} {abs(d)}"
 
 
-def _offset_message(name: str, case: _Case, b: int, lags: Tensor, got: Tensor, rollout: Tensor, student: Tensor) -> str:
-    k, gk = int(lags[b]), int(got[b])
-    lag_range, err = _scan(rollout, student, case.mask, MAX_LAG)
-    errs = {int(x): float(e) for x, e in zip(lag_range.tolist(), err[b].tolist())}
+def _offset_message(name: str, case: _Case, b: int, shifts: Tensor, got: Tensor, rollout: Tensor, student: Tensor) -> str:
+    d, gd = int(shifts[b]), int(got[b])
+    tried, err = _scan(rollout, student, case.mask, MAX_SHIFT)
+    errs = {int(x): float(e) for x, e in zip(tried.tolist(), err[b].tolist())}
 
     def gap(x: int) -> str:
         return _fmt(errs[x]) if x in errs and not math.isnan(errs[x]) else "no overlap"
 
     if not bool(case.mask[b].any()):
-        built = "row b has no valid token (fully masked), so its lag is 0"
-    elif k == 0:
+        built = "row b has no valid token (fully masked), so its shift is 0"
+    elif d == 0:
         built = "row b is healthy: rollout[j] ≈ student[j]"
     else:
-        built = f"row b was built with rollout[{_j(k)}] ≈ student[j] (token j carries the log-prob of token {_j(-k)})"
+        built = f"row b was built shifted by d = {d:+d}: rollout[j] ≈ student[{_j(d)}] (token j carries the log-prob of token {_j(d)})"
     lines = [case.header(name),
-             f"  first mismatch at row {b} (position {b} of the output [B]): expected lag {k:+d}, got {gk:+d}",
+             f"  first mismatch at row {b} (position {b} of the output [B]): expected shift {d:+d}, got {gd:+d}",
              "  " + built.replace("row b", f"row {b}"),
-             f"  mean |rollout[j + k] - student[j]| over valid j: {gap(k)} at k = {k:+d}, {gap(gk)} at k = {gk:+d}",
+             f"  mean |rollout[j] - student[j + d]| over valid j: {gap(d)} at d = {d:+d}, {gap(gd)} at d = {gd:+d}",
              *_aligned([(f"row {b} rollout", rollout[b]), (f"row {b} student", student[b]),
                         (f"row {b} mask", case.mask[b])])]
-    pairs = [(int(x), int(y)) for x, y in zip(lags.tolist(), got.tolist())]
+    pairs = [(int(x), int(y)) for x, y in zip(shifts.tolist(), got.tolist())]
     if all(y == -x for x, y in pairs) and any(x != 0 for x, _ in pairs):
-        lines.append("  hint: the sign is flipped: k is the lag with rollout[j + k] ≈ student[j].")
-    elif all(y == x + MAX_LAG for x, y in pairs):
-        lines.append(f"  hint: these look like indices into the scanned lags; subtract {MAX_LAG} (lags run -{MAX_LAG}..{MAX_LAG}).")
+        lines.append("  hint: the sign is flipped: d is the shift with rollout[j] ≈ student[j + d] "
+                     "(token j carries the log-prob of token j + d).")
+    elif all(y == x + MAX_SHIFT for x, y in pairs):
+        lines.append(f"  hint: these look like indices into the shifts tried; subtract {MAX_SHIFT} "
+                     f"(shifts run -{MAX_SHIFT}..{MAX_SHIFT}).")
     elif all(abs(y - x) == 1 for x, y in pairs):
-        lines.append("  hint: off by one everywhere: check how the shifted series are paired (rollout[j + k] against student[j]).")
+        lines.append("  hint: off by one everywhere: check how the shifted series are paired (rollout[j] against student[j + d]).")
     elif not bool(case.mask[b].any()):
-        lines.append("  hint: a row without valid tokens gives no evidence; report lag 0 for it.")
+        lines.append("  hint: a row without valid tokens gives no evidence; report shift 0 for it.")
     return "\n".join(lines)
 
 

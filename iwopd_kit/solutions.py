@@ -13,7 +13,7 @@ right-padded; ``mask`` bool ``[B, L]`` = the tokens that count), except ``logits
 | notebook | exercise | solution | checker (:mod:`iwopd_kit.exercises`) |
 |---|---|---|---|
 | 01 | log-prob of each sampled token | :func:`sampled_logprobs_solution` | ``check_sampled_logprobs`` |
-| 02 | offset detector (best lag per row) | :func:`best_lag_solution` | ``check_offset_detector`` |
+| 02 | offset detector (the shift d per row) | :func:`best_shift_solution` | ``check_offset_detector`` |
 | 03 | advantage | :func:`advantage_solution` | ``check_advantage`` |
 | 04 | prefix weights | :func:`prefix_weights_solution` | ``check_prefix_weights`` |
 | 05 | the IW-OPD loss | :func:`iw_opd_loss_solution` | ``check_iw_opd_loss`` |
@@ -36,26 +36,32 @@ def sampled_logprobs_solution(logits: Tensor, tokens: Tensor, temperature: float
     return z.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
-def best_lag_solution(rollout: Tensor, student: Tensor, mask: Tensor, max_lag: int = 4) -> Tensor:
-    """Per row, the lag k in [-max_lag, max_lag] minimising mean |rollout[j + k] - student[j]|.
+def best_shift_solution(rollout: Tensor, student: Tensor, mask: Tensor, max_shift: int = 4) -> Tensor:
+    """Per row, the shift d in [-max_shift, max_shift] minimising mean |rollout[j] - student[j + d]|.
 
-    The pairs at lag k: every j with ``mask[b, j]`` and ``mask[b, j + k]`` (both indices inside the
-    row); a lag with no pair is skipped. Ties go to the smaller |k|, then to the negative lag (a
-    healthy row, where every lag but 0 is worse, is never moved). A row with no valid token gets 0.
-    Returns int64 [B]. Convention: a row whose token j carries the log-prob of token j + d has k = -d.
+    A row shifted by d has token j carrying the log-prob of token j + d. The pairs at shift d: every
+    j with ``mask[b, j]`` and ``mask[b, j + d]`` (both indices inside the row); a shift with no pair
+    is skipped. Ties go to the smaller |d|, then to the negative d (a healthy row, where every shift
+    but 0 is worse, is never moved). A row with no valid token gets 0. Returns int64 [B].
     """
     B, L = rollout.shape
     best = torch.zeros(B, dtype=torch.long)                           # [B]
     for b in range(B):
         scores = []
-        for k in range(-max_lag, max_lag + 1):
-            pairs = [(j + k, j) for j in range(L) if 0 <= j + k < L and mask[b, j] and mask[b, j + k]]
+        for d in range(-max_shift, max_shift + 1):
+            pairs = [(j, j + d) for j in range(L) if 0 <= j + d < L and mask[b, j] and mask[b, j + d]]
             if pairs:
                 err = sum(abs(float(rollout[b, i] - student[b, j])) for i, j in pairs) / len(pairs)
-                scores.append((err, abs(k), k))
+                scores.append((err, abs(d), d))
         if scores:
             best[b] = min(scores)[2]
     return best
+
+
+def best_lag_solution(rollout: Tensor, student: Tensor, mask: Tensor, max_lag: int = 4) -> Tensor:
+    """The old form of :func:`best_shift_solution`, kept for compatibility: the lag k = -d per row (the
+    lag scan's internal convention, ``rollout[j + k] ≈ student[j]``). The exercise checks shifts d."""
+    return -best_shift_solution(rollout, student, mask, max_lag)
 
 
 def advantage_solution(teacher: Tensor, rollout: Tensor, mask: Tensor) -> Tensor:
@@ -113,6 +119,6 @@ def realign_solution(rollout: Tensor, mask: Tensor, shifts: Tensor) -> tuple[Ten
 
 
 __all__ = [
-    "advantage_solution", "best_lag_solution", "iw_opd_loss_solution", "prefix_weights_solution",
+    "advantage_solution", "best_lag_solution", "best_shift_solution", "iw_opd_loss_solution", "prefix_weights_solution",
     "realign_solution", "sampled_logprobs_solution",
 ]

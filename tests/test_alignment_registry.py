@@ -66,7 +66,9 @@ def test_report_carries_the_offset_decision_per_row_and_the_explained_rows():
     assert sorted(f.row for f in report.by_kind("offset")) == [1, 4]
     assert [x.row for x in report.row_lags] == list(range(B))
     lags = {x.row: x.lag for x in report.row_lags}
-    assert lags == {0: 0, 1: -2, 2: 0, 3: 0, 4: -2, 5: 0}
+    assert lags == {0: 0, 1: -2, 2: 0, 3: 0, 4: -2, 5: 0}          # the lag scan's k (compatibility field)
+    assert report.row_shifts == (0, 2, 0, 0, 2, 0)                  # what readers see: d = -k
+    assert all(x.shift == -x.lag and x.gap_at_shift == x.gap_at_lag for x in report.row_lags)
     for x in report.row_lags:
         if x.lag == 0:
             assert x.gap_at_lag == x.gap_at_0
@@ -91,6 +93,7 @@ def test_diff_view_shows_a_lag_only_where_the_check_reported_an_offset():
     wide = K.check_alignment(batch)
     view = K.views.alignment_view(batch, wide)
     assert {row[0]: row[1] for row in view.lag_rows if row[1] != 0} == {1: -3, 4: -3}
+    assert {row[0]: row[1] for row in view.shift_rows if row[1] != 0} == {1: 3, 4: 3}
 
 
 def test_an_added_detector_runs_in_its_place_and_its_rows_are_left_out_of_later_gap_detectors():

@@ -15,7 +15,7 @@ from iwopd_kit.objective import iw_opd_loss
 
 CHECKS = [
     (E.check_sampled_logprobs, S.sampled_logprobs_solution),
-    (E.check_offset_detector, S.best_lag_solution),
+    (E.check_offset_detector, S.best_shift_solution),
     (E.check_advantage, S.advantage_solution),
     (E.check_prefix_weights, S.prefix_weights_solution),
     (E.check_iw_opd_loss, S.iw_opd_loss_solution),
@@ -61,10 +61,11 @@ def test_sampled_logprobs_stub_and_temperature():
 
 # ------------------------------------------------------------------------------------------ 02
 def test_offset_detector_stub_and_mistakes():
-    _fails(E.check_offset_detector(lambda r, s, m: torch.zeros(r.shape[0], dtype=torch.long)), "expected lag")
-    _fails(E.check_offset_detector(lambda r, s, m: -S.best_lag_solution(r, s, m)), "sign is flipped")
-    _fails(E.check_offset_detector(lambda r, s, m: S.best_lag_solution(r, s, m) + 4), "indices into the scanned lags")
-    _fails(E.check_offset_detector(lambda r, s, m: S.best_lag_solution(r, s, m) + 0.5), "lags must be integers")
+    _fails(E.check_offset_detector(lambda r, s, m: torch.zeros(r.shape[0], dtype=torch.long)), "expected shift")
+    _fails(E.check_offset_detector(lambda r, s, m: -S.best_shift_solution(r, s, m)), "sign is flipped")
+    _fails(E.check_offset_detector(S.best_lag_solution), "sign is flipped")   # the lag k = -d is not the shift
+    _fails(E.check_offset_detector(lambda r, s, m: S.best_shift_solution(r, s, m) + 4), "indices into the shifts tried")
+    _fails(E.check_offset_detector(lambda r, s, m: S.best_shift_solution(r, s, m) + 0.5), "shifts must be integers")
 
 
 # ------------------------------------------------------------------------------------------ 03

@@ -22,7 +22,7 @@ NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 #: notebook -> (checker, the learner's function, the solution in iwopd_kit.solutions)
 EXERCISES = {
     "01_rollout.ipynb": ("check_sampled_logprobs", "my_sampled_logprobs", "sampled_logprobs_solution"),
-    "02_alignment_check.ipynb": ("check_offset_detector", "my_best_lag", "best_lag_solution"),
+    "02_alignment_check.ipynb": ("check_offset_detector", "my_shift_detector", "best_shift_solution"),
     "03_advantage.ipynb": ("check_advantage", "my_advantage", "advantage_solution"),
     "04_prefix_weights.ipynb": ("check_prefix_weights", "my_prefix_weights", "prefix_weights_solution"),
     "05_loss_and_gradients.ipynb": ("check_iw_opd_loss", "my_iw_opd_loss", "iw_opd_loss_solution"),

@@ -193,7 +193,7 @@ def test_checkers_pass_on_the_reference():
         assert result.ok, result.message
         assert bool(result) and result.message.startswith("✓") and f"{E.N_CASES} cases" in result.message
         assert words in result.message
-        assert "within 1e-05" in result.message or "every lag found" in result.message
+        assert "within 1e-05" in result.message or "every shift found" in result.message
         assert "✓" in result._repr_html_() and repr(result) == result.message
 
 
@@ -245,7 +245,7 @@ def test_offset_detector_off_by_one_and_sign():
     assert not off.ok and re.search(r"row \d+ \(position \d+ of the output \[B\]\)", off.message), off.message
     assert "off by one" in off.message
     flipped = E.check_offset_detector(lambda r, s, m: -E.reference_offset_detector(r, s, m))
-    assert not flipped.ok and "sign is flipped" in flipped.message and "expected lag" in flipped.message
+    assert not flipped.ok and "sign is flipped" in flipped.message and "expected shift" in flipped.message
 
 
 def test_checker_reports_exceptions_and_shapes():
@@ -258,12 +258,12 @@ def test_checker_reports_exceptions_and_shapes():
     assert not short.ok and "shape mismatch" in short.message
 
 
-def test_offset_cases_have_the_lags_they_claim():
-    """The reference recovers every built lag, and the cases include shifted, healthy and empty rows."""
+def test_offset_cases_have_the_shifts_they_claim():
+    """The reference recovers every built shift, and the cases include shifted, healthy and empty rows."""
     shifted = empty = 0
     for i in range(E.N_CASES):
-        case, rollout, student, lags = E._offset_case(i)
-        assert torch.equal(E.reference_offset_detector(rollout, student, case.mask), lags)
-        shifted += int((lags != 0).sum())
+        case, rollout, student, shifts = E._offset_case(i)
+        assert torch.equal(E.reference_offset_detector(rollout, student, case.mask), shifts)
+        shifted += int((shifts != 0).sum())
         empty += int((~case.mask.any(dim=1)).sum())
     assert shifted >= 5 and empty >= 2

@@ -57,8 +57,10 @@ class Tolerances:
     rounding: in a batch whose bulk agrees to float32 (see ``bulk_quantile``), a structureless gap on a
         token up to this is a warning, beyond it an error (a token off by a nat among exact ones is not
         rounding); also the per-token bound a re-ordered row must match its partner within.
-    max_lag: the offset scan tries lags k in [-max_lag, max_lag].
-    lag_gain: an offset is reported when some lag k != 0 fits at least this many times better than k = 0;
+    max_lag: the offset scan tries every shift d with |d| <= max_lag (plus each row's prompt-length
+        differences); a row shifted by d has token j carrying the rollout log-prob of token j + d.
+    lag_gain: an offset is reported when some shift d != 0 fits at least this many times better than the
+        unshifted series (d = 0);
         a re-ordered row must match another row's student series this many times better than its own.
     min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
     stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
@@ -92,17 +94,38 @@ class Tolerances:
 
 @dataclass(frozen=True)
 class RowLag:
-    """The offset check's decision for one row: the lag it settled on and the mean |gap| there.
+    """The offset check's decision for one row: the shift it settled on and the mean |gap| there.
 
-    ``lag`` is the best lag k != 0 when the check reported an offset for this row, else 0;
-    ``gap_at_lag`` is the mean |rollout[j + lag] - student[j]| at that lag (= ``gap_at_0`` when 0).
-    NaN where the row has no overlapping values.
+    Read it as :attr:`shift` (d): the row is shifted by d when token j carries the rollout log-prob
+    of token j + d (``rollout[j] ≈ student[j + d]``), the convention of every finding, table and
+    view; d is 0 where the check reported no offset. :attr:`gap_at_shift` is the mean |gap| once
+    the shift is undone (= ``gap_at_0``, the mean |gap| as stored, when d = 0). NaN where the row
+    has no overlapping values.
+
+    The stored fields keep the lag scan's internal convention for compatibility: ``lag`` = k = -d
+    (lag k pairs ``rollout[j + k]`` with ``student[j]``) and ``gap_at_lag`` = :attr:`gap_at_shift`.
+    The ``repr`` shows the shift.
     """
 
     row: int
     lag: int
     gap_at_0: float
     gap_at_lag: float
+
+    @property
+    def shift(self) -> int:
+        """d: token j carries the rollout log-prob of token j + d (0 for a row the check left alone)."""
+        return -self.lag
+
+    @property
+    def gap_at_shift(self) -> float:
+        """The mean |rollout[j] - student[j + d]| over the row's valid pairs (the shift undone)."""
+        return self.gap_at_lag
+
+    def __repr__(self) -> str:
+        d = f"{self.shift:+d}" if self.shift else "0"
+        return (f"RowLag(row={self.row}, shift={d}, gap_at_0={self.gap_at_0:.3g}, "
+                f"gap_at_shift={self.gap_at_shift:.3g})")
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,8 @@ class AlignmentReport:
 
     ``unchecked`` lists kinds; ``unchecked_reasons[kind]`` says which input was missing.
     What the check decided, for views to show rather than re-decide: ``row_lags`` (one
-    :class:`RowLag` per row when the offset scan ran, else empty), ``explained_rows`` (rows whose
+    :class:`RowLag` per row when the offset scan ran, else empty; read each as ``.shift``, and
+    :attr:`row_shifts` for all rows at once), ``explained_rows`` (rows whose
     gap a row-level finding explained, left out of the later gap detectors) and ``gap_explained``
     (a batch-level finding explained the gap of the whole batch).
 
@@ -130,6 +154,12 @@ class AlignmentReport:
     explained_rows: tuple[int, ...] = ()
     gap_explained: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def row_shifts(self) -> tuple[int, ...]:
+        """The offset check's shift d per row (token j carries the rollout log-prob of token j + d; 0 where
+        it reported no offset); empty when the offset scan did not run."""
+        return tuple(x.shift for x in self.row_lags)
 
     @property
     def ok(self) -> bool:

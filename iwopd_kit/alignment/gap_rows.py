@@ -1,6 +1,6 @@
 """Gap-based detectors, row by row: a row's rollout values belong to other tokens or another row.
 
-Class A (offset: the values are shifted by k tokens), L (ordering: they are another row's) and
+Class A (offset: the values are shifted by d tokens), L (ordering: they are another row's) and
 F (padding: the student was scored under left padding with the wrong positions). Each is a
 ``find_*(ctx)`` over a :class:`~iwopd_kit.alignment.core.Context`; all three explain the gap of
 the rows they report, so the later gap detectors leave those rows out.
@@ -17,9 +17,10 @@ from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
-    """Class A: per row, the lag k that best matches rollout to student log-probs; healthy rows have k = 0.
+    """Class A: per row, the shift d that best matches rollout to student log-probs; healthy rows have d = 0.
 
-    Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its prompt length
+    A row shifted by d has token j carrying the log-prob of token j + d (the lag scan's internal lag
+    is k = -d). Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its prompt length
     suggests (``prompt_length_lags``), which catch slicing bugs of any size. The rule is
     :func:`~iwopd_kit.alignment.lags.shifted_rows`; its per-row decisions go to ``ctx.row_lags``
     (the report's ``row_lags``, which the diff view shows).
@@ -36,15 +37,39 @@ def find_offset(ctx: Context) -> list[Finding]:
     shifted = shifted_rows(ctx.batch, ctx.tol, ctx.exclude)
     ctx.row_lags = shifted.row_lags()
     out = []
+    p = ctx.batch.prompt_lengths
     for b in shifted.flagged.nonzero().flatten().tolist():
-        k, e0, e_best = int(shifted.best_k[b]), float(shifted.e0[b]), float(shifted.e_best[b])
+        d, e0, e_best = -int(shifted.best_k[b]), float(shifted.e0[b]), float(shifted.e_best[b])
         out.append(Finding(
             "offset", b, 0, "error",
-            f"rollout log-probs are shifted by {-k:+d} token(s): token j carries the log-prob of token j{-k:+d} "
-            f"(mean gap {e0:.3g} at lag 0, {e_best:.3g} at lag {k:+d}); index the rollout "
-            "log-probs by completion position per row, not from a batch-wide prompt length",
+            f"rollout log-probs are shifted by {d:+d} token(s): token j carries the log-prob of token j{d:+d} "
+            f"(mean gap {e0:.3g} as stored, {e_best:.3g} with the shift undone); {offset_fix(d, p[b], min(p), max(p))}",
         ))
     return sorted(out + _zero_padded_rows(ctx, shifted.flagged), key=lambda f: f.row)
+
+
+def offset_fix(d: int, prompt: int, shortest: int, longest: int) -> str:
+    """The suggested fix for a row shifted by ``d`` (token j carries the log-prob of token j + d).
+
+    A shift equal to the row's prompt-length difference to the batch's shortest or longest prompt
+    is a batch-wide prompt-length slice (TRL's review bug 1). A one-token shift that is not is most
+    likely a next-token off-by-one (the log-prob of token t read from the logits at position t, which
+    predict token t + 1, or the other way round) or a BOS missing on one side or added on the other.
+    """
+    fix = "index the rollout log-probs by completion position per row"
+    below, above = prompt - shortest, longest - prompt
+    if abs(d) in {x for x in (below, above) if x > 0}:
+        which = (f"its prompt is {below} token(s) longer than the batch's shortest ({prompt} vs {shortest})"
+                 if abs(d) == below else f"its prompt is {above} token(s) shorter than the batch's longest ({prompt} vs {longest})")
+        return (f"the shift equals this row's prompt-length difference: {which}, so the rollout log-probs were "
+                f"sliced at a batch-wide prompt length; {fix}, from each row's own prompt length")
+    if abs(d) == 1:
+        return ("a one-token shift is most likely a next-token off-by-one, not a prompt-length slice: the logits at "
+                "position t score token t + 1 (a completion after a P-token prompt starts at logit P - 1), so scoring "
+                "token t with the logits at position t instead of t - 1 (slicing from P instead of P - 1, or the other "
+                "way round) moves every value by one, and so does a BOS missing on one side or added on the other; "
+                f"check where each side's completion log-probs start and {fix}")
+    return f"{fix}, and check how each row's completion span is found (prompt length, padding side, BOS/EOS)"
 
 
 def _zero_padded_rows(ctx: Context, flagged: Tensor) -> list[Finding]:

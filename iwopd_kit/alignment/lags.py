@@ -5,6 +5,9 @@ the shifts a batch-wide prompt-length slicing bug produces, ``best_lags`` the be
 row, and ``shifted_rows`` the offset decision (the rule class A reports and the views show).
 
 Coordinate frame: ``[B, L]`` completion coordinates; lag k pairs rollout[j + k] with student[j].
+The lag k is this module's internal convention only. What a reader sees (findings, the report's
+``RowLag.shift`` and ``row_shifts``, the diff view, the notebooks) is the shift d = -k: a row shifted
+by d has token j carrying the rollout log-prob of token j + d.
 """
 
 from __future__ import annotations

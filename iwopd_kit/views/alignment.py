@@ -1,9 +1,10 @@
-"""The alignment diff view: rollout vs recomputed student per token, the best lag per row, and the
+"""The alignment diff view: rollout vs recomputed student per token, the shift per row, and the
 findings of a check linked to the rows they point at.
 
 Reads a :class:`~iwopd_kit.batch.Batch` and an :class:`~iwopd_kit.alignment.AlignmentReport`;
-decides nothing: the lag table is the check's own per-row decision (``report.row_lags``), so it shows
-a lag only for a row the check reported as shifted.
+decides nothing: the shift table is the check's own per-row decision (``report.row_lags``, read as
+``RowLag.shift``), so it shows a shift only for a row the check reported as shifted. A row shifted
+by d has token j carrying the rollout log-prob of token j + d, the findings' convention.
 """
 
 from __future__ import annotations
@@ -18,29 +19,43 @@ from .series import per_token_series
 from .tokens import token_strip
 
 
+SHIFT_HEADER = ("row", "shift d", "mean gap as stored", "mean gap, shift undone")
+SHIFT_NOTE = "shift d: token j carries the rollout log-prob of token j + d (0: not shifted)"
+
+
 def _anchor(b: int) -> str:
     return f"iwopd-align-row-{b}"
 
 
 @dataclass(frozen=True)
 class AlignmentView:
-    """HTML (``_repr_html_``) and text (``repr``) of a check: findings, per-row lags, per-token gaps.
+    """HTML (``_repr_html_``) and text (``repr``) of a check: findings, per-row shifts, per-token gaps.
 
-    ``lag_rows``: one ``[row, best lag, mean gap at lag 0, mean gap at best lag]`` per row, from the
-    report's ``row_lags`` (best lag 0 and the lag-0 gap where the check reported no offset).
+    ``shift_rows``: one ``(row, shift d, mean gap as stored, mean gap with the shift undone)`` per
+    row, from the report's ``row_lags`` (d = 0 and the stored gap twice where the check reported no
+    offset). :attr:`lag_rows` is the same table in the lag scan's internal convention (k = -d), kept
+    for compatibility; nothing shown uses it.
     """
 
     findings: tuple[tuple, ...]
-    lag_rows: tuple[tuple, ...]
+    shift_rows: tuple[tuple, ...]
     strips_html: tuple[str, ...]
     rows: tuple[int, ...]
     ok: bool
 
+    @property
+    def lag_rows(self) -> tuple[tuple, ...]:
+        """``(row, lag k = -d, gap at 0, gap at k)`` per row: :attr:`shift_rows` with the lag scan's sign (compatibility)."""
+        return tuple((b, -d, e0, e) for b, d, e0, e in self.shift_rows)
+
+    def _shift_table(self, table) -> str:
+        rows = [[b, f"{d:+d}" if d else "0", e0, e] for b, d, e0, e in self.shift_rows]
+        return table(list(SHIFT_HEADER), rows, decimals=4)
+
     def to_text(self) -> str:
         head = f"alignment: {'ok' if self.ok else 'ERRORS'}, {len(self.findings)} finding(s)"
         f = text_table(["severity", "kind", "row", "position", "message"], [list(x) for x in self.findings]) if self.findings else "no findings"
-        lags = text_table(["row", "best lag", "gap at lag 0", "gap at best lag"], [list(x) for x in self.lag_rows], decimals=4)
-        return "\n".join([head, f, "", lags])
+        return "\n".join([head, f, "", SHIFT_NOTE, self._shift_table(text_table)])
 
     def __repr__(self) -> str:
         return self.to_text()
@@ -57,7 +72,7 @@ class AlignmentView:
         ) or "<li>no findings</li>"
         status = "ok" if self.ok else "errors"
         parts = [f"<div class='iwopd-align'><p><b>alignment: {status}</b></p><ul>{items}</ul>",
-                 html_table(["row", "best lag", "gap at lag 0", "gap at best lag"], [list(x) for x in self.lag_rows], decimals=4)]
+                 f"<p>{html.escape(SHIFT_NOTE)}</p>", self._shift_table(html_table)]
         for b, strip_html in zip(self.rows, self.strips_html):
             parts.append(f"<div id='{_anchor(b)}'>{strip_html}</div>")
         parts.append("</div>")
@@ -97,10 +112,10 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
                    rows: list[int] | None = None, tolerances: Tolerances = Tolerances()) -> AlignmentView:
     """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3).
 
-    The lag table is ``report.row_lags`` (empty when the check could not scan lags); ``tolerances``
-    is accepted for compatibility and not used: the check already applied its own.
+    The shift table is ``report.row_lags`` (empty when the check could not scan for shifts);
+    ``tolerances`` is accepted for compatibility and not used: the check already applied its own.
     """
-    lag_rows = tuple((x.row, x.lag, x.gap_at_0, x.gap_at_lag) for x in report.row_lags)
+    shift_rows = tuple((x.row, x.shift, x.gap_at_0, x.gap_at_shift) for x in report.row_lags)
     flagged = sorted({f.row for f in report.findings if f.row is not None})
     rows = rows if rows is not None else (flagged or list(range(min(3, batch.size))))
     if tokens is None:
@@ -112,4 +127,4 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
         for b in rows
     )
     findings = tuple((f.severity, f.kind, f.row, f.position, f.message) for f in report.findings)
-    return AlignmentView(findings=findings, lag_rows=lag_rows, strips_html=strips, rows=tuple(rows), ok=report.ok)
+    return AlignmentView(findings=findings, shift_rows=shift_rows, strips_html=strips, rows=tuple(rows), ok=report.ok)
