@@ -62,6 +62,11 @@ class SamplingSettings:
         """True when top-p / top-k cut the distribution before sampling."""
         return self.top_p < 1.0 or self.top_k > 0
 
+    def __repr__(self) -> str:                 # stop_token_ids shown only when set (a request-side setting)
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                 if not (f.name == "stop_token_ids" and self.stop_token_ids is None)]
+        return f"SamplingSettings({', '.join(shown)})"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if d["stop_token_ids"] is None:       # a request-side setting: recorded only when set
