@@ -351,3 +351,15 @@ def test_bytes_per_token_at_10k_tokens():
     html_text = strip.to_html()
     assert len(spans(html_text)) == 10_000
     assert len(html_text.encode()) / 10_000 < 150
+
+
+def test_one_table_of_series_names():
+    # every view reads a series' name, label, colour scale and line colour from views/names.py
+    from iwopd_kit.ragged import SERIES as FIELDS
+    from iwopd_kit.views import colors, inputs, names, plots, widgets
+
+    assert tuple(s.field for s in names.MEASURED) == FIELDS
+    assert tuple(colors.DEFAULT_BOUNDS) == tuple(colors.SCALE_KINDS) == inputs.SERIES_ORDER == tuple(names.BY_NAME)
+    assert all(plots._COLORS[s.name] == s.color for s in names.SERIES_NAMES if s.color)
+    assert set(widgets.EXPLORER_SERIES) <= set(names.BY_NAME)
+    assert names.series_label("gap") == "|rollout − student|" and names.series_label("other") == "other"

@@ -25,8 +25,9 @@ from ..batch import Batch
 from ..mismatch import metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
-    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, masked, one_thread,
+    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
 )
+from .tensors import masked
 from .coverage import find_missing, find_teacher_coverage, find_truncation
 from .gap_batch import find_numerics, find_processed, find_staleness, find_temperature
 from .gap_rows import find_offset, find_ordering, find_padding

@@ -348,20 +348,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def stored_series(batch: Batch, name: str) -> Tensor:
-    """``batch.series(name)`` [B, L] in the dtype it is stored in (float32 for vLLM / torch values):
-    the detectors upcast per block or per use, never the whole batch twice."""
-    return batch.series(name, batch.packed(name).values.dtype)
-
-
-def masked(x: Tensor, mask: Tensor) -> Tensor:
-    """``x[mask]`` (a flat copy of the selected values) without the int64 index tensor torch's boolean
-    indexing builds (16 bytes per element of ``x``): numpy's boolean indexing, for CPU tensors without grad."""
-    if x.device.type != "cpu" or x.requires_grad or mask.device.type != "cpu":
-        return x[mask]
-    return torch.from_numpy(x.contiguous().numpy()[mask.contiguous().numpy()])
-
-
 def value_text(x: float) -> str:
     """A per-token value in a message as the dump wrote it: ``null`` for a missing one (NaN in the kit's
     tensors), ``-inf`` / ``inf``, else the number (``repr``-exact)."""

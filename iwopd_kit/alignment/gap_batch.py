@@ -15,7 +15,8 @@ from torch import Tensor
 
 from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
 from ..objective import iw_opd_loss
-from .core import Context, Finding, masked
+from .core import Context, Finding
+from .tensors import masked
 
 
 def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask, stored_series
+from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask
+from .tensors import stored_series
 
 
 @one_thread()

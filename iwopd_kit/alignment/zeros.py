@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import Tolerances, stored_series
+from .core import Tolerances
+from .tensors import stored_series
 
 
 def nucleus_floor(batch: Batch) -> float:

@@ -11,34 +11,20 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-#: Fixed colour bounds ``(lo, hi)`` per known series. Log-probs: a token with
+from .names import SERIES_NAMES
+
+#: Fixed colour bounds ``(lo, hi)`` per known series (from :data:`~iwopd_kit.views.names.SERIES_NAMES`). Log-probs: a token with
 #: probability 1 (log-prob 0) is white and ``log p <= -5`` is darkest.
 #: ``loss`` is the per-token contribution before averaging; pass ``bounds=``
 #: when the loss is normalised differently.
-DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {
-    "rollout": (-5.0, 0.0),
-    "student": (-5.0, 0.0),
-    "teacher": (-5.0, 0.0),
-    "advantage": (-2.0, 2.0),
-    "weight": (1.0, 1.5),
-    "loss": (-2.0, 2.0),
-    "gap": (0.0, 0.5),
-}
+DEFAULT_BOUNDS: dict[str, tuple[float, float]] = {s.name: s.bounds for s in SERIES_NAMES}
 
 #: Scale kind per known series; series not listed use ``"diverging"``.
 #:
 #: * ``"diverging"``: white at 0 (or the bound nearest 0), red below, blue above
 #: * ``"sequential"``: white at ``lo``, darker purple towards ``hi``
 #: * ``"sequential_r"``: white at ``hi``, darker purple towards ``lo``
-SCALE_KINDS: dict[str, str] = {
-    "rollout": "sequential_r",
-    "student": "sequential_r",
-    "teacher": "sequential_r",
-    "advantage": "diverging",
-    "weight": "sequential",
-    "loss": "diverging",
-    "gap": "sequential",
-}
+SCALE_KINDS: dict[str, str] = {s.name: s.scale for s in SERIES_NAMES}
 
 # Colour ramps from white outwards (ColorBrewer RdBu and Purples, both
 # colour-blind friendly). The first stop is exactly white.

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from ..alignment.core import AlignmentReport, Finding
 from ..batch import Batch
+from .names import SERIES_NAMES
 from .series import per_token_series
 from .tokens import token_strip
 
@@ -27,8 +28,7 @@ KIND_SERIES: dict[str, str | None] = {
     "truncation": None,
 }
 
-LABELS = {"gap": "|rollout − student|", "rollout": "rollout log-prob", "student": "student log-prob",
-          "teacher": "teacher log-prob"}
+LABELS = {s.name: s.label for s in SERIES_NAMES if s.name in ("gap", "rollout", "student", "teacher")}
 
 #: A strip shows at most this many positions on each side of the flagged token (a long row is cut).
 CONTEXT = 48

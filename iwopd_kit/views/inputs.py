@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Optional, Sequence
 
+from .names import SERIES_NAMES
+
 #: Display order of the known series; other series follow in the order given.
-SERIES_ORDER: tuple[str, ...] = (
-    "rollout", "student", "teacher", "advantage", "weight", "loss", "gap",
-)
+SERIES_ORDER: tuple[str, ...] = tuple(s.name for s in SERIES_NAMES)
 
 
 # --------------------------------------------------------------------------

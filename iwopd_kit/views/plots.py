@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..objective import exclusive_share, prefix_weights
+from .names import SERIES_NAMES
 from .tokens import visible_text
 
 #: Figure size in pixels (fixed so the layout never depends on the notebook's width).
@@ -40,11 +41,8 @@ HEIGHT = 380
 DECIMALS = 6
 
 _TEMPLATE = "plotly_white"
-_COLORS = {
-    "rollout": "#1b9e77", "student": "#7570b3", "teacher": "#d95f02",
-    "advantage": "#4393c3", "weight": "#b2182b", "reference": "#999999",
-    "share": "#4393c3", "diff": "#d6604d",
-}
+_COLORS = {**{s.name: s.color for s in SERIES_NAMES if s.color is not None},
+           "reference": "#999999", "share": "#4393c3", "diff": "#d6604d"}
 _GAMMA_COLORS = ("#999999", "#92c5de", "#4393c3", "#2166ac", "#053061", "#b2182b", "#d6604d")
 
 

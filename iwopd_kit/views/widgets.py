@@ -22,8 +22,9 @@ from ..objective import advantage, iw_opd_loss, prefix_weights
 from ..results import PipelineResult
 from .tokens import token_strip
 
-#: Series the explorers colour by.
-SERIES = ("advantage", "weight", "loss")
+#: Series the explorers colour by (names of :data:`~iwopd_kit.views.names.SERIES_NAMES`).
+EXPLORER_SERIES = ("advantage", "weight", "loss")
+SERIES = EXPLORER_SERIES   # the old name, kept
 #: Slider range of gamma; the weight colour scale is fixed to [1, 1 + GAMMA_MAX] so colours never jump.
 GAMMA_MAX = 2.0
 _BOUNDS = {"weight": (1.0, 1.0 + GAMMA_MAX)}
@@ -73,8 +74,8 @@ def _state(
             row's completion (at most L).
         extra: more [B, L] series shown in the tooltips (e.g. rollout / student / teacher).
     """
-    if series not in SERIES:
-        raise ValueError(f"series must be one of {SERIES}, got {series!r}")
+    if series not in EXPLORER_SERIES:
+        raise ValueError(f"series must be one of {EXPLORER_SERIES}, got {series!r}")
     mask = mask.bool()
     if not 0 <= row < mask.shape[0]:
         raise ValueError(f"row must be in [0, {mask.shape[0]}), got {row!r}")
@@ -136,7 +137,7 @@ def _controls(n_rows: int, width: int, gamma: float, eps: float):
                       continuous_update=False, readout_format=".2f", style=style)
     e = W.FloatLogSlider(value=eps, base=10, min=-12, max=0, step=0.5, description="eps",
                          continuous_update=False, readout_format=".0e", style=style)
-    series = W.ToggleButtons(options=list(SERIES), value="weight", description="colour", style=style)
+    series = W.ToggleButtons(options=list(EXPLORER_SERIES), value="weight", description="colour", style=style)
     window = W.IntRangeSlider(value=(0, max(width - 1, 0)), min=0, max=max(width - 1, 0), step=1,
                               description="positions", continuous_update=False, style=style)
     return row, g, e, series, window
@@ -193,4 +194,4 @@ def explore_result(result: PipelineResult, eps: float = 1e-8):
     return _explorer(result.batch.size, result.batch.width, result.gamma, eps, compute)
 
 
-__all__ = ["GAMMA_MAX", "SERIES", "explore_result", "explore_weights"]
+__all__ = ["GAMMA_MAX", "EXPLORER_SERIES", "SERIES", "explore_result", "explore_weights"]
