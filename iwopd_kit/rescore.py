@@ -17,19 +17,6 @@ import numpy as np
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _score_rows(model, batch, temperature: float, progress, desc: str, chunk: int = 32) -> list[list]:
-    """Log-probs of every completion token under ``model``, ``chunk`` rows per forward pass (ragged lists)."""
-    from .batch import ragged_from_padded
-    from .scoring import score
-
-    rows: list[list] = []
-    for s in range(0, batch.size, chunk):
-        part = batch.select(list(range(s, min(s + chunk, batch.size))))
-        rows += ragged_from_padded(score(model, part, temperature=temperature), part.lengths, desc)
-        progress.step(part.size, desc)
-    return rows
-
-
 def _vocab_size(model_dir) -> int | None:
     try:
         return int(json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"])
@@ -78,7 +65,7 @@ def recompute(batch, args: argparse.Namespace, progress, models: dict | None = N
 
     from . import toy
     from .batch import BatchError
-    from .scoring import load_model, load_tokenizer
+    from .scoring import load_model, load_tokenizer, score_batch
 
     models = {} if models is None else models
     need = {"student": not batch.has("student_logprobs"), "teacher": not batch.has("teacher_logprobs")}
@@ -110,11 +97,11 @@ def recompute(batch, args: argparse.Namespace, progress, models: dict | None = N
             if key not in models:
                 models[key] = load_model(d, dtype=getattr(torch, args.dtype)).to(args.device)
             try:
-                rows = _score_rows(models[key], batch, T, progress, f"scoring {side}", chunk=args.batch_size)
+                batch = score_batch(batch, **{side: models[key]}, temperature=T, rows_per_pass=args.batch_size,
+                                    progress=progress.step)
             except BatchError as e:
                 raise BatchError(f"scoring {side}_logprobs with {where}: {e}; pass --{side} DIR with the model the dump "
                                  "was made with") from None
-            batch = batch.with_series(f"{side}_logprobs", rows, temperature=T)
             if side == "student":
                 batch = _with_trainer_dtype(batch, args.dtype)
             if not given[side]:

@@ -7,6 +7,7 @@ completion token j of a row with real prompt length p is scored by the logits at
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -206,10 +207,41 @@ def score(model, batch: Batch, temperature: float = 1.0, pad_id: int = 0,
     return lp.masked_fill(pad, float("nan"))
 
 
-def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1.0) -> Batch:
-    """Attach ``student_logprobs`` and/or ``teacher_logprobs`` scored at ``temperature``."""
-    if student is not None:
-        batch = batch.with_series("student_logprobs", score(student, batch, temperature), temperature=temperature)
-    if teacher is not None:
-        batch = batch.with_series("teacher_logprobs", score(teacher, batch, temperature), temperature=temperature)
+def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1.0, *,
+                student_logprobs: Tensor | None = None, teacher_logprobs: Tensor | None = None,
+                rows_per_pass: int | None = None, progress: Callable[[int, str], None] | None = None) -> Batch:
+    """The one way a batch gets its ``student_logprobs`` / ``teacher_logprobs``: scored at ``temperature``.
+
+    Per side, either a model (a transformers model or a local dir; scored with :func:`score`,
+    ``rows_per_pass`` rows per forward pass, all rows when None) or log-probs already computed
+    ([B, L'] with L' >= L, NaN where missing: e.g. the loop's student log-probs from its own
+    gradient pass, detached). The temperature is recorded in ``batch.scoring``. ``progress(rows, desc)``
+    is called after each pass. The demo pipeline, the training loop and ``iwopd-kit check``'s rescoring
+    all attach scores here.
+    """
+    if rows_per_pass is not None and rows_per_pass < 1:
+        raise ValueError(f"rows_per_pass must be >= 1 (or None: all rows at once), got {rows_per_pass!r}")
+    for side, model, given in (("student", student, student_logprobs), ("teacher", teacher, teacher_logprobs)):
+        if model is not None and given is not None:
+            raise ValueError(f"score_batch: pass either {side} (a model) or {side}_logprobs (values), not both")
+        if model is None and given is None:
+            continue
+        if given is None:
+            model = load_model(model) if isinstance(model, (str, Path)) else model
+            given = _score_in_passes(model, batch, temperature, rows_per_pass, progress, f"scoring {side}")
+        batch = batch.with_series(f"{side}_logprobs", given.detach(), temperature=temperature)
     return batch
+
+
+def _score_in_passes(model, batch: Batch, temperature: float, rows: int | None,
+                     progress: Callable[[int, str], None] | None, desc: str) -> Tensor:
+    """:func:`score` over consecutive groups of ``rows`` rows (all at once when None), as one [B, L] tensor."""
+    step = batch.size if rows is None else rows
+    out = torch.full((batch.size, batch.width), float("nan"))
+    for start in range(0, batch.size, step):
+        part = batch.select(list(range(start, min(start + step, batch.size))))
+        lp = score(model, part, temperature=temperature).float().cpu()
+        out[start: start + part.size, : lp.shape[1]] = lp
+        if progress is not None:
+            progress(part.size, desc)
+    return out
