@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..batch import Batch
-from ..mismatch import metrics_from_delta
+from ..mismatch import batch_delta, metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
     VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
@@ -101,13 +101,11 @@ def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str 
     there are no metrics (None when there are), from one flat Δ over the batch's valid tokens."""
     if not ctx.has_pair:
         return {}, {}, "needs rollout_logprobs and student_logprobs"
-    gap = ctx.gap(ctx.batch.valid())
-    flat = masked(gap, ~gap.isnan())                 # rollout - student where both have a value
-    del gap
+    flat = batch_delta(ctx.batch, finite_only=False)            # student - rollout where both have a value
     if flat.numel() == 0:
         return {}, {}, "no valid token has both a finite rollout and a finite student log-prob"
     finite = torch.isfinite(flat)
-    delta = flat.neg_() if bool(finite.all()) else masked(flat, finite).neg_()   # Δ = student - rollout, finite
+    delta = flat if bool(finite.all()) else masked(flat, finite)
     if delta.numel() == 0:
         return ({"max_abs_gap": float("inf"), "mean_abs_gap": float("inf"), "tokens": float(flat.numel())}, {},
                 "no valid token has both a finite rollout and a finite student log-prob")
@@ -116,7 +114,7 @@ def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str 
         stats = {"max_abs_gap": metrics["mismatch/logp_abs_diff_max"],
                  "mean_abs_gap": metrics["mismatch/logp_abs_diff_mean"], "tokens": float(delta.numel())}
     else:
-        a = flat.abs()
+        a = flat.abs_()
         stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
     return stats, metrics, None
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
 from ..objective import iw_opd_loss
 from .core import Context, Finding
-from .tensors import masked
+from .tensors import first_position, masked, stored_series
 
 
 def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
@@ -59,7 +59,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
     score_T = batch.scoring.get("student_logprobs")
     if roll_T is not None and score_T is not None:
         if abs(roll_T - score_T) > 1e-6:
-            b, j = (int(v) for v in big.nonzero()[0])
+            b, j = first_position(big)
             how = ("raw (untempered, logprobs_mode=raw_logprobs)" if batch.sampling.logprobs_mode == "raw_logprobs"
                    else f"processed at T={roll_T:g}")
             return [Finding(
@@ -70,7 +70,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
             )]
         return []
     n_big = int(big.sum())
-    if _gap_pattern(gap[big], batch.series("student_logprobs", torch.float64)[big]) != "temperature":
+    if _gap_pattern(masked(gap, big), masked(stored_series(batch, "student_logprobs"), big).double()) != "temperature":
         return []
     return [Finding(
         "temperature", None, None, "error",
@@ -100,9 +100,9 @@ def find_processed(ctx: Context) -> list[Finding]:
         return []
     sampling = batch.sampling
     recorded = sampling is not None and sampling.truncates and sampling.logprobs_mode == "processed_logprobs"
-    if not recorded and _gap_pattern(gap[big], batch.series("student_logprobs", torch.float64)[big]) != "processed":
+    if not recorded and _gap_pattern(masked(gap, big), masked(stored_series(batch, "student_logprobs"), big).double()) != "processed":
         return []
-    b, j = (int(v) for v in big.nonzero()[0])
+    b, j = first_position(big)
     how = (", ".join(x for x in (f"top_p={sampling.top_p:g}" if sampling.top_p < 1 else "",
                                  f"top_k={sampling.top_k}" if sampling.top_k else "") if x) + ", processed_logprobs"
            if recorded else "no settings recorded; rollout above the student on almost every differing token")

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .core import Context, Finding, first_true, nanmean_rows, row_mask
 from .lags import shifted_rows
+from .tensors import stored_series
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
@@ -131,13 +132,15 @@ def find_ordering(ctx: Context) -> list[Finding]:
     [C, L] comparison confirms it (nothing on a healthy batch).
     """
     batch, tol = ctx.batch, ctx.tol
-    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
-    n_r = (~r.isnan()).sum(1)
-    e0 = nanmean_rows((r - s).abs())
+    r32 = stored_series(batch, "rollout_logprobs")
+    n_r = (~r32.isnan()).sum(1)
+    del r32
+    e0 = nanmean_rows(ctx.gap(batch.padding_mask()).abs_())
     cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag) & ~row_mask(batch.size, ctx.exclude)
     idx = cand.nonzero().flatten()
     if idx.numel() < 2:
         return []
+    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
     probe = min(r.shape[1], 256)
     err, _ = _pairwise_gap(r[idx, :probe], s[:, :probe])

@@ -23,4 +23,12 @@ def masked(x: Tensor, mask: Tensor) -> Tensor:
     return torch.from_numpy(x.contiguous().numpy()[mask.contiguous().numpy()])
 
 
-__all__ = ["stored_series", "masked"]
+
+def first_position(m: Tensor) -> tuple[int, int]:
+    """``(row, position)`` of the first True of a [B, L] bool tensor in row-major order (which must have
+    one), without ``nonzero`` (which lists every True as two int64)."""
+    i = int(m.reshape(-1).to(torch.int8).argmax())
+    return divmod(i, m.shape[1])
+
+
+__all__ = ["stored_series", "masked", "first_position"]

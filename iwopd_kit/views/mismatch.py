@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..batch import Batch
-from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual, pooled_delta
+from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual
+from ..mismatch import batch_delta as pooled_batch_delta
 from .report import html_table, text_table
 
 METRIC_HEADER = ["metric", "value", "usual threshold", "vs usual"]
@@ -45,11 +46,11 @@ def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
 
 
 def batch_delta(batch: Batch) -> torch.Tensor | None:
-    """Δ = student − rollout over the valid tokens with both values finite (float64 [N]); None without them."""
+    """Δ = student − rollout over the valid tokens with both values finite (float64 [N]); None without them
+    (:func:`iwopd_kit.mismatch.batch_delta`)."""
     if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
         return None
-    d = pooled_delta(batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64),
-                     batch.valid())
+    d = pooled_batch_delta(batch)
     return d if d.numel() else None
 
 
