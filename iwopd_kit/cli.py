@@ -195,6 +195,7 @@ def _check_dir(args: argparse.Namespace) -> int:
     inner = _Progress(total=0, rows=0)            # no per-row bar inside a directory run
     models: dict = {}
     rows, objs, worst = [], {}, 0
+    noted: dict[str, list[str]] = {}
     for p in paths:
         name = str(p.relative_to(args.path))
         bar.step(name)
@@ -213,11 +214,14 @@ def _check_dir(args: argparse.Namespace) -> int:
                      _sci(m.get("mismatch/k3_kl")), _sci(m.get("mismatch/token_mult_prob_error")),
                      ", ".join(kinds) or "-", code])
         for note in notes:
-            print(f"{name}: {note}")
+            noted.setdefault(note, []).append(name)
     bar.close()
     header = ["file", "rows", "tokens", "errors", "warnings", "k3_kl", "token_mult_prob_error", "kinds", "exit"]
     print(f"{args.path}: {len(paths)} dump file(s)")
     print(text_table(header, rows))
+    for note, names in noted.items():            # once per distinct note, not once per rank and step
+        where = names[0] if len(names) == 1 else f"{len(names)} files, first {names[0]}"
+        print(f"note ({where}): {note}")
     print("per-file findings: iwopd-kit check FILE, or all of them with --json")
     html = html_page(f"alignment check: {Path(args.path).name}", [("files", html_table(header, rows))]) if args.html else None
     return _write_outputs(args, {"schema": JSON_SCHEMA, "files": objs}, html) or worst

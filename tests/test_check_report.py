@@ -242,7 +242,7 @@ def test_the_directory_summary_has_k3_kl_and_token_mult_prob_error(tmp_path, run
     assert a[5:7] == ["0.1667", "1.666667"]
     bl = next(line for line in lines if line.startswith("b.jsonl ")).split()
     assert bl[5:7] == ["—", "—"]
-    assert "b.jsonl: student_logprobs and teacher_logprobs not scored" in r.stdout
+    assert "note (b.jsonl): student_logprobs and teacher_logprobs not scored" in r.stdout
 
 
 # ------------------------------------------------------------------------------ C: the rescoring options
