@@ -148,9 +148,17 @@ def build_random_model(out_dir: str | Path, spec: RandomModelSpec = RandomModelS
     """Write the model of ``spec`` (safetensors, float32), its tokenizer and the spec to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    from transformers.utils import logging as hf_logging
+
     model = random_model(spec)
     model.generation_config.do_sample = True           # no greedy default for vLLM to read
-    model.save_pretrained(out, safe_serialization=True)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()                 # no "Writing model shards" bar on stderr
+    try:
+        model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
     random_tokenizer(spec.vocab_size).save_pretrained(out)
     (out / SPEC_FILE).write_text(json.dumps(dataclasses.asdict(spec), indent=1, sort_keys=True) + "\n")
     return out

@@ -391,6 +391,29 @@ def test_ordering_is_tried_before_offsets_and_numerics():
     assert sorted((f.kind, f.row) for f in report.findings) == [("offset", 4), ("ordering", 0), ("ordering", 1)]
 
 
+def test_a_lag_that_pairs_too_few_tokens_is_no_offset():
+    # 4-token rows of a healthy processed top_p 0.95 rollout (the random Qwen3 at 151,936 tokens, vLLM float32):
+    # rollout = log(p / S), exactly 0.0 where a token is alone in the nucleus. Lag +3 pairs row 1's last rollout
+    # value (0.0) with its first student value (-3.7e-5): one pair, 500x "better" than lag 0's mean |log S|.
+    rollout = torch.tensor([[-1.3169, -0.3656, -0.3655, -0.1817], [0.0, -0.5012, -0.5239, 0.0],
+                            [-0.0791, -0.0373, -0.8186, 0.0], [-2.2508, -1.0993, -0.4044, -0.5708]], dtype=torch.float64)
+    student = torch.tensor([[-1.3553, -0.37742, -0.3943, -0.22237], [-3.7431e-05, -0.50703, -0.54694, -0.049167],
+                            [-0.12181, -0.084188, -0.86913, -0.019443], [-2.283, -1.1457, -0.42848, -0.59986]],
+                           dtype=torch.float64)
+    y = torch.arange(16).reshape(4, 4) + 4
+    top_p = K.SamplingSettings(temperature=1.0, top_p=0.95, logprobs_mode="processed_logprobs")
+    report = K.check_alignment(_batch(y, rollout, student, sampling=top_p))
+    assert report.ok and report.kinds == {"processed_logprobs"}, report
+    best_k, e0, e_best = K.alignment.best_lags(_batch(y, rollout, student), max_lag=4)   # min_pairs=1: the old rule
+    assert int(best_k[1]) == 3 and float(e_best[1]) * Tolerances().lag_gain < float(e0[1])
+    # a real shift in a short row still pairs enough tokens: 6 tokens shifted by 2 compare 4 pairs
+    ext = torch.log_softmax(torch.randn(2, 8, V, generator=torch.Generator().manual_seed(4), dtype=torch.float64), -1)[..., 0]
+    student6, rollout6 = ext[:, :6].clone(), ext[:, :6].clone()
+    rollout6[1] = ext[1, 2:]
+    hits = K.check_alignment(_batch(torch.full((2, 6), 5), rollout6, student6)).by_kind("offset")
+    assert [(f.row, f.severity) for f in hits] == [(1, "error")] and "shifted by +2" in hits[0].message, hits
+
+
 def test_check_alignment_64x4096_is_fast():
     g = torch.Generator().manual_seed(0)
     Bb, Lb = 64, 4096

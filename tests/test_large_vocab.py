@@ -70,6 +70,8 @@ def test_the_model_is_built_from_the_seed(model_dir, tmp_path):
     c = random_model(RandomModelSpec(vocab_size=4096, seed=1))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())), "same seed"
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight), "another seed, other weights"
+    llama = random_model(RandomModelSpec(architecture="llama", vocab_size=4096))
+    assert llama.config.model_type == "llama" and llama(torch.tensor([[1, 5, 9]])).logits.shape == (1, 3, 4096)
     # the cache: the same spec gives the same directory, not rebuilt
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert random_model_dir(SPEC, cache_dir=model_dir.parent) == model_dir

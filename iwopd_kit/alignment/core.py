@@ -60,7 +60,8 @@ class Tolerances:
     max_lag: the offset scan tries lags k in [-max_lag, max_lag].
     lag_gain: an offset is reported when some lag k != 0 fits at least this many times better than k = 0;
         a re-ordered row must match another row's student series this many times better than its own.
-    min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
+    min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering, and an offset lag
+        counts only where it pairs at least this many tokens of the row.
     stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
     stale_min_rows: rows (each with >= min_tokens_for_lag values) needed before a gap counts as systematic.
     bulk_quantile: the |Δ| quantile that tells a low-precision batch (above ``same``: bf16 on a side,
