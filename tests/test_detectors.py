@@ -166,6 +166,31 @@ def test_padding_not_claimed_when_unpadded_rows_disagree_or_gap_shrinks():
     assert detect_padding(b) == []
 
 
+def test_padding_is_judged_at_the_batch_precision():
+    # a healthy 4-row bf16 rollout of the tiny student (prompt lengths 13, 11, 9, 11; 8 tokens each): the one
+    # unpadded row holds near-certain tokens (mean gap 5e-4, below `same`), the padded rows carry ordinary bf16
+    # rounding (2e-3 .. 5e-3, above `same`), and the gap happens to grow with the pad: no padding bug
+    _, y, lp = _logprobs(21, b=4, n=8)
+    g = torch.Generator().manual_seed(5)
+    sign = torch.where(torch.rand(4, 8, generator=g) < 0.5, -1.0, 1.0).double()
+    scale = torch.tensor([[0.0] * 7 + [0.0039], [0.002] * 8, [0.005] * 8, [0.0025] * 8], dtype=torch.float64)
+    prompts = [[BOS] + [5] * (p - 1) for p in (13, 11, 9, 11)]
+    bf16 = [{"rollout_dtype": "bfloat16", "trainer_dtype": "float32"}] * 4
+    healthy = _batch(y, lp + sign * scale, lp, prompts=prompts)
+    for batch in (healthy, healthy.replace(meta=bf16)):
+        report = K.check_alignment(batch)
+        assert report.ok and report.kinds == {"numerics"}, report
+    # a real padding bug in that bf16 batch: the padded rows' gap far beyond the unpadded rows' rounding
+    bug = _batch(y, lp + sign * scale * torch.tensor([[1.0], [40.0], [40.0], [40.0]], dtype=torch.float64), lp,
+                 prompts=prompts, meta=bf16)
+    assert [(f.row, f.severity) for f in K.check_alignment(bug).by_kind("padding")] == [(1, "error"), (2, "error"),
+                                                                                        (3, "error")]
+    # at float32 a small padding gap (2e-3 .. 5e-3, the unpadded row exact to 1e-7) is still a padding error
+    exact0 = torch.cat([torch.full((1, 8), 1e-7, dtype=torch.float64), scale[1:]])
+    f32 = _batch(y, lp + sign * exact0, lp, prompts=prompts)
+    assert [f.row for f in K.check_alignment(f32).by_kind("padding")] == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------------------- G: truncation
 def test_truncated_teacher_and_student_tails():
     _, y, lp = _logprobs(9)

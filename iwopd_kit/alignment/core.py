@@ -160,6 +160,10 @@ class AlignmentReport:
         return "\n".join(lines)
 
 
+FULL_PRECISION: tuple[str, ...] = ("float32", "float64")
+"""Recorded dtypes (meta ``rollout_dtype`` / ``trainer_dtype``) whose rounding is below ``Tolerances.same``."""
+
+
 # ------------------------------------------------------------------------------------- the context
 @dataclass
 class Context:
@@ -215,6 +219,18 @@ class Context:
         r = self.batch.series("rollout_logprobs", torch.float64)
         s = self.batch.series("student_logprobs", torch.float64)
         return torch.where(valid, r - s, torch.full_like(r, float("nan")))
+
+    def recorded_dtype(self, key: str) -> str | None:
+        """The first recorded ``meta[b][key]`` (``rollout_dtype`` / ``trainer_dtype``), None when none is."""
+        return next((str(v) for v in self.meta(key) or [] if v is not None), None)
+
+    def low_precision(self, abs_gap: Tensor) -> bool:
+        """Whether rounding below float32 is expected in the gaps: a recorded rollout or trainer dtype other
+        than float32/float64, or the ``tol.bulk_quantile`` quantile of ``abs_gap`` (finite |gap| values of
+        the tokens that tell) above ``tol.same``."""
+        if any(d is not None and d not in FULL_PRECISION for d in map(self.recorded_dtype, ("rollout_dtype", "trainer_dtype"))):
+            return True
+        return abs_gap.numel() > 0 and float(torch.quantile(abs_gap.double(), self.tol.bulk_quantile)) > self.tol.same
 
 
 @dataclass(frozen=True)
@@ -345,4 +361,4 @@ def at(x: Tensor, idx: Tensor) -> Tensor:
 
 __all__ = ["KINDS", "SEVERITIES", "REDUCTIONS", "SIDES", "Finding", "Tolerances", "RowLag", "AlignmentReport",
            "Context", "Need", "Detector", "PAIR", "TEACHER", "PADDED", "SCORED_OR_LENGTHS", "BOTH_TOKENIZERS",
-           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "meta_values", "one_thread"]
+           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "FULL_PRECISION", "meta_values", "one_thread"]

@@ -203,11 +203,6 @@ def find_staleness(ctx: Context) -> list[Finding]:
 
 
 _SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
-_FULL_PRECISION = ("float32", "float64")
-
-
-def _recorded_dtype(ctx: Context, key: str) -> str | None:
-    return next((str(v) for v in ctx.meta(key) or [] if v is not None), None)
 
 
 def find_numerics(ctx: Context) -> list[Finding]:
@@ -240,9 +235,8 @@ def find_numerics(ctx: Context) -> list[Finding]:
     delta = -gap[ok]
     m, q = metrics_from_delta(delta), abs_delta_quantiles(delta)
     bulk = float(torch.quantile(a, tol.bulk_quantile))
-    rd, td = _recorded_dtype(ctx, "rollout_dtype"), _recorded_dtype(ctx, "trainer_dtype")
-    low_recorded = any(d is not None and d not in _FULL_PRECISION for d in (rd, td))
-    low = low_recorded or bulk > tol.same
+    rd, td = ctx.recorded_dtype("rollout_dtype"), ctx.recorded_dtype("trainer_dtype")
+    low = ctx.low_precision(a)
     tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], float(a.max())
     stats = (f"|trainer - rollout| p50 {q['p50']:.3g}, p90 {q['p90']:.3g}, p99 {q['p99']:.3g}, max {mx:.3g} (row {b}, "
              f"position {j}) over {a.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
