@@ -3,6 +3,7 @@ broken fixture in data/fixtures/ produces.
 
     source scripts/env.sh && .venv/bin/python scripts/calibrate.py              # the gap tables
     source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch   # the mismatch distributions and thresholds
+    source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch --small   # the same on 4-row batches
 
 Gap tables (3 seeds each, 12 held-out prompts of 4 lengths, the tiny student served by vLLM
 in-process on the CPU, the student rescored with transformers in float32): float32 raw T=1;
@@ -13,7 +14,8 @@ the gap each broken fixture produces.
 float32 trainer, bf16 vLLM vs a bf16-autocast trainer; 3 seeds x 48 prompts) of both tiny models and
 of the random-weight Qwen3 at 151,936 tokens (``iwopd_kit.random_models``, built into its cache on
 first use): per-token |Δ| quantiles, pooled mismatch metrics, findings, errors; then each threshold
-of ``Tolerances`` beside the healthy measurement nearest to it.
+of ``Tolerances`` beside the healthy measurement nearest to it. --small: the same on 10 seeds of
+4-row batches with at most 8 / 6 new tokens (where a rule that needs evidence is most easily fooled).
 Prints markdown tables (docs/calibration.md pastes them).
 """
 
@@ -69,12 +71,12 @@ def score_in_chunks(batch: K.Batch, trainer, temperature: float, autocast) -> K.
     return batch.with_series("student_logprobs", rows, temperature=temperature)
 
 
-def healthy_batches(model_dir, prompts, max_tokens, tokenizer):
+def healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
     """Yield (setting, batch, report, report without the recorded dtypes) for every healthy setting and seed."""
     trainer = K.load_model(model_dir)
     for setting, dtype, sampling, score_t, autocast in HEALTHY:
         engine = K.VLLMEngine(model_dir, dtype=dtype, logprobs_mode="processed_logprobs")  # = raw at T=1, top_p 1
-        for seed in SEEDS:
+        for seed in seeds:
             b = K.rollout(engine, prompts, max_tokens=max_tokens, seed=seed, **sampling)
             b = score_in_chunks(b, trainer, score_t, autocast)
             bare = K.check_alignment(b, student_tokenizer=tokenizer)
@@ -108,20 +110,22 @@ def summarize(runs: list) -> dict:
                 found=", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none")
 
 
-def mismatch_calibration() -> None:
+def mismatch_calibration(seeds=SEEDS, n_prompts: int = MISMATCH_PROMPTS, tiny_tokens: int = MAX_TOKENS,
+                         large_tokens: int = LARGE_MAX_TOKENS) -> None:
     """Healthy rollout-vs-trainer pairs of both tiny models and the large-vocabulary random model: the
     distributions the numerics, zero-log-prob and gap rules are set on, and each threshold's margin."""
     from iwopd_kit.random_models import RandomModelSpec, random_model_dir, random_prompts
 
     tok = K.load_tokenizer(toy.STUDENT_DIR)
-    tiny_prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:MISMATCH_PROMPTS]]
+    tiny_prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:n_prompts]]
     large = random_model_dir(RandomModelSpec())
-    models = [("student (vocab 16)", toy.STUDENT_DIR, tiny_prompts, MAX_TOKENS, tok),
-              ("teacher (vocab 16)", toy.TEACHER_DIR, tiny_prompts, MAX_TOKENS, tok),
-              ("random Qwen3 (vocab 151,936)", large, random_prompts(MISMATCH_PROMPTS, seed=0), LARGE_MAX_TOKENS,
+    models = [("student (vocab 16)", toy.STUDENT_DIR, tiny_prompts, tiny_tokens, tok),
+              ("teacher (vocab 16)", toy.TEACHER_DIR, tiny_prompts, tiny_tokens, tok),
+              ("random Qwen3 (vocab 151,936)", large, random_prompts(n_prompts, seed=0), large_tokens,
                K.load_tokenizer(large))]
     fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
-    print(f"Per healthy setting, pooled over {len(SEEDS)} seeds ({MISMATCH_PROMPTS} prompts each): per-token |Δ| "
+    print(f"Per healthy setting, pooled over {len(seeds)} seeds ({n_prompts} prompts each, at most {tiny_tokens} / "
+          f"{large_tokens} new tokens for the tiny / large-vocabulary models): per-token |Δ| "
           "quantiles, the pooled mismatch metrics (the worst seed's in brackets), the lowest trainer log-prob of a token")
     print("whose rollout log-prob is exactly 0.0 relative to where a 0.0 is healthy (0, or log top_p), the findings "
           "of the per-seed checks, and the error-level ones (with meta rollout_dtype / trainer_dtype recorded; and "
@@ -132,7 +136,7 @@ def mismatch_calibration() -> None:
     rows: dict[str, list] = {}
     for name, model_dir, prompts, max_tokens, tokenizer in models:
         by_setting: dict[str, list] = {}
-        for setting, b, report, bare in healthy_batches(model_dir, prompts, max_tokens, tokenizer):
+        for setting, b, report, bare in healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
             by_setting.setdefault(setting, []).append((b, report, bare))
         for setting, runs in by_setting.items():
             r = summarize(runs)
@@ -186,7 +190,10 @@ def thresholds_table(rows: dict[str, list]) -> None:
 
 def main() -> None:
     if "--mismatch" in sys.argv[1:]:
-        mismatch_calibration()
+        if "--small" in sys.argv[1:]:        # the batch sizes of a per-device TRL step: 4 rows, short completions
+            mismatch_calibration(seeds=tuple(range(10)), n_prompts=4, tiny_tokens=8, large_tokens=6)
+        else:
+            mismatch_calibration()
         return
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     prompts = [tok(p)["input_ids"] for p in pick_prompts()]
