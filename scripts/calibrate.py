@@ -220,10 +220,12 @@ def main() -> None:
     print()
     print("Broken fixtures (data/fixtures): per-token change against healthy_fp32_t1 on the tokens the breakage")
     print("touched, and the row-mean |rollout - student| (the quantity the gap detectors compare with `same`) on the")
-    print("rows it broke (all rows for a batch-level defect)")
+    print("rows it broke (all rows for a batch-level defect), and what the check reports there (with the fixture's")
+    print("tokenizers / num_items / reduction, as tests/test_fixtures.py runs it)")
     print()
-    print("| fixture | what differs | smallest per-token change | median | largest | smallest broken-row mean abs(rollout - student) |")
-    print("|---|---|---|---|---|---|")
+    print("| fixture | what differs | smallest per-token change | median | largest | smallest broken-row mean abs(rollout - student) "
+          "| caught |")
+    print("|---|---|---|---|---|---|---|")
     fx = toy.REPO_ROOT / "data" / "fixtures"
     base = K.read_jsonl(fx / "healthy_fp32_t1.jsonl")
     for f in sorted(fx.glob("*.jsonl")):
@@ -237,11 +239,28 @@ def main() -> None:
         row_mean = [float(d[i][~d[i].isnan()].mean()) for i in rows if bool((~d[i].isnan()).any())]
         rm = f"{min(row_mean):.3g}" if row_mean else "-"
         what, vals = changed(base, b)
+        got = caught(b)
         if vals is None:
-            print(f"| {f.stem} | {what} | - | - | - | {rm} |")
+            print(f"| {f.stem} | {what} | - | - | - | {rm} | {got} |")
             continue
         v = vals.sort().values
-        print(f"| {f.stem} | {what} | {float(v[0]):.3g} | {float(v[len(v) // 2]):.3g} | {float(v[-1]):.3g} | {rm} |")
+        print(f"| {f.stem} | {what} | {float(v[0]):.3g} | {float(v[len(v) // 2]):.3g} | {float(v[-1]):.3g} | {rm} | {got} |")
+
+
+def caught(b: K.Batch) -> str:
+    """The check's findings of the fixture's own kind: their severity and whether they sit where it was broken."""
+    info = b.meta[0]["fixture"]
+    extra = {k: K.load_tokenizer(toy.REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
+    extra.update({k: info[k] for k in ("num_items", "reduction") if k in info})
+    report = K.check_alignment(b, **extra)
+    hits = report.by_kind(info["kind"])
+    if not hits:
+        return "**missed**"
+    where = sorted((f.row if f.row is not None else -1, f.position if f.position is not None else -1) for f in hits)
+    want = (sorted((r, p if p is not None else -1) for r, p in info["expect"]) if info["expect"] is not None
+            else [(-1, -1)] * len(hits))
+    sev = "/".join(sorted({f.severity for f in hits}))
+    return f"{len(hits)} {sev}" + (", where broken" if where == want else ", **elsewhere**")
 
 
 def changed(base: K.Batch, b: K.Batch) -> tuple[str, torch.Tensor | None]:
