@@ -95,7 +95,8 @@ def summarize(runs: list) -> dict:
         s, r, valid = b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64), b.valid()
         d = pooled_delta(s, r, valid)
         deltas.append(d)
-        per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d))
+        per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d)
+                        | {"se_mpe": float(d.abs().exp().std() / math.sqrt(d.numel()))})
         zero = valid & (r == 0.0) & ~s.isnan()
         if bool(zero.any()):      # how far below where a 0.0 is healthy the trainer's value went
             m = float((s[zero] - nucleus_floor(b)).min())
@@ -179,6 +180,9 @@ def thresholds_table(rows: dict[str, list]) -> None:
     print(f"| `mult_prob_error` | {tol.mult_prob_error:g} | bf16 worst seed {lo_mpe:.4f} | "
           f"{(tol.mult_prob_error - 1) / (lo_mpe - 1):.2f}x (excess over 1) |")
     print(f"| `k3_kl` | {tol.k3_kl:g} | bf16 worst seed {lo_k3:.3g} | {tol.k3_kl / lo_k3:.1f}x |")
+    z = max((x["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / x["se_mpe"] for r in low for x in r["per_seed"])
+    print(f"| `metric_se` | {tol.metric_se:g} | bf16 seeds: largest (token_mult_prob_error - {tol.mult_prob_error:g}) / "
+          f"its standard error {z:.2f} | {'below the bound itself' if z < 0 else f'{tol.metric_se - z:.2f} SE'} |")
     if zeros:
         lo = min(zeros)
         print(f"| `zero_slack` | {tol.zero_slack:g} | exact-0.0 rollout tokens: lowest (student - floor) {lo:.3g} | "

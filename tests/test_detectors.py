@@ -439,6 +439,29 @@ def test_a_lag_that_pairs_too_few_tokens_is_no_offset():
     assert [(f.row, f.severity) for f in hits] == [(1, "error")] and "shifted by +2" in hits[0].message, hits
 
 
+def test_a_pooled_metric_over_a_handful_of_tokens_needs_more_than_its_noise_to_be_an_error():
+    # a 4-row, 24-token bf16 batch: rounding of 0.01 and two rare tokens 0.6 off (a large-vocabulary bf16 tail)
+    # put mean exp|Δ| at 1.078 > 1.05, within 2 standard errors (0.046) of the bound: a warning that says so
+    def batch(rows: int, tails: int) -> K.Batch:
+        sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(rows * 3).reshape(rows, 6)
+        at = torch.linspace(0, rows * 6 - 1, tails).long()
+        d = 0.01 * sign
+        d.view(-1)[at] = 0.6 * sign.view(-1)[at]
+        _, y, lp = _logprobs(30, b=rows, n=6)
+        return _batch(y, lp - d, lp, meta=[{"rollout_dtype": "bfloat16", "trainer_dtype": "float32"}] * rows)
+
+    small = K.check_alignment(batch(4, 2))
+    assert small.metrics["mismatch/token_mult_prob_error"] > Tolerances().mult_prob_error
+    (f,) = small.by_kind("numerics")
+    assert small.ok and f.severity == "warning", small
+    assert "within 2 standard errors" in f.message and "rollout bf16 vs trainer fp32" in f.message, f.message
+    # a sixth of 240 tokens 0.6 off: mean exp|Δ| 1.145, far beyond its noise: an error
+    wide = K.check_alignment(batch(40, 40)).by_kind("numerics")
+    assert [x.severity for x in wide] == ["error"] and "by more than 2 standard errors" in wide[0].message, wide
+    # the rule's one knob: with metric_se=0 the small batch is an error too
+    assert not K.check_alignment(batch(4, 2), Tolerances(metric_se=0.0)).ok
+
+
 def test_check_alignment_64x4096_is_fast():
     g = torch.Generator().manual_seed(0)
     Bb, Lb = 64, 4096

@@ -72,6 +72,10 @@ class Tolerances:
         measured 1.003-1.005).
     k3_kl: in a low-precision batch, the pooled ``mismatch/k3_kl`` above which the mismatch is an error
         (10x the usual dense-model upper end of 1e-3; bf16 vs fp32 measured ~1e-4).
+    metric_se: a pooled metric (``mult_prob_error``, ``k3_kl``) counts as beyond its bound only when it
+        exceeds it by more than this many standard errors of its mean (the per-token values' std /
+        sqrt(n)): on a 4-row, 24-token bf16 batch of a 151,936-token model one or two tail tokens move
+        mean exp|Δ| by ~0.02 (healthy worst seed 1.045; docs/calibration.md), a real mismatch is far beyond.
     zero_slack: how far below where a certain / nucleus-of-one token sits (0, or log(top_p) under
         processed top-p) the trainer's log-prob of a token with a rollout log-prob of exactly 0.0 may be
         and still count as healthy (engine rounding of a near-certain token); below it the 0.0 is a
@@ -88,6 +92,7 @@ class Tolerances:
     bulk_quantile: float = 0.9
     mult_prob_error: float = 1.05
     k3_kl: float = 1e-2
+    metric_se: float = 2.0
     zero_slack: float = 0.02
 
 
