@@ -2,12 +2,21 @@
 broken fixture in data/fixtures/ produces.
 
     source scripts/env.sh && .venv/bin/python scripts/calibrate.py              # the gap tables
-    source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch   # + mismatch distributions
+    source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch   # the mismatch distributions and thresholds
+    source scripts/env.sh && .venv/bin/python scripts/calibrate.py --mismatch --small   # the same on 4-row batches
 
-Healthy settings (3 seeds each, 12 held-out prompts of 4 lengths, the tiny student served by vLLM
-in-process on the CPU, the student rescored with transformers in float32):
-float32 raw T=1; processed_logprobs T=0.7 (student scored at 0.7); bfloat16 vLLM raw T=1 vs a
-float32 student. Prints markdown tables (docs/calibration.md pastes them).
+Gap tables (3 seeds each, 12 held-out prompts of 4 lengths, the tiny student served by vLLM
+in-process on the CPU, the student rescored with transformers in float32): float32 raw T=1;
+processed_logprobs T=0.7 (student scored at 0.7); bfloat16 vLLM raw T=1 vs a float32 student; then
+the gap each broken fixture produces.
+
+--mismatch: per healthy setting (float32 T=1, processed T=0.7, processed top_p 0.95, bf16 vLLM vs a
+float32 trainer, bf16 vLLM vs a bf16-autocast trainer; 3 seeds x 48 prompts) of both tiny models and
+of the random-weight Qwen3 at 151,936 tokens (``iwopd_kit.random_models``, built into its cache on
+first use): per-token |Δ| quantiles, pooled mismatch metrics, findings, errors; then each threshold
+of ``Tolerances`` beside the healthy measurement nearest to it. --small: the same on 10 seeds of
+4-row batches with at most 8 / 6 new tokens (where a rule that needs evidence is most easily fooled).
+Prints markdown tables (docs/calibration.md pastes them).
 """
 
 from __future__ import annotations
@@ -34,57 +43,161 @@ def gap_stats(batch: K.Batch) -> tuple[float, float, int]:
     return float(g.max()), float(g.mean()), int(g.numel())
 
 
-MISMATCH_PROMPTS = 48          # per seed: ~1200 tokens, enough for a p99.9
+MISMATCH_PROMPTS = 48          # per seed: ~1200 tokens of the tiny models, ~1500 of the large-vocabulary one
+LARGE_MAX_TOKENS = 32
+SCORE_ROWS = 8                 # rows per transformers forward for the large vocabulary ([8, ~44, 151936] logits)
+
+# name, engine dtype, rollout sampling, trainer temperature, trainer autocast dtype (None: float32)
+HEALTHY = [
+    ("fp32, T=1", "float32", dict(temperature=1.0), 1.0, None),
+    ("fp32, processed T=0.7", "float32", dict(temperature=0.7), 0.7, None),
+    ("fp32, processed top_p 0.95 (TRL's default)", "float32", dict(temperature=1.0, top_p=0.95), 1.0, None),
+    ("bf16 vLLM vs fp32 trainer", "bfloat16", dict(temperature=1.0), 1.0, None),
+    ("bf16 vLLM vs bf16-autocast trainer", "bfloat16", dict(temperature=1.0), 1.0, torch.bfloat16),
+]
+FULL_PRECISION = ("fp32, T=1", "fp32, processed T=0.7")
+LOW_PRECISION = ("bf16 vLLM vs fp32 trainer", "bf16 vLLM vs bf16-autocast trainer")
 
 
-def mismatch_row(batch: K.Batch) -> dict:
-    """Pooled mismatch metrics, |Δ| quantiles and the exact-0.0 rollout tokens of one healthy batch."""
+def score_in_chunks(batch: K.Batch, trainer, temperature: float, autocast) -> K.Batch:
+    """The student series, SCORE_ROWS rows per forward pass (a 151,936-wide logit tensor per position)."""
+    rows: list[list[float]] = []
+    for s in range(0, batch.size, SCORE_ROWS):
+        part = batch.select(range(s, min(s + SCORE_ROWS, batch.size)))
+        ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
+        with ctx:
+            lp = K.score(trainer, part, temperature)
+        rows += [lp[i, :n].tolist() for i, n in enumerate(part.lengths)]
+    return batch.with_series("student_logprobs", rows, temperature=temperature)
+
+
+def healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
+    """Yield (setting, batch, report, report without the recorded dtypes) for every healthy setting and seed."""
+    trainer = K.load_model(model_dir)
+    for setting, dtype, sampling, score_t, autocast in HEALTHY:
+        engine = K.VLLMEngine(model_dir, dtype=dtype, logprobs_mode="processed_logprobs")  # = raw at T=1, top_p 1
+        for seed in seeds:
+            b = K.rollout(engine, prompts, max_tokens=max_tokens, seed=seed, **sampling)
+            b = score_in_chunks(b, trainer, score_t, autocast)
+            bare = K.check_alignment(b, student_tokenizer=tokenizer)
+            td = str(autocast or torch.float32).removeprefix("torch.")
+            b = b.replace(meta=[dict(m or {}, rollout_dtype=dtype, trainer_dtype=td) for m in (b.meta or [{}] * b.size)])
+            yield setting, b, K.check_alignment(b, student_tokenizer=tokenizer), bare
+
+
+def summarize(runs: list) -> dict:
+    """Pooled |Δ| quantiles and metrics of one setting's seeds, the worst seed's, the findings and errors."""
+    from iwopd_kit.alignment.zeros import nucleus_floor
     from iwopd_kit.mismatch import abs_delta_quantiles, metrics_from_delta, pooled_delta
 
-    s, r, valid = batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64), batch.valid()
-    d = pooled_delta(s, r, valid)
-    zero = valid & (r == 0.0)
-    report = K.check_alignment(batch, student_tokenizer=K.load_tokenizer(toy.STUDENT_DIR))
-    return {"tokens": d.numel(), **abs_delta_quantiles(d), "max": float(d.abs().max()), **metrics_from_delta(d),
-            "zeros": int(zero.sum()), "zero_min_student": float(s[zero].min()) if bool(zero.any()) else None,
-            "errors": sum(f.severity == "error" for f in report.findings),
-            "numerics": next((f.severity for f in report.findings if f.kind == "numerics"), "-")}
+    deltas, per_seed, zero_margin, kinds, errors, bare_errors = [], [], None, {}, 0, 0
+    for b, report, bare in runs:
+        s, r, valid = b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64), b.valid()
+        d = pooled_delta(s, r, valid)
+        deltas.append(d)
+        per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d)
+                        | {"se_mpe": float(d.abs().exp().std() / math.sqrt(d.numel()))})
+        zero = valid & (r == 0.0) & ~s.isnan()
+        if bool(zero.any()):      # how far below where a 0.0 is healthy the trainer's value went
+            m = float((s[zero] - nucleus_floor(b)).min())
+            zero_margin = m if zero_margin is None else min(zero_margin, m)
+        for f in report.findings:
+            kinds[f"{f.kind}:{f.severity}"] = kinds.get(f"{f.kind}:{f.severity}", 0) + 1
+        errors += sum(f.severity == "error" for f in report.findings)
+        bare_errors += sum(f.severity == "error" for f in bare.findings)
+    d = torch.cat(deltas)
+    return dict(tokens=d.numel(), q=abs_delta_quantiles(d), max=float(d.abs().max()), m=metrics_from_delta(d),
+                per_seed=per_seed, zero=zero_margin, errors=errors, bare_errors=bare_errors,
+                found=", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none")
 
 
-def mismatch_calibration() -> None:
-    """Healthy rollout-vs-trainer pairs of both tiny models: the distributions the numerics rule is set on."""
+def mismatch_calibration(seeds=SEEDS, n_prompts: int = MISMATCH_PROMPTS, tiny_tokens: int = MAX_TOKENS,
+                         large_tokens: int = LARGE_MAX_TOKENS) -> None:
+    """Healthy rollout-vs-trainer pairs of both tiny models and the large-vocabulary random model: the
+    distributions the numerics, zero-log-prob and gap rules are set on, and each threshold's margin."""
+    from iwopd_kit.random_models import RandomModelSpec, random_model_dir, random_prompts
+
     tok = K.load_tokenizer(toy.STUDENT_DIR)
-    prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:MISMATCH_PROMPTS]]
-    settings = [  # name, engine kwargs, top_p, trainer autocast dtype (None: float32)
-        ("vLLM fp32 vs trainer fp32", dict(dtype="float32"), 1.0, None),
-        ("vLLM bf16 vs trainer fp32", dict(dtype="bfloat16"), 1.0, None),
-        ("vLLM bf16 vs trainer bf16 autocast", dict(dtype="bfloat16"), 1.0, torch.bfloat16),
-        ("vLLM fp32 vs trainer fp32, processed top_p 0.95", dict(dtype="float32"), 0.95, None),
-    ]
-    cols = ["tokens", "p50", "p90", "p99", "p99.9", "max", "mismatch/k3_kl", "mismatch/token_mult_prob_error",
-            "mismatch/is_ess", "mismatch/chi2_token", "zeros", "zero_min_student", "numerics", "errors"]
-    print("| model | setting | seed | " + " | ".join(c.removeprefix("mismatch/") for c in cols) + " |")
-    print("|---|---|---|" + "---|" * len(cols))
+    tiny_prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:n_prompts]]
+    large = random_model_dir(RandomModelSpec())
+    models = [("student (vocab 16)", toy.STUDENT_DIR, tiny_prompts, tiny_tokens, tok),
+              ("teacher (vocab 16)", toy.TEACHER_DIR, tiny_prompts, tiny_tokens, tok),
+              ("random Qwen3 (vocab 151,936)", large, random_prompts(n_prompts, seed=0), large_tokens,
+               K.load_tokenizer(large))]
     fmt = lambda v: "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))  # noqa: E731
-    for name, model_dir in (("student", toy.STUDENT_DIR), ("teacher", toy.TEACHER_DIR)):
-        trainer = K.load_model(model_dir)
-        for setting, engine_kw, top_p, autocast in settings:
-            engine = K.VLLMEngine(model_dir, logprobs_mode="processed_logprobs", **engine_kw)
-            for seed in SEEDS:
-                b = K.rollout(engine, prompts, temperature=1.0, top_p=top_p, max_tokens=MAX_TOKENS, seed=seed)
-                ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
-                with ctx:
-                    b = K.score_batch(b, student=trainer)
-                rd = engine_kw["dtype"]
-                b = b.replace(meta=[dict(m or {}, rollout_dtype=rd, trainer_dtype=str(autocast or torch.float32)
-                                         .removeprefix("torch.")) for m in (b.meta or [{}] * b.size)])
-                row = mismatch_row(b)
-                print(f"| {name} | {setting} | {seed} | " + " | ".join(fmt(row[c]) for c in cols) + " |", flush=True)
+    print(f"Per healthy setting, pooled over {len(seeds)} seeds ({n_prompts} prompts each, at most {tiny_tokens} / "
+          f"{large_tokens} new tokens for the tiny / large-vocabulary models): per-token |Δ| "
+          "quantiles, the pooled mismatch metrics (the worst seed's in brackets), the lowest trainer log-prob of a token")
+    print("whose rollout log-prob is exactly 0.0 relative to where a 0.0 is healthy (0, or log top_p), the findings "
+          "of the per-seed checks, and the error-level ones (with meta rollout_dtype / trainer_dtype recorded; and "
+          "without them).\n")
+    print("| model | setting | tokens | p50 | p90 | p99 | p99.9 | max | token_mult_prob_error | k3_kl | "
+          "logp_abs_diff_mean | is_ess | chi2_token | exact 0.0: min (student - floor) | findings | errors (no dtypes) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows: dict[str, list] = {}
+    for name, model_dir, prompts, max_tokens, tokenizer in models:
+        by_setting: dict[str, list] = {}
+        for setting, b, report, bare in healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
+            by_setting.setdefault(setting, []).append((b, report, bare))
+        for setting, runs in by_setting.items():
+            r = summarize(runs)
+            q, m, ps = r["q"], r["m"], r["per_seed"]
+            worst = lambda k, f=max: f(x[k] for x in ps)  # noqa: E731
+            print(f"| {name} | {setting} | {r['tokens']} | {fmt(q['p50'])} | {fmt(q['p90'])} | {fmt(q['p99'])} | "
+                  f"{fmt(q['p99.9'])} | {fmt(r['max'])} | {m['mismatch/token_mult_prob_error']:.4f} "
+                  f"({worst('mismatch/token_mult_prob_error'):.4f}) | {fmt(m['mismatch/k3_kl'])} "
+                  f"({fmt(worst('mismatch/k3_kl'))}) | {fmt(m['mismatch/logp_abs_diff_mean'])} | "
+                  f"{m['mismatch/is_ess']:.4f} ({worst('mismatch/is_ess', min):.4f}) | {fmt(m['mismatch/chi2_token'])} | "
+                  f"{fmt(r['zero'])} | {r['found']} | {r['errors']} ({r['bare_errors']}) |", flush=True)
+            rows.setdefault(setting, []).append(dict(r, name=name))
+    thresholds_table(rows)
+
+
+def thresholds_table(rows: dict[str, list]) -> None:
+    """Each numerics-related threshold of ``Tolerances`` beside the healthy measurement nearest to it."""
+    tol = K.Tolerances()
+    full = [r for s in FULL_PRECISION for r in rows[s]]
+    low = [r for s in LOW_PRECISION for r in rows[s]]
+    seeds = lambda rs, key: [x[key] for r in rs for x in r["per_seed"]]  # noqa: E731
+    fp_max, fp_p90 = max(r["max"] for r in full), max(seeds(full, "p90"))
+    lo_mpe, lo_k3 = max(seeds(low, "mismatch/token_mult_prob_error")), max(seeds(low, "mismatch/k3_kl"))
+    zeros = [r["zero"] for rs in rows.values() for r in rs if r["zero"] is not None]
+    p90 = {}                                       # per model: the bf16 per-seed p90 range and max |Δ|
+    for r in low:
+        lo, hi, mx = p90.get(r["name"], (math.inf, 0.0, 0.0))
+        p90[r["name"]] = (min(lo, *seeds([r], "p90")), max(hi, *seeds([r], "p90")), max(mx, r["max"]))
+    bulk_low = "; ".join(f"{n} {lo:.2g}-{hi:.2g}" for n, (lo, hi, _) in p90.items())
+    agree = {n: mx for n, (lo, hi, mx) in p90.items() if hi <= tol.same}
+    print("\n| threshold | value | nearest healthy measurement | margin |")
+    print("|---|---|---|---|")
+    print(f"| `same` | {tol.same:g} | float32 (T=1, processed T=0.7) max abs Δ {fp_max:.3g} | {tol.same / fp_max:.0f}x |")
+    print(f"| `bulk_quantile` | {tol.bulk_quantile:g} | per-seed p90 of abs Δ: float32 at most {fp_p90:.3g}; bf16 {bulk_low} "
+          f"| float32 {tol.same / fp_p90:.0f}x below `same`; a bf16 bulk at or below `same` is low-precision only "
+          "through the recorded dtypes |")
+    print(f"| `rounding` | {tol.rounding:g} | float32 max abs Δ {fp_max:.3g}"
+          + "".join(f"; {n} bf16 (bulk agrees to float32) max {mx:.3g}" for n, mx in agree.items())
+          + f" | {tol.rounding / fp_max:.0f}x" + "".join(f"; {tol.rounding / mx:.1f}x" for mx in agree.values()) + " |")
+    print(f"| `mult_prob_error` | {tol.mult_prob_error:g} | bf16 worst seed {lo_mpe:.4f} | "
+          f"{(tol.mult_prob_error - 1) / (lo_mpe - 1):.2f}x (excess over 1) |")
+    print(f"| `k3_kl` | {tol.k3_kl:g} | bf16 worst seed {lo_k3:.3g} | {tol.k3_kl / lo_k3:.1f}x |")
+    z = max((x["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / x["se_mpe"] for r in low for x in r["per_seed"])
+    print(f"| `metric_se` | {tol.metric_se:g} | bf16 seeds: largest (token_mult_prob_error - {tol.mult_prob_error:g}) / "
+          f"its standard error {z:.2f} | {'below the bound itself' if z < 0 else f'{tol.metric_se - z:.2f} SE'} |")
+    if zeros:
+        lo = min(zeros)
+        print(f"| `zero_slack` | {tol.zero_slack:g} | exact-0.0 rollout tokens: lowest (student - floor) {lo:.3g} | "
+              + (f"{tol.zero_slack / -lo:.1f}x |" if lo < 0 else "never below the floor |"))
+    total = lambda key: sum(r[key] for rs in rows.values() for r in rs)  # noqa: E731
+    print(f"\nError-level findings on the healthy settings: {total('errors')} with meta rollout_dtype / trainer_dtype "
+          f"recorded, {total('bare_errors')} without")
 
 
 def main() -> None:
     if "--mismatch" in sys.argv[1:]:
-        mismatch_calibration()
+        if "--small" in sys.argv[1:]:        # the batch sizes of a per-device TRL step: 4 rows, short completions
+            mismatch_calibration(seeds=tuple(range(10)), n_prompts=4, tiny_tokens=8, large_tokens=6)
+        else:
+            mismatch_calibration()
         return
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     prompts = [tok(p)["input_ids"] for p in pick_prompts()]
@@ -111,10 +224,12 @@ def main() -> None:
     print()
     print("Broken fixtures (data/fixtures): per-token change against healthy_fp32_t1 on the tokens the breakage")
     print("touched, and the row-mean |rollout - student| (the quantity the gap detectors compare with `same`) on the")
-    print("rows it broke (all rows for a batch-level defect)")
+    print("rows it broke (all rows for a batch-level defect), and what the check reports there (with the fixture's")
+    print("tokenizers / num_items / reduction, as tests/test_fixtures.py runs it)")
     print()
-    print("| fixture | what differs | smallest per-token change | median | largest | smallest broken-row mean abs(rollout - student) |")
-    print("|---|---|---|---|---|---|")
+    print("| fixture | what differs | smallest per-token change | median | largest | smallest broken-row mean abs(rollout - student) "
+          "| caught |")
+    print("|---|---|---|---|---|---|---|")
     fx = toy.REPO_ROOT / "data" / "fixtures"
     base = K.read_jsonl(fx / "healthy_fp32_t1.jsonl")
     for f in sorted(fx.glob("*.jsonl")):
@@ -128,11 +243,28 @@ def main() -> None:
         row_mean = [float(d[i][~d[i].isnan()].mean()) for i in rows if bool((~d[i].isnan()).any())]
         rm = f"{min(row_mean):.3g}" if row_mean else "-"
         what, vals = changed(base, b)
+        got = caught(b)
         if vals is None:
-            print(f"| {f.stem} | {what} | - | - | - | {rm} |")
+            print(f"| {f.stem} | {what} | - | - | - | {rm} | {got} |")
             continue
         v = vals.sort().values
-        print(f"| {f.stem} | {what} | {float(v[0]):.3g} | {float(v[len(v) // 2]):.3g} | {float(v[-1]):.3g} | {rm} |")
+        print(f"| {f.stem} | {what} | {float(v[0]):.3g} | {float(v[len(v) // 2]):.3g} | {float(v[-1]):.3g} | {rm} | {got} |")
+
+
+def caught(b: K.Batch) -> str:
+    """The check's findings of the fixture's own kind: their severity and whether they sit where it was broken."""
+    info = b.meta[0]["fixture"]
+    extra = {k: K.load_tokenizer(toy.REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
+    extra.update({k: info[k] for k in ("num_items", "reduction") if k in info})
+    report = K.check_alignment(b, **extra)
+    hits = report.by_kind(info["kind"])
+    if not hits:
+        return "**missed**"
+    where = sorted((f.row if f.row is not None else -1, f.position if f.position is not None else -1) for f in hits)
+    want = (sorted((r, p if p is not None else -1) for r, p in info["expect"]) if info["expect"] is not None
+            else [(-1, -1)] * len(hits))
+    sev = "/".join(sorted({f.severity for f in hits}))
+    return f"{len(hits)} {sev}" + (", where broken" if where == want else ", **elsewhere**")
 
 
 def changed(base: K.Batch, b: K.Batch) -> tuple[str, torch.Tensor | None]:

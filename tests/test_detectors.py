@@ -166,6 +166,31 @@ def test_padding_not_claimed_when_unpadded_rows_disagree_or_gap_shrinks():
     assert detect_padding(b) == []
 
 
+def test_padding_is_judged_at_the_batch_precision():
+    # a healthy 4-row bf16 rollout of the tiny student (prompt lengths 13, 11, 9, 11; 8 tokens each): the one
+    # unpadded row holds near-certain tokens (mean gap 5e-4, below `same`), the padded rows carry ordinary bf16
+    # rounding (2e-3 .. 5e-3, above `same`), and the gap happens to grow with the pad: no padding bug
+    _, y, lp = _logprobs(21, b=4, n=8)
+    g = torch.Generator().manual_seed(5)
+    sign = torch.where(torch.rand(4, 8, generator=g) < 0.5, -1.0, 1.0).double()
+    scale = torch.tensor([[0.0] * 7 + [0.0039], [0.002] * 8, [0.005] * 8, [0.0025] * 8], dtype=torch.float64)
+    prompts = [[BOS] + [5] * (p - 1) for p in (13, 11, 9, 11)]
+    bf16 = [{"rollout_dtype": "bfloat16", "trainer_dtype": "float32"}] * 4
+    healthy = _batch(y, lp + sign * scale, lp, prompts=prompts)
+    for batch in (healthy, healthy.replace(meta=bf16)):
+        report = K.check_alignment(batch)
+        assert report.ok and report.kinds == {"numerics"}, report
+    # a real padding bug in that bf16 batch: the padded rows' gap far beyond the unpadded rows' rounding
+    bug = _batch(y, lp + sign * scale * torch.tensor([[1.0], [40.0], [40.0], [40.0]], dtype=torch.float64), lp,
+                 prompts=prompts, meta=bf16)
+    assert [(f.row, f.severity) for f in K.check_alignment(bug).by_kind("padding")] == [(1, "error"), (2, "error"),
+                                                                                        (3, "error")]
+    # at float32 a small padding gap (2e-3 .. 5e-3, the unpadded row exact to 1e-7) is still a padding error
+    exact0 = torch.cat([torch.full((1, 8), 1e-7, dtype=torch.float64), scale[1:]])
+    f32 = _batch(y, lp + sign * exact0, lp, prompts=prompts)
+    assert [f.row for f in K.check_alignment(f32).by_kind("padding")] == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------------------- G: truncation
 def test_truncated_teacher_and_student_tails():
     _, y, lp = _logprobs(9)
@@ -389,6 +414,52 @@ def test_ordering_is_tried_before_offsets_and_numerics():
     rollout[4] = full[4, 2:]
     report = K.check_alignment(_batch(y, rollout, student))
     assert sorted((f.kind, f.row) for f in report.findings) == [("offset", 4), ("ordering", 0), ("ordering", 1)]
+
+
+def test_a_lag_that_pairs_too_few_tokens_is_no_offset():
+    # 4-token rows of a healthy processed top_p 0.95 rollout (the random Qwen3 at 151,936 tokens, vLLM float32):
+    # rollout = log(p / S), exactly 0.0 where a token is alone in the nucleus. Lag +3 pairs row 1's last rollout
+    # value (0.0) with its first student value (-3.7e-5): one pair, 500x "better" than lag 0's mean |log S|.
+    rollout = torch.tensor([[-1.3169, -0.3656, -0.3655, -0.1817], [0.0, -0.5012, -0.5239, 0.0],
+                            [-0.0791, -0.0373, -0.8186, 0.0], [-2.2508, -1.0993, -0.4044, -0.5708]], dtype=torch.float64)
+    student = torch.tensor([[-1.3553, -0.37742, -0.3943, -0.22237], [-3.7431e-05, -0.50703, -0.54694, -0.049167],
+                            [-0.12181, -0.084188, -0.86913, -0.019443], [-2.283, -1.1457, -0.42848, -0.59986]],
+                           dtype=torch.float64)
+    y = torch.arange(16).reshape(4, 4) + 4
+    top_p = K.SamplingSettings(temperature=1.0, top_p=0.95, logprobs_mode="processed_logprobs")
+    report = K.check_alignment(_batch(y, rollout, student, sampling=top_p))
+    assert report.ok and report.kinds == {"processed_logprobs"}, report
+    best_k, e0, e_best = K.alignment.best_lags(_batch(y, rollout, student), max_lag=4)   # min_pairs=1: the old rule
+    assert int(best_k[1]) == 3 and float(e_best[1]) * Tolerances().lag_gain < float(e0[1])
+    # a real shift in a short row still pairs enough tokens: 6 tokens shifted by 2 compare 4 pairs
+    ext = torch.log_softmax(torch.randn(2, 8, V, generator=torch.Generator().manual_seed(4), dtype=torch.float64), -1)[..., 0]
+    student6, rollout6 = ext[:, :6].clone(), ext[:, :6].clone()
+    rollout6[1] = ext[1, 2:]
+    hits = K.check_alignment(_batch(torch.full((2, 6), 5), rollout6, student6)).by_kind("offset")
+    assert [(f.row, f.severity) for f in hits] == [(1, "error")] and "shifted by +2" in hits[0].message, hits
+
+
+def test_a_pooled_metric_over_a_handful_of_tokens_needs_more_than_its_noise_to_be_an_error():
+    # a 4-row, 24-token bf16 batch: rounding of 0.01 and two rare tokens 0.6 off (a large-vocabulary bf16 tail)
+    # put mean exp|Δ| at 1.078 > 1.05, within 2 standard errors (0.046) of the bound: a warning that says so
+    def batch(rows: int, tails: int) -> K.Batch:
+        sign = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(rows * 3).reshape(rows, 6)
+        at = torch.linspace(0, rows * 6 - 1, tails).long()
+        d = 0.01 * sign
+        d.view(-1)[at] = 0.6 * sign.view(-1)[at]
+        _, y, lp = _logprobs(30, b=rows, n=6)
+        return _batch(y, lp - d, lp, meta=[{"rollout_dtype": "bfloat16", "trainer_dtype": "float32"}] * rows)
+
+    small = K.check_alignment(batch(4, 2))
+    assert small.metrics["mismatch/token_mult_prob_error"] > Tolerances().mult_prob_error
+    (f,) = small.by_kind("numerics")
+    assert small.ok and f.severity == "warning", small
+    assert "within 2 standard errors" in f.message and "rollout bf16 vs trainer fp32" in f.message, f.message
+    # a sixth of 240 tokens 0.6 off: mean exp|Δ| 1.145, far beyond its noise: an error
+    wide = K.check_alignment(batch(40, 40)).by_kind("numerics")
+    assert [x.severity for x in wide] == ["error"] and "by more than 2 standard errors" in wide[0].message, wide
+    # the rule's one knob: with metric_se=0 the small batch is an error too
+    assert not K.check_alignment(batch(4, 2), Tolerances(metric_se=0.0)).ok
 
 
 def test_check_alignment_64x4096_is_fast():

@@ -53,7 +53,7 @@ class Finding:
 class Tolerances:
     """Thresholds, in nats, on the per-token gap |rollout - student| = |Δ| (calibration: docs/calibration.md).
 
-    same: values this close are the same number (float32 vLLM vs transformers: max ~2e-5).
+    same: values this close are the same number (float32 vLLM vs transformers: max ~3e-5, also at 151,936 tokens).
     rounding: in a batch whose bulk agrees to float32 (see ``bulk_quantile``), a structureless gap on a
         token up to this is a warning, beyond it an error (a token off by a nat among exact ones is not
         rounding); also the per-token bound a re-ordered row must match its partner within.
@@ -62,17 +62,23 @@ class Tolerances:
     lag_gain: an offset is reported when some shift d != 0 fits at least this many times better than the
         unshifted series (d = 0);
         a re-ordered row must match another row's student series this many times better than its own.
-    min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering.
+    min_tokens_for_lag: rows shorter than this are not scanned for offsets / ordering, and an offset lag
+        counts only where it pairs at least this many tokens of the row.
     stale_t: pooled t-statistic (|mean gap| / standard error) a same-sign gap must reach to be called stale.
     stale_min_rows: rows (each with >= min_tokens_for_lag values) needed before a gap counts as systematic.
     bulk_quantile: the |Δ| quantile that tells a low-precision batch (above ``same``: bf16 on a side,
-        p90 ~0.007-0.01 measured) from a float32 one (p90 ~1e-6); recorded dtypes (meta ``rollout_dtype``
+        p90 0.007-0.013 on the tiny student, 0.08-0.11 at 151,936 tokens) from a float32 one (p90 <= 6e-6);
+        a confident model's bf16 bulk can agree to float32 (the tiny teacher's p90 5e-6); recorded dtypes (meta ``rollout_dtype``
         / ``trainer_dtype``) other than float32/float64 also make it low-precision.
     mult_prob_error: in a low-precision batch, the pooled ``mismatch/token_mult_prob_error`` (mean
-        exp|Δ|) above which the mismatch is an error (NeMo-RL's healthy bound, 1.05; bf16 vs fp32
-        measured 1.003-1.005).
+        exp|Δ|) above which the mismatch is an error (NeMo-RL's healthy bound, 1.05; bf16 vLLM vs an fp32
+        trainer measured 1.005 on the tiny student, 1.032-1.038 at 151,936 tokens).
     k3_kl: in a low-precision batch, the pooled ``mismatch/k3_kl`` above which the mismatch is an error
-        (10x the usual dense-model upper end of 1e-3; bf16 vs fp32 measured ~1e-4).
+        (10x the usual dense-model upper end of 1e-3; bf16 measured 1-2e-4 tiny, at most 2.2e-3 at 151,936).
+    metric_se: a pooled metric (``mult_prob_error``, ``k3_kl``) counts as beyond its bound only when it
+        exceeds it by more than this many standard errors of its mean (the per-token values' std /
+        sqrt(n)): on a 4-row, 24-token bf16 batch of a 151,936-token model one or two tail tokens move
+        mean exp|Δ| by ~0.02 (healthy worst seed 1.045; docs/calibration.md), a real mismatch is far beyond.
     zero_slack: how far below where a certain / nucleus-of-one token sits (0, or log(top_p) under
         processed top-p) the trainer's log-prob of a token with a rollout log-prob of exactly 0.0 may be
         and still count as healthy (engine rounding of a near-certain token); below it the 0.0 is a
@@ -89,6 +95,7 @@ class Tolerances:
     bulk_quantile: float = 0.9
     mult_prob_error: float = 1.05
     k3_kl: float = 1e-2
+    metric_se: float = 2.0
     zero_slack: float = 0.02
 
 
@@ -189,6 +196,10 @@ class AlignmentReport:
         return "\n".join(lines)
 
 
+FULL_PRECISION: tuple[str, ...] = ("float32", "float64")
+"""Recorded dtypes (meta ``rollout_dtype`` / ``trainer_dtype``) whose rounding is below ``Tolerances.same``."""
+
+
 # ------------------------------------------------------------------------------------- the context
 @dataclass
 class Context:
@@ -251,6 +262,18 @@ class Context:
         g.masked_scatter_(b.padding_mask(), d)
         del d
         return g.masked_fill_(~valid, float("nan"))
+
+    def recorded_dtype(self, key: str) -> str | None:
+        """The first recorded ``meta[b][key]`` (``rollout_dtype`` / ``trainer_dtype``), None when none is."""
+        return next((str(v) for v in self.meta(key) or [] if v is not None), None)
+
+    def low_precision(self, abs_gap: Tensor) -> bool:
+        """Whether rounding below float32 is expected in the gaps: a recorded rollout or trainer dtype other
+        than float32/float64, or the ``tol.bulk_quantile`` quantile of ``abs_gap`` (finite |gap| values of
+        the tokens that tell) above ``tol.same``."""
+        if any(d is not None and d not in FULL_PRECISION for d in map(self.recorded_dtype, ("rollout_dtype", "trainer_dtype"))):
+            return True
+        return abs_gap.numel() > 0 and float(torch.quantile(abs_gap.double(), self.tol.bulk_quantile)) > self.tol.same
 
 
 @dataclass(frozen=True)
@@ -390,4 +413,4 @@ def at(x: Tensor, idx: Tensor) -> Tensor:
 
 __all__ = ["KINDS", "SEVERITIES", "REDUCTIONS", "SIDES", "Finding", "Tolerances", "RowLag", "AlignmentReport",
            "Context", "Need", "Detector", "PAIR", "TEACHER", "PADDED", "SCORED_OR_LENGTHS", "BOTH_TOKENIZERS",
-           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "meta_values", "one_thread"]
+           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "FULL_PRECISION", "meta_values", "one_thread"]

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
 from ..objective import iw_opd_loss
-from .core import Context, Finding
+from .core import FULL_PRECISION, Context, Finding
 from .tensors import first_position, masked, stored_series
 
 
@@ -206,11 +206,6 @@ def find_staleness(ctx: Context) -> list[Finding]:
 
 
 _SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
-_FULL_PRECISION = ("float32", "float64")
-
-
-def _recorded_dtype(ctx: Context, key: str) -> str | None:
-    return next((str(v) for v in ctx.meta(key) or [] if v is not None), None)
 
 
 def find_numerics(ctx: Context) -> list[Finding]:
@@ -222,8 +217,9 @@ def find_numerics(ctx: Context) -> list[Finding]:
     ``tol.same``. There, healthy rounding has long tails (a few tokens of 0.1-0.3 nats on the tiny
     models, several nats on rare tokens of large vocabularies): the finding is an error only when the
     pooled mismatch is beyond the field's healthy range (``mismatch/token_mult_prob_error`` above
-    ``tol.mult_prob_error``, or ``mismatch/k3_kl`` above ``tol.k3_kl``), else a warning that names the
-    cause. In a batch whose bulk agrees to float32, a token off by more than ``tol.rounding`` is an
+    ``tol.mult_prob_error``, or ``mismatch/k3_kl`` above ``tol.k3_kl``, by more than ``tol.metric_se``
+    standard errors of the mean: a handful of tokens cannot establish it), else a warning that names
+    the cause. In a batch whose bulk agrees to float32, a token off by more than ``tol.rounding`` is an
     error: it is not rounding. Redo the comparison in float64 on both sides: a gap that stays the same
     size is a bug, one that shrinks by orders of magnitude was rounding.
 
@@ -246,10 +242,9 @@ def find_numerics(ctx: Context) -> list[Finding]:
     del gap, worst, ok
     q = abs_delta_quantiles(delta, (*QUANTILES, tol.bulk_quantile))
     bulk = q[f"p{100 * tol.bulk_quantile:g}"]
-    a = delta.abs_()
-    rd, td = _recorded_dtype(ctx, "rollout_dtype"), _recorded_dtype(ctx, "trainer_dtype")
-    low_recorded = any(d is not None and d not in _FULL_PRECISION for d in (rd, td))
-    low = low_recorded or bulk > tol.same
+    a = delta.abs()                            # delta itself is still needed (standard errors below)
+    rd, td = ctx.recorded_dtype("rollout_dtype"), ctx.recorded_dtype("trainer_dtype")
+    low = any(d is not None and d not in FULL_PRECISION for d in (rd, td)) or bulk > tol.same   # ctx.low_precision(a)
     tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], float(a.max())
     stats = (f"|trainer - rollout| p50 {q['p50']:.3g}, p90 {q['p90']:.3g}, p99 {q['p99']:.3g}, max {mx:.3g} (row {b}, "
              f"position {j}) over {a.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
@@ -264,22 +259,29 @@ def find_numerics(ctx: Context) -> list[Finding]:
     else:
         cause = None
     if low:
-        beyond = [f"mismatch/token_mult_prob_error {tmpe:.4f} > {tol.mult_prob_error:g} (NeMo-RL's healthy bound)"
-                  if tmpe > tol.mult_prob_error else "",
-                  f"mismatch/k3_kl {k3:.3g} > {tol.k3_kl:g}" if k3 > tol.k3_kl else ""]
-        beyond = [x for x in beyond if x]
+        se = lambda x: float(x.std() / math.sqrt(x.numel())) if x.numel() > 1 else math.inf  # noqa: E731
+        se_tmpe, se_k3 = se(torch.exp(delta.abs())), se(torch.expm1(delta) - delta)
+        over = [(f"mismatch/token_mult_prob_error {tmpe:.4f} > {tol.mult_prob_error:g} (NeMo-RL's healthy bound)",
+                 tmpe - tol.mult_prob_error, se_tmpe), (f"mismatch/k3_kl {k3:.3g} > {tol.k3_kl:g}", k3 - tol.k3_kl, se_k3)]
+        beyond = [f"{text} by more than {tol.metric_se:g} standard errors ({s_e:.2g})"
+                  for text, x, s_e in over if x > tol.metric_se * s_e]
+        noisy = [f"{text}, but within {tol.metric_se:g} standard errors ({s_e:.2g}) over {a.numel()} tokens"
+                 for text, x, s_e in over if 0 < x <= tol.metric_se * s_e]
         sev = "error" if beyond else "warning"
+        healthy = (f"within the healthy range (token_mult_prob_error <= {tol.mult_prob_error:g})" if not noisy
+                   else "at the edge of the healthy range")
         if beyond:
             what = (f"too wide for low-precision rounding{f' ({cause})' if cause else ''}: {'; '.join(beyond)}, with no "
                     "offset, temperature, top-p or staleness pattern; compare in float64 on both sides (rounding shrinks, "
                     "a bug stays) and check that both sides run the same weights")
         elif cause is not None:
-            what = (f"{cause}: low-precision rounding, within the healthy range (token_mult_prob_error <= "
-                    f"{tol.mult_prob_error:g}); roll out in the trainer's dtype to remove it (TRL: build the engine with "
+            what = (f"{cause}: low-precision rounding, {healthy}; roll out in the trainer's dtype to remove it (TRL: build the engine with "
                     "iwopd_kit.integrations.trl.vllm_engine_kwargs(dtype='float32'), or train in the engine's dtype)")
         else:
-            what = ("looks like low-precision rounding (bf16 on one side?), within the healthy range; record meta "
+            what = (f"looks like low-precision rounding (bf16 on one side?), {healthy}; record meta "
                     "rollout_dtype / trainer_dtype to name the cause, or compare in float32 or float64 on both sides")
+        if noisy:
+            what += f"; {'; '.join(noisy)}: too few tokens to call it, check a larger batch"
     else:
         sev = "error" if mx > tol.rounding else "warning"
         what = (f"while the bulk agrees to float32 (p{100 * tol.bulk_quantile:g} {bulk:.2g}): "

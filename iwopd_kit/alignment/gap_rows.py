@@ -176,9 +176,15 @@ def find_padding(ctx: Context) -> list[Finding]:
 
     Needs only the prompt lengths (of at least two sizes): row b is padded by ``pad_b = max(P) - P_b``
     tokens in a left-padded batch. Signature of a student scored under left padding without position
-    ids (or a wrong next-token shift there): every row with ``pad_b = 0`` agrees (mean |gap| <=
-    ``tol.same``), every row with ``pad_b > 0`` does not, and with two or more pad amounts the row gap
-    is positively correlated with ``pad_b``. Rows already explained are left out.
+    ids (or a wrong next-token shift there): every row with ``pad_b = 0`` agrees, every row with
+    ``pad_b > 0`` does not, and with two or more pad amounts the row gap is positively correlated with
+    ``pad_b``. "Agrees" is judged at the batch's precision, which the unpadded rows show
+    (:meth:`~iwopd_kit.alignment.core.Context.low_precision` on their tokens, or the recorded dtypes):
+    at float32 an unpadded row agrees to ``tol.same / tol.lag_gain`` (healthy float32 rows: ~1e-7) and a
+    padded row disagrees beyond ``tol.same``; under bf16 rounding every row has a gap of its own, so a
+    padded row must exceed ``tol.lag_gain`` times the unpadded rows' mean gap (and ``tol.lag_gain *
+    tol.same``): without that, a batch whose one unpadded row happens to hold near-certain tokens looks
+    padded (seen on 4-row bf16 rollouts of the tiny student). Rows already explained are left out.
     """
     batch, tol = ctx.batch, ctx.tol
     P = torch.tensor(batch.prompt_lengths)
@@ -190,8 +196,12 @@ def find_padding(ctx: Context) -> list[Finding]:
     zero, padded = has & (pad_amt == 0), has & (pad_amt > 0)
     if not (bool(zero.any()) and bool(padded.any())):
         return []
-    bad = row_gap > tol.same
-    if bool(bad[zero].any()) or not bool(bad[padded].all()):
+    ref = valid & zero[:, None] & ~a.isnan()                  # the unpadded rows' tokens
+    if ctx.low_precision(a[ref]):
+        noise = max(tol.same, float(a[ref].mean()))
+        if not bool((row_gap[padded] > tol.lag_gain * noise).all()):
+            return []
+    elif bool((row_gap[zero] > tol.same / tol.lag_gain).any()) or not bool((row_gap[padded] > tol.same).all()):
         return []
     x, y = pad_amt[padded].double(), row_gap[padded]
     if x.unique().numel() >= 2:

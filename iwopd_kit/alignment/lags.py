@@ -1,8 +1,9 @@
 """Lags: how well rollout log-probs match student log-probs when shifted by k tokens.
 
-``lag_scan`` scores every lag in a window, ``row_lag_error`` a per-row lag, ``prompt_length_lags``
-the shifts a batch-wide prompt-length slicing bug produces, ``best_lags`` the best lag k != 0 per
-row, and ``shifted_rows`` the offset decision (the rule class A reports and the views show).
+``lag_scan`` scores every lag in a window, ``row_lag_error`` a per-row lag, ``lag_pairs`` how many
+token pairs a lag compares, ``prompt_length_lags`` the shifts a batch-wide prompt-length slicing bug
+produces, ``best_lags`` the best lag k != 0 per row, and ``shifted_rows`` the offset decision (the rule
+class A reports and the views show).
 
 Coordinate frame: ``[B, L]`` completion coordinates; lag k pairs rollout[j + k] with student[j].
 The lag k is this module's internal convention only. What a reader sees (findings, the report's
@@ -63,6 +64,17 @@ def row_lag_error(rollout: Tensor, student: Tensor, valid: Tensor, lags: Tensor)
     return nanmean_rows((shifted - s).abs())
 
 
+def lag_pairs(valid: Tensor, lags: Tensor) -> Tensor:
+    """How many (rollout[j + k], student[j]) pairs lag k compares in each row: ``valid`` [B, L] bool (both
+    values present), ``lags`` [B, n] per-row lags. Returns [B, n] long."""
+    B, L = valid.shape
+    j = torch.arange(L)[None, None, :]
+    idx = j + lags[:, :, None]                                           # [B, n, L]
+    inside = (idx >= 0) & (idx < L)
+    shifted = valid[:, None, :].expand(-1, lags.shape[1], -1).gather(2, idx.clamp(0, L - 1))
+    return (shifted & inside & valid[:, None, :]).sum(-1)
+
+
 def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
     """Candidate lags [B, 4] per row from prompt lengths: +-(p_b - p_min) and +-(p_max - p_b).
 
@@ -84,10 +96,12 @@ def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[sl
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
-def best_lags(batch: Batch, max_lag: int = 4) -> tuple[Tensor, Tensor, Tensor]:
+def best_lags(batch: Batch, max_lag: int = 4, min_pairs: int = 1) -> tuple[Tensor, Tensor, Tensor]:
     """Per row, the lag k != 0 that best matches rollout to student log-probs.
 
-    Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags. Returns
+    Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags that compare at least
+    ``min_pairs`` token pairs in the row (a lag that pairs one token of a 4-token row with another
+    matches by chance: two near-certain tokens agree at any lag). Returns
     ``(best_k [B] long, err_at_0 [B], err_at_best [B])`` (mean |gap|; NaN / inf where undefined).
     Works over blocks of rows (:func:`row_blocks`), in float64 per block.
     """
@@ -104,7 +118,8 @@ def best_lags(batch: Batch, max_lag: int = 4) -> tuple[Tensor, Tensor, Tensor]:
         ex = extra[rows]
         extra_err = torch.stack([row_lag_error(rb, sb, valid_pairs, ex[:, i]) for i in range(ex.shape[1])], 1)
         all_lags = torch.cat([lags[None, :].expand(ex.shape[0], -1), ex], dim=1)       # [b, 2K+1+4]
-        e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill(all_lags == 0, float("inf")),
+        few = lag_pairs(valid_pairs, all_lags) < min_pairs
+        e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill((all_lags == 0) | few, float("inf")),
                                  nan=float("inf"))
         best = e_all.argmin(dim=1)
         best_k[rows] = all_lags.gather(1, best[:, None]).squeeze(1)
@@ -134,16 +149,17 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
 
     A row is flagged when it has at least ``tol.min_tokens_for_lag`` tokens and a rollout value,
     its mean |gap| at lag 0 exceeds ``tol.same``, it is not in ``exclude`` (already explained), and
-    its best lag k != 0 fits at least ``tol.lag_gain`` times better than lag 0. Needs rollout and
-    student log-probs.
+    its best lag k != 0 among those that compare at least ``tol.min_tokens_for_lag`` token pairs fits
+    at least ``tol.lag_gain`` times better than lag 0. Needs rollout and student log-probs.
     """
     r = stored_series(batch, "rollout_logprobs")
     has_value = (batch.padding_mask() & ~r.isnan() & (r != math.inf)).any(1)
     del r
-    best_k, e0, e_best = best_lags(batch, tol.max_lag)
+    best_k, e0, e_best = best_lags(batch, tol.max_lag, min_pairs=tol.min_tokens_for_lag)
     cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value & ~e0.isnan()
             & (e0 > tol.same) & ~row_mask(batch.size, exclude))
     return ShiftedRows(cand & (e_best * tol.lag_gain <= e0), best_k, e0, e_best)
 
 
-__all__ = ["row_blocks", "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows"]
+__all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "best_lags", "ShiftedRows",
+           "shifted_rows"]
