@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .core import SIDES, Context, Finding, first_true, last_true, value_text
+from .core import SIDES, Context, Finding, value_text
+from .tensors import first_true, last_true
 
 
 def find_missing(ctx: Context) -> list[Finding]:

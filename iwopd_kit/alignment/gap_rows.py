@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Context, Finding, first_true, nanmean_rows, row_mask
+from .core import Context, Finding
 from .lags import shifted_rows
-from .tensors import stored_series
+from .tensors import first_true, nanmean_rows, row_mask, stored_series
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import RowLag, Tolerances, nanmean_rows, one_thread, row_mask
-from .tensors import stored_series
+from .core import RowLag, Tolerances, one_thread
+from .tensors import nanmean_rows, row_mask, stored_series
 
 
 @one_thread()

@@ -1,5 +1,5 @@
-"""Memory-lean tensor helpers of the detectors (a real dump is millions of tokens): the stored series
-without a float64 copy of the batch, and boolean selection without an index tensor."""
+"""Tensor helpers of the detectors: memory-lean ones (a real dump is millions of tokens: the stored series
+without a float64 copy of the batch, boolean selection without an index tensor) and small row helpers."""
 
 from __future__ import annotations
 
@@ -31,4 +31,35 @@ def first_position(m: Tensor) -> tuple[int, int]:
     return divmod(i, m.shape[1])
 
 
-__all__ = ["stored_series", "masked", "first_position"]
+def nanmean_rows(d: Tensor) -> Tensor:
+    """Mean over dim 1 ignoring NaN (NaN for a row without values); faster than torch.nanmean."""
+    ok = ~d.isnan()
+    return torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(1) / ok.sum(1)
+
+
+def row_mask(n: int, rows: frozenset[int] | set[int]) -> Tensor:
+    """BoolTensor [n]: True at the given rows."""
+    m = torch.zeros(n, dtype=torch.bool)
+    if rows:
+        m[list(rows)] = True
+    return m
+
+
+def first_true(m: Tensor) -> Tensor:
+    """Index of the first True per row of a [B, L] bool tensor (0 for a row without any)."""
+    return m.to(torch.int8).argmax(dim=1)
+
+
+def last_true(m: Tensor) -> Tensor:
+    """Index of the last True per row of a [B, L] bool tensor (-1 for a row without any)."""
+    L = m.shape[1]
+    idx = torch.arange(L).expand_as(m)
+    return torch.where(m, idx, torch.full_like(idx, -1)).max(dim=1).values
+
+
+def at(x: Tensor, idx: Tensor) -> Tensor:
+    """x[b, idx[b]] for a [B, L] tensor and [B] indices."""
+    return x.gather(1, idx[:, None]).squeeze(1)
+
+
+__all__ = ["stored_series", "masked", "first_position", "nanmean_rows", "row_mask", "first_true", "last_true", "at"]

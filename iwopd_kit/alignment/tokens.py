@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .core import Context, Finding, at, first_true
+from .core import Context, Finding
+from .tensors import at, first_true
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
 
