@@ -25,7 +25,7 @@ teacher coverage), not folded into these means.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -155,6 +155,25 @@ def metrics_from_delta(delta: Tensor) -> dict[str, float]:
         "mismatch/is_ess": m1 * m1 / m2 if m2 > 0 else float("nan"),
         "mismatch/chi2_token": m2 - 1.0,
     }
+
+
+def mean_standard_error(delta: Tensor, fn: Callable[[Tensor], Tensor]) -> float:
+    """The standard error of the mean of ``fn(Δ)`` over a flat Δ (sample std / sqrt(n); inf below 2 values),
+    over chunks of :data:`CHUNK` tokens (Chan et al.'s pairwise merge of means and squared deviations)."""
+    flat = delta.reshape(-1)
+    n_all = flat.numel()
+    if n_all < 2:
+        return math.inf
+    n, mean, m2 = 0, 0.0, 0.0
+    for i in range(0, n_all, CHUNK):
+        x = fn(flat[i: i + CHUNK].to(torch.float64))
+        nc, mc = x.numel(), float(x.mean())
+        m2c = float(((x - mc) ** 2).sum())
+        d = mc - mean
+        mean += d * nc / (n + nc)
+        m2 += m2c + d * d * n * nc / (n + nc)
+        n += nc
+    return math.sqrt(m2 / (n - 1)) / math.sqrt(n)
 
 
 def mismatch_metrics(trainer_logprobs: Any, rollout_logprobs: Any, mask: Any = None) -> dict[str, float]:

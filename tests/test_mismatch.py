@@ -80,3 +80,16 @@ def test_bad_input_says_what_was_expected():
         mismatch_metrics([[-1.0]], [[NAN]])
     with pytest.raises(ValueError, match=r"\[B, L\]"):
         mismatch_metrics(torch.zeros(1, 1, 1), torch.zeros(1, 1, 1))
+
+
+def test_mean_standard_error_over_chunks_equals_the_one_pass_formula(monkeypatch):
+    import math
+
+    import iwopd_kit.mismatch as M
+
+    d = torch.randn(1001, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.05
+    fn = lambda x: torch.expm1(x) - x  # noqa: E731
+    want = float(fn(d).std()) / math.sqrt(d.numel())
+    monkeypatch.setattr(M, "CHUNK", 64)                 # 16 chunks, the last one short
+    assert M.mean_standard_error(d, fn) == pytest.approx(want, rel=1e-9)
+    assert M.mean_standard_error(d[:1], fn) == math.inf

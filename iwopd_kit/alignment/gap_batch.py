@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..mismatch import QUANTILES, abs_delta_quantiles, metrics_from_delta
+from ..mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
 from ..objective import iw_opd_loss
 from .core import FULL_PRECISION, Context, Finding
 from .tensors import first_position, masked, stored_series
@@ -242,12 +242,11 @@ def find_numerics(ctx: Context) -> list[Finding]:
     del gap, worst, ok
     q = abs_delta_quantiles(delta, (*QUANTILES, tol.bulk_quantile))
     bulk = q[f"p{100 * tol.bulk_quantile:g}"]
-    a = delta.abs()                            # delta itself is still needed (standard errors below)
     rd, td = ctx.recorded_dtype("rollout_dtype"), ctx.recorded_dtype("trainer_dtype")
-    low = any(d is not None and d not in FULL_PRECISION for d in (rd, td)) or bulk > tol.same   # ctx.low_precision(a)
-    tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], float(a.max())
+    low = any(d is not None and d not in FULL_PRECISION for d in (rd, td)) or bulk > tol.same   # = ctx.low_precision
+    tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], m["mismatch/logp_abs_diff_max"]
     stats = (f"|trainer - rollout| p50 {q['p50']:.3g}, p90 {q['p90']:.3g}, p99 {q['p99']:.3g}, max {mx:.3g} (row {b}, "
-             f"position {j}) over {a.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
+             f"position {j}) over {delta.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
     short = lambda d: _SHORT.get(d, d)  # noqa: E731
     if rd is not None and td is not None and rd != td:
         cause = f"rollout {short(rd)} vs trainer {short(td)}"
@@ -259,13 +258,13 @@ def find_numerics(ctx: Context) -> list[Finding]:
     else:
         cause = None
     if low:
-        se = lambda x: float(x.std() / math.sqrt(x.numel())) if x.numel() > 1 else math.inf  # noqa: E731
-        se_tmpe, se_k3 = se(torch.exp(delta.abs())), se(torch.expm1(delta) - delta)
+        se_tmpe = mean_standard_error(delta, lambda d: torch.exp(d.abs()))
+        se_k3 = mean_standard_error(delta, lambda d: torch.expm1(d) - d)
         over = [(f"mismatch/token_mult_prob_error {tmpe:.4f} > {tol.mult_prob_error:g} (NeMo-RL's healthy bound)",
                  tmpe - tol.mult_prob_error, se_tmpe), (f"mismatch/k3_kl {k3:.3g} > {tol.k3_kl:g}", k3 - tol.k3_kl, se_k3)]
         beyond = [f"{text} by more than {tol.metric_se:g} standard errors ({s_e:.2g})"
                   for text, x, s_e in over if x > tol.metric_se * s_e]
-        noisy = [f"{text}, but within {tol.metric_se:g} standard errors ({s_e:.2g}) over {a.numel()} tokens"
+        noisy = [f"{text}, but within {tol.metric_se:g} standard errors ({s_e:.2g}) over {delta.numel()} tokens"
                  for text, x, s_e in over if 0 < x <= tol.metric_se * s_e]
         sev = "error" if beyond else "warning"
         healthy = (f"within the healthy range (token_mult_prob_error <= {tol.mult_prob_error:g})" if not noisy
