@@ -30,6 +30,36 @@ CHAT_FIXTURES_DIR: Path = CHAT_DIR.parent / "fixtures" / "chat"
 
 Message = Mapping[str, str]
 
+#: Mistral's tekken tokenizer file inside the installed ``mistral_common`` package (not shipped here).
+TEKKEN = "tekken_240911.json"
+
+
+def load_chat_tokenizer(spec: str | Path) -> Any:
+    """A tokenizer from a folder (relative paths from the checkout) or ``mistral_common:FILE``.
+
+    ``mistral_common:tekken_240911.json`` loads that tekken file of the installed ``mistral_common``
+    package through ``transformers.AutoTokenizer`` (from a temporary folder holding a link to it).
+    """
+    from transformers import AutoTokenizer
+
+    text = str(spec)
+    if text.startswith("mistral_common:"):
+        import importlib.util
+        import tempfile
+
+        found = importlib.util.find_spec("mistral_common")
+        if found is None or not found.submodule_search_locations:
+            raise FileNotFoundError(f"{text}: the mistral_common package is not installed")
+        src = Path(list(found.submodule_search_locations)[0]) / "data" / text.split(":", 1)[1]
+        if not src.exists():
+            raise FileNotFoundError(f"{text}: no {src.name} in {src.parent}")
+        tmp = Path(tempfile.mkdtemp(prefix="iwopd_tekken_"))
+        (tmp / "tekken.json").symlink_to(src)
+        return AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
+    path = Path(text)
+    path = path if path.is_absolute() else REPO_ROOT / path
+    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+
 
 def chat_messages(prompt: str, answer: str | None = None) -> list[dict[str, str]]:
     """The toy task as a conversation: the user turn is the sum, the assistant turn the chain."""
@@ -86,5 +116,5 @@ def rollout_chat(engine: Any, tokenizer: Any, conversations: Sequence[Sequence[M
     return rollout(engine, prompt_ids, **sampling)
 
 
-__all__ = ["CHAT_DIR", "CHAT_STUDENT_DIR", "CHAT_TEACHER_DIR", "QWEN3_TOKENIZER_DIR", "GPT2_TOKENIZER_DIR",
+__all__ = ["TEKKEN", "load_chat_tokenizer", "CHAT_DIR", "CHAT_STUDENT_DIR", "CHAT_TEACHER_DIR", "QWEN3_TOKENIZER_DIR", "GPT2_TOKENIZER_DIR",
            "CHAT_FIXTURES_DIR", "chat_messages", "chat_prompt_ids", "chat_completion_ids", "rollout_chat"]
