@@ -46,6 +46,8 @@ def hf_exact_match(model, tok, prompts, temperature: float, seed: int = 0) -> fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["student", "teacher"], required=True)
+    ap.add_argument("--part", choices=["hf", "vllm", "all"], default="all",
+                    help="hf: transformers exact match only; vllm: the vLLM measurements only")
     args = ap.parse_args()
     torch.set_num_threads(1)
     tok = K.load_tokenizer(QWEN3_TOKENIZER_DIR)
@@ -53,33 +55,52 @@ def main() -> None:
     model = K.load_model(d)
     prompts = toy.load_prompts(toy.EVAL_PROMPTS)
     t0 = time.time()
-    res = {"hf_greedy": hf_exact_match(model, tok, prompts, 0.0),
-           "hf_sampled_t1": hf_exact_match(model, tok, prompts, 1.0)}
+    res = {}
+    if args.part in ("hf", "all"):
+        res["hf_greedy"] = hf_exact_match(model, tok, prompts, 0.0)
+        res["hf_sampled_t1"] = hf_exact_match(model, tok, prompts, 1.0)
+        res["hf_wall_s"] = round(time.time() - t0, 1)
+        print(json.dumps(res), flush=True)
+    if args.part in ("vllm", "all"):
+        res.update(vllm_measures(d, model, tok, prompts))
+    merge(args.model, res)
+
+
+def vllm_measures(d, model, tok, prompts) -> dict:
+    t0 = time.time()
+    res = {}
     engine = K.VLLMEngine(d, max_model_len=128)
     convs = [chat_messages(p) for p in prompts]
     for name, T in (("vllm_greedy", 0.0), ("vllm_sampled_t1", 1.0)):
-        batch = rollout_chat(engine, tok, convs, temperature=T, max_tokens=48, seed=0)
-        texts = [tok.decode([i for i in c if i != tok.eos_token_id]) for c in batch.completion_ids]
-        res[name] = sum(r == "stop" and toy.is_correct(p, t) for p, t, r in
-                        zip(prompts, texts, batch.finish_reasons)) / len(prompts)
+        correct = 0
+        for s in range(0, len(convs), 64):   # 64 requests a call (vLLM-CPU fails on seeded requests it preempts)
+            batch = rollout_chat(engine, tok, convs[s:s + 64], temperature=T, max_tokens=48, seed=s)
+            texts = [tok.decode([i for i in c if i != tok.eos_token_id]) for c in batch.completion_ids]
+            correct += sum(r == "stop" and toy.is_correct(p, t) for p, t, r in
+                           zip(prompts[s:s + 64], texts, batch.finish_reasons))
+        res[name] = correct / len(prompts)
     batch = rollout_chat(engine, tok, convs[:64], temperature=1.0, max_tokens=48, seed=7)
     lp = K.score(model, batch)
     gap = (batch.series("rollout_logprobs") - lp).abs()
     res["vllm_vs_hf_max_abs_logprob_diff"] = float(gap[~gap.isnan()].max())
     res["vllm_vs_hf_tokens"] = int((~gap.isnan()).sum())
-    with torch.no_grad():   # probability left on ids outside the sampled sequences' id set
+    with torch.no_grad():   # probability left on the ids the task never uses (zero rows)
         seqs = [list(p) + list(c) for p, c in zip(batch.prompt_ids[:16], batch.completion_ids[:16])]
-        used = sorted({i for s in seqs for i in s} | {tok.eos_token_id})
+        used = (model.model.embed_tokens.weight.abs().sum(1) > 0).nonzero().flatten()   # the trained rows
         worst = 0.0
         for s in seqs:
             probs = model(input_ids=torch.tensor([s])).logits[0].softmax(-1)
             worst = max(worst, float((1 - probs[:, used].sum(-1)).max()))
     res["max_mass_on_unused_ids"] = worst
-    res["eval_wall_s"] = round(time.time() - t0, 1)
-    print(json.dumps(res, indent=2))
+    res["vllm_wall_s"] = round(time.time() - t0, 1)
+    return res
+
+
+def merge(name: str, res: dict) -> None:
+    print(json.dumps(res, indent=2), flush=True)
     path = CHAT_DIR / "training_report.json"
     report = json.loads(path.read_text())
-    report[args.model]["eval"] = res
+    report[name]["eval"] = {**report[name].get("eval", {}), **res}
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 
