@@ -131,7 +131,7 @@ def test_the_chat_pair_covers_the_full_vocabulary_with_tied_embeddings(chat_stud
 
 
 def test_teacher_beats_student_on_held_out_chat_prompts(chat_student, chat_teacher, qwen3):
-    prompts = toy.load_prompts(toy.EVAL_PROMPTS)[-48:]
+    prompts = toy.load_prompts(toy.EVAL_PROMPTS)[-32:]
     ps = [chat_prompt_ids(qwen3, chat_messages(p)) for p in prompts]
     w, pad, eos = max(map(len, ps)), qwen3.pad_token_id, qwen3.eos_token_id
     ids = torch.tensor([[pad] * (w - len(p)) + p for p in ps])
