@@ -88,10 +88,13 @@ def vllm_measures(d, model, tok, prompts) -> dict:
         seqs = [list(p) + list(c) for p, c in zip(batch.prompt_ids[:16], batch.completion_ids[:16])]
         used = (model.model.embed_tokens.weight.abs().sum(1) > 0).nonzero().flatten()   # the trained rows
         worst = 0.0
-        for s in seqs:
-            probs = model(input_ids=torch.tensor([s])).logits[0].softmax(-1)
-            worst = max(worst, float((1 - probs[:, used].sum(-1)).max()))
+        means = []
+        for s, p in zip(seqs, batch.prompt_ids[:16]):   # at the positions that predict completion tokens
+            probs = model(input_ids=torch.tensor([s])).logits[0, len(p) - 1:-1].softmax(-1)
+            left = 1 - probs[:, used].sum(-1)
+            worst, means = max(worst, float(left.max())), means + left.tolist()
     res["max_mass_on_unused_ids"] = worst
+    res["mean_mass_on_unused_ids"] = sum(means) / len(means)
     res["vllm_wall_s"] = round(time.time() - t0, 1)
     return res
 

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
 from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer, rollout_chat)
 
@@ -42,12 +45,6 @@ def pick_prompts(per_terms: int = 2) -> list[str]:
         if len(by[n]) < per_terms:
             by[n].append(p)
     return [by[n][i] for i in range(per_terms) for n in sorted(by)]
-
-
-def describe(batch: K.Batch, name: str, kind: str | None, what: str, expect, **extra) -> K.Batch:
-    info = {"name": name, "kind": kind, "what": what, "expect": expect, **extra}
-    meta = [dict(m or {}, fixture=info) for m in (batch.meta or [{}] * batch.size)]
-    return batch.replace(meta=meta)
 
 
 def with_meta(batch: K.Batch, key: str, values: list) -> K.Batch:
