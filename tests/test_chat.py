@@ -179,7 +179,11 @@ def test_check_cli_takes_tokenizer_folders(tmp_path, check_cli, chat_engine, cha
     assert clean.returncode == 0, clean.stdout + clean.stderr
     models = check_cli(dump, "--student", CHAT_STUDENT_DIR, "--teacher", CHAT_TEACHER_DIR)
     assert models.returncode == 0 and "tokenizer_mismatch" not in models.stdout, models.stdout
-    broken = check_cli(dump, "--student-tokenizer", QWEN3_TOKENIZER_DIR, "--teacher-tokenizer", GPT2_TOKENIZER_DIR)
+    page = tmp_path / "chat.html"
+    broken = check_cli(dump, "--student-tokenizer", QWEN3_TOKENIZER_DIR, "--teacher-tokenizer", GPT2_TOKENIZER_DIR,
+                       "--html", page)
     assert broken.returncode == 1 and "tokenizer_mismatch" in broken.stdout and "<|im_end|>" in broken.stdout
+    html = page.read_text()     # the page's strips read BPE tokens as text, the EOS marked
+    assert "⟪&lt;|im_end|&gt;⟫" in html
     bad = check_cli(dump, "--student-tokenizer", tmp_path)
     assert bad.returncode == 2 and "not a tokenizer folder" in bad.stderr
