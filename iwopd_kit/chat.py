@@ -14,6 +14,7 @@ The chat toy task (:func:`chat_messages`) is the toy task of :mod:`iwopd_kit.toy
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,10 +40,20 @@ def load_chat_tokenizer(spec: str | Path) -> Any:
 
     ``mistral_common:tekken_240911.json`` loads that tekken file of the installed ``mistral_common``
     package through ``transformers.AutoTokenizer`` (from a temporary folder holding a link to it).
+    Loaded once per process and folder (Qwen3's 11 MB ``tokenizer.json`` takes seconds to parse):
+    the same object comes back on every call, so do not modify it.
     """
+    text = str(spec)
+    if not text.startswith("mistral_common:"):
+        path = Path(text)
+        text = str(path if path.is_absolute() else REPO_ROOT / path)
+    return _load_tokenizer(text)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_tokenizer(text: str) -> Any:
     from transformers import AutoTokenizer
 
-    text = str(spec)
     if text.startswith("mistral_common:"):
         import importlib.util
         import tempfile
@@ -56,9 +67,7 @@ def load_chat_tokenizer(spec: str | Path) -> Any:
         tmp = Path(tempfile.mkdtemp(prefix="iwopd_tekken_"))
         (tmp / "tekken.json").symlink_to(src)
         return AutoTokenizer.from_pretrained(str(tmp), local_files_only=True)
-    path = Path(text)
-    path = path if path.is_absolute() else REPO_ROOT / path
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    return AutoTokenizer.from_pretrained(text, local_files_only=True)
 
 
 def chat_messages(prompt: str, answer: str | None = None) -> list[dict[str, str]]:

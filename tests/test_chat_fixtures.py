@@ -5,7 +5,6 @@ breakage put it, with a message that says what to change, and no other error els
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,12 @@ FIX = {
 }
 
 
-@lru_cache(maxsize=None)
-def _tokenizer(spec: str):
-    return load_chat_tokenizer(spec)
-
-
 def _check(path: Path):
     batch = K.read_jsonl(path)
     info = batch.meta[0]["fixture"]
     assert all(m["fixture"] == info for m in batch.meta)
-    report = K.check_alignment(batch, student_tokenizer=_tokenizer(info["student_tokenizer"]),
-                               teacher_tokenizer=_tokenizer(info["teacher_tokenizer"]))
+    report = K.check_alignment(batch, student_tokenizer=load_chat_tokenizer(info["student_tokenizer"]),
+                               teacher_tokenizer=load_chat_tokenizer(info["teacher_tokenizer"]))
     return batch, info, report
 
 
