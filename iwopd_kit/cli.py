@@ -175,7 +175,8 @@ def _check(args: argparse.Namespace) -> int:
     if report.unchecked:
         print("not checked (inputs missing): " + report.unchecked_text())
         if {"tokenizer_mismatch", "bos_eos"} & set(report.unchecked):
-            print("(pass --student DIR and --teacher DIR to check the tokenizers and BOS/EOS)")
+            print("(pass --student DIR and --teacher DIR, or --student-tokenizer DIR and --teacher-tokenizer DIR, "
+                  "to check the tokenizers and BOS/EOS)")
     html = _check_html(args.path, batch, report, tokenizer, notes=notes) if args.html else None
     return _write_outputs(args, check_object(report), html) or code
 
@@ -313,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "tokenizer (default for a missing series: the bundled tiny student)")
     c.add_argument("--teacher", help="model dir that scores missing teacher log-probs and gives the teacher "
                                      "tokenizer (default for a missing series: the bundled tiny teacher)")
+    c.add_argument("--student-tokenizer", metavar="DIR",
+                   help="a folder of tokenizer files only (tokenizer.json, tokenizer_config.json): the student's tokenizer "
+                        "for the tokenizer and BOS/EOS checks, in place of the one in --student")
+    c.add_argument("--teacher-tokenizer", metavar="DIR",
+                   help="a folder of tokenizer files only: the teacher's tokenizer for the tokenizer check")
     c.add_argument("--device", default="cpu", help="device for --student/--teacher scoring (default cpu; e.g. cuda:0)")
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the scoring models (default float32)")
     c.add_argument("--batch-size", type=_positive_int, default=32, help="rows per scoring forward pass (default 32)")

@@ -17,11 +17,14 @@ from .results import PipelineResult
 from .scoring import load_model, load_tokenizer, score_batch
 from .views.report import html_page, html_table, text_table
 from .views.series import per_token_series
+from .views.text import readable_tokens, token_style
 from .views.tokens import TokenStrip, token_strip
 
 
 def decode_tokens(tokenizer, batch: Batch) -> list[list[str]]:
-    """Completion token strings, one per id (special tokens spelled out)."""
+    """Completion token strings, one per id (special tokens spelled out; BPE tokens as the text they stand for)."""
+    if token_style(tokenizer) != "plain":
+        return [readable_tokens(tokenizer, row) for row in batch.completion_ids]
     return [tokenizer.convert_ids_to_tokens(row) for row in batch.completion_ids]
 
 

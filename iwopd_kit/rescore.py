@@ -109,6 +109,11 @@ def recompute(batch, args: argparse.Namespace, progress, models: dict | None = N
             elif args.dtype != "float32":
                 notes.append(f"{side}_logprobs recomputed with {where} in {args.dtype}: expect a low-precision gap")
         toks[side] = load_tokenizer(d)
+    for side in ("student", "teacher"):
+        d = getattr(args, f"{side}_tokenizer", None)
+        if d:
+            toks[side] = _tokenizer_only(d, side)
+            notes.append(f"{side} tokenizer from --{side}-tokenizer {d}")
     if fell_back:
         what = " and ".join(f"{s} log-probs" for s in fell_back)
         models_ = " and ".join(f"the bundled toy {s} ({_shown_path(dirs[s])})" for s in fell_back)
@@ -125,6 +130,20 @@ def recompute(batch, args: argparse.Namespace, progress, models: dict | None = N
                      f"check falls back to ({vocabs}); the checks that need them did not run: pass {flags} with the "
                      "model the dump was made with")
     return batch, toks["student"], toks["teacher"], notes
+
+
+def _tokenizer_only(d, side: str):
+    """The tokenizer in a folder of tokenizer files (``tokenizer.json``, ``tokenizer_config.json``, ...)."""
+    from .scoring import load_tokenizer
+
+    path = Path(d)
+    files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tekken.json")
+    if not path.is_dir() or not any((path / f).exists() for f in files):
+        raise FileNotFoundError(f"--{side}-tokenizer {d}: not a tokenizer folder (expected one of {', '.join(files)})")
+    try:
+        return load_tokenizer(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--{side}-tokenizer {d}: transformers could not load a tokenizer there ({e})") from None
 
 
 def device_error(device: str) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import Context, Finding
+from .prompts import dropped_special_findings, rows_read_differently, teacher_prompt_findings
 from .tensors import at, first_true
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
@@ -109,8 +110,17 @@ def detect_tokenizer_mismatch(student_tok: Any, teacher_tok: Any,
 
 
 def find_tokenizer_mismatch(ctx: Context) -> list[Finding]:
-    """Class D over a context: :func:`detect_tokenizer_mismatch` of its two tokenizers."""
-    return detect_tokenizer_mismatch(ctx.student_tokenizer, ctx.teacher_tokenizer)
+    """Class D over a context: :func:`detect_tokenizer_mismatch` of its two tokenizers, then per row.
+
+    Per row: where the teacher's tokenizer reads a sampled id as other text (only when the
+    vocabularies differ; :func:`~iwopd_kit.alignment.prompts.rows_read_differently`), and a teacher
+    prompt (``meta["teacher_prompt_ids"]``) that is not the student's
+    (:func:`~iwopd_kit.alignment.prompts.teacher_prompt_findings`).
+    """
+    out = detect_tokenizer_mismatch(ctx.student_tokenizer, ctx.teacher_tokenizer)
+    if any(f.message.startswith("student and teacher vocabularies differ") for f in out):
+        out += rows_read_differently(ctx)
+    return out + teacher_prompt_findings(ctx)
 
 
 # ------------------------------------------------------------------------------------- E: BOS / EOS
@@ -166,6 +176,7 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
                     "trainer may have tokenized it differently; tokenize once and send the same ids to vLLM, the student "
                     "and the teacher",
                 ))
+    out += dropped_special_findings(ctx)
     if eos is None:
         return out
     tok, padm, valid = batch.tokens(pad_id=-1), batch.padding_mask(), batch.valid()
@@ -222,10 +233,12 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
             masked = is_eos.any(1) & ~at(valid, first)
             for b in masked.nonzero().flatten().tolist():
                 if reasons[b] in (None, "stop"):
+                    sampled = reasons[b] == "stop"   # vLLM sampled this EOS: masking it is a bug, not a choice
                     out.append(Finding(
-                        "bos_eos", b, int(first[b]), "warning",
-                        "the generated EOS is masked out (pad == eos?): the model never learns to stop; mask by "
-                        "length, not by token id",
+                        "bos_eos", b, int(first[b]), "error" if sampled else "warning",
+                        f"the generated EOS (id {eos}) at position {int(first[b])} is masked out (pad == eos: a mask built as ids != pad_token_id drops it): the model never "
+                        "learns to stop; build the mask from the completion lengths (attention_mask), not by token id"
+                        + ("" if sampled else " (finish_reason unknown: if this EOS was appended, masking it is right)"),
                     ))
     return out
 

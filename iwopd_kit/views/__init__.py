@@ -20,6 +20,7 @@ from .tokens import (
     token_strip,
     visible_text,
 )
+from .text import readable_tokens, token_style
 from .static import auto_enable as _auto_enable
 
 # In a Jupyter kernel: PNG copies of figures and HTML views for static front ends (views/static.py).
@@ -46,4 +47,6 @@ __all__ = [
     "text_table",
     "token_strip",
     "visible_text",
+    "readable_tokens",
+    "token_style",
 ]

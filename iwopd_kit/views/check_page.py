@@ -16,6 +16,7 @@ from .alignment import _anchor, alignment_view, finding_counts
 from .findings import finding_strips
 from .mismatch import batch_delta, mismatch_html
 from .report import html_page, html_table
+from .text import readable_tokens, token_style
 
 _CSS = ("<style>.iwf{margin:.4em 0 1.2em}.iwf-c{font-size:12px;color:#333;margin:.1em 0}"
         ".iwn{background:#fff8e1;border-left:4px solid #f0b400;padding:.3em .6em;margin:.4em 0}</style>")
@@ -25,6 +26,8 @@ def token_texts(batch: Batch, tokenizer: Any) -> list[list[str]] | None:
     """Token text per row from a tokenizer (None without one: the strips then show the ids)."""
     if tokenizer is None:
         return None
+    if token_style(tokenizer) != "plain":   # BPE: the text each token stands for, specials marked
+        return [readable_tokens(tokenizer, c) for c in batch.completion_ids]
     return [[str(t) for t in tokenizer.convert_ids_to_tokens(list(c))] for c in batch.completion_ids]
 
 
