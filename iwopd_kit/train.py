@@ -53,6 +53,7 @@ class LoopConfig:
     early_eval_until: int = 0
     rollout_dtype: str = "float32"     # the vLLM engine's dtype when the loop builds it ("bfloat16": inexact)
     tis_threshold: float | None = None  # token-level truncated IS of the policy-gradient term (None: off)
+    eval_engine: str = "rollout"       # "transformers": evaluate with HF generate on the trainer's student
 
     def __post_init__(self) -> None:
         toy.get_task(self.task)   # a clear error for an unknown task
@@ -63,6 +64,8 @@ class LoopConfig:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.engine not in ("vllm", "transformers"):
             raise ValueError(f"engine must be 'vllm' or 'transformers', got {self.engine!r}")
+        if self.eval_engine not in ("rollout", "transformers"):
+            raise ValueError(f"eval_engine must be 'rollout' or 'transformers', got {self.eval_engine!r}")
 
 
 @dataclass
@@ -181,11 +184,13 @@ def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: s
 def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prompts, sync, on_step) -> list[StepRecord]:
     records: list[StepRecord] = []
     at = set(eval_steps(cfg))
+    judge = TransformersEngine(student) if cfg.eval_engine == "transformers" else engine
     for step in range(cfg.steps + 1):
         ev = {}
         if step in at:
             student.eval()
-            ev = evaluate(engine, student, teacher, tok, eval_prompts, cfg)
+            with torch.random.fork_rng():     # the HF engine seeds torch's global generator
+                ev = evaluate(judge, student, teacher, tok, eval_prompts, cfg)
             student.train()
         if step == cfg.steps:
             records.append(StepRecord(step, float("nan"), {}, float("nan"), 0.0, ev))

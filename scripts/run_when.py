@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--student", default="200k", help="200k (the bundled student) or a data/study_students/<task>/ folder")
     ap.add_argument("--objectives", nargs="+", default=["opd", "iw_opd"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--eval-every", type=int, default=25)
@@ -66,15 +66,22 @@ def main() -> None:
     ap.add_argument("--early-until", type=int, default=60)
     ap.add_argument("--eval-set", default="eval_large")
     ap.add_argument("--eval-prompts", type=int, default=2048)
-    ap.add_argument("--eval-sampled-prompts", type=int, default=512,
+    ap.add_argument("--eval-engine", default="transformers", choices=["transformers", "rollout"],
+                    help="evaluate with HF generate on the trainer's student (faster here) or the rollout engine")
+    ap.add_argument("--eval-sampled-prompts", type=int, default=256,
                     help="T=1 accuracy, reverse KL and |A| on the first this many eval prompts (greedy on all)")
     ap.add_argument("--rollout-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--tis", type=float, nargs="?", const=5.0, default=None,
                     help="token-level truncated IS of the policy-gradient term (threshold, default 5.0)")
     ap.add_argument("--tis-pair", action="store_true", help="write a no-TIS run into the tis/ folders")
     ap.add_argument("--out", type=Path, default=None, help="folder for the run files (default: see above)")
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"],
+                    help="rollout engine: HF generate on the trainer's student (exact, cheapest here) or vLLM with sync")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1 is several times faster than 2 on a machine shared with other jobs)")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     folder = (args.out.resolve() if args.out else out_dir(args))
     runs = [(obj, s) for s in args.seeds for obj in args.objectives]
     if args.list:
@@ -91,12 +98,13 @@ def main() -> None:
         path = folder / f"{obj}_seed{seed}.json"
         if path.exists():
             continue
-        engine = engine or VLLMEngine(sdir, dtype=args.rollout_dtype)
+        if args.engine == "vllm":
+            engine = engine or VLLMEngine(sdir, dtype=args.rollout_dtype)
         cfg = LoopConfig(objective=obj, seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, early_eval_every=args.early_every,
                          early_eval_until=args.early_until, eval_set=args.eval_set, eval_prompts=args.eval_prompts,
-                         eval_sampled_prompts=args.eval_sampled_prompts,
-                         task=args.task, rollout_dtype=args.rollout_dtype, tis_threshold=args.tis)
+                         eval_sampled_prompts=args.eval_sampled_prompts, eval_engine=args.eval_engine,
+                         task=args.task, engine=args.engine, rollout_dtype=args.rollout_dtype, tis_threshold=args.tis)
         t0 = time.time()
         def progress(rec) -> None:
             if rec.eval:
@@ -106,7 +114,7 @@ def main() -> None:
         records = train(cfg, student_dir=sdir, engine=engine, on_step=progress)
         extra = {"wall_s": round(time.time() - t0, 1), "command": " ".join(sys.argv), "task": args.task,
                  "student": args.student, "student_dir": str(sdir.relative_to(ROOT)), **sizes,
-                 "eval_steps": eval_steps(cfg),
+                 "eval_steps": eval_steps(cfg), "threads": args.threads,
                  "versions": {"torch": torch.__version__, "python": platform.python_version(),
                               "vllm": __import__("vllm").__version__}}
         save_records(records, cfg, path, extra)

@@ -400,7 +400,7 @@ Full numbers, including the student's evaluation history:
 def sized_student(args: argparse.Namespace, band: Band) -> Path:
     """Train a student of ``SIZES[args.student_size]`` on the task's existing prompts, picked in ``band``."""
     start = time.time()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
     tok = build_tokenizer()
@@ -418,7 +418,8 @@ def sized_student(args: argparse.Namespace, band: Band) -> Path:
               "seed": args.seed, "lr": args.student_lr, "max_steps": args.student_steps, "steps": info["steps"],
               "band": asdict(band), "in_band": band.contains(info["greedy"], info["sampled_t1"]),
               "selected_on_prompts": len(select), "selected_checkpoint": info, "eval_prompts": len(eval_prompts),
-              **final, "history": history, "wall_s": round(time.time() - start, 1), "torch": torch.__version__}
+              **final, "history": history, "wall_s": round(time.time() - start, 1), "torch": torch.__version__,
+              "threads": args.threads, "command": " ".join(sys.argv)}
     (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{out}: {report['params']:,} params, step {info['steps']}, in band {report['in_band']}, "
           f"final ({len(eval_prompts)} prompts) {final}, {report['wall_s']} s", flush=True)
@@ -454,6 +455,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--student-size", choices=sorted(SIZES), default=None,
                         help="train only a student of this size into data/study_students/<task>/<size>/")
     parser.add_argument("--out", type=Path, default=None, help="output folder for --student-size")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (1 is much faster on a machine shared with other jobs)")
     return parser.parse_args()
 
 
@@ -470,7 +473,7 @@ def main() -> None:
         sized_student(args, band)
         return
     start = time.time()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
 
