@@ -11,9 +11,37 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .study import RESULTS_DIR, load_runs
+
 Run = dict[str, Any]
+#: Where scripts/run_when.py writes: ``<task>/<student>/<objective>_seed<k>.json``.
+WHEN_DIR: Path = RESULTS_DIR / "when"
+#: The student sizes of the compression sweep (``200k`` is the task's bundled student).
+SIZES: tuple[str, ...] = ("50k", "200k", "800k")
+
+
+def when_runs(task: str, student: str = "200k", when_dir: str | Path = WHEN_DIR) -> dict[str, list[Run]]:
+    """``{objective: [run, ...]}`` of one task and student size ({} when none has finished)."""
+    folder = Path(when_dir) / task
+    return load_runs(student, folder) if (folder / student).is_dir() else {}
+
+
+def compression_points(task: str, step: int | None = None, when_dir: str | Path = WHEN_DIR,
+                       sizes: Sequence[str] = SIZES) -> list[tuple[float, float, float, float]]:
+    """``[(teacher/student ratio, mean IW - OPD, CI low, CI high), ...]`` at ``step`` (None: the end)
+    for each size with both objectives, paired over seeds and prompts (see :func:`speed_summary`)."""
+    out = []
+    for size in sizes:
+        runs = when_runs(task, size, when_dir)
+        if not {"opd", "iw_opd"} <= set(runs):
+            continue
+        r = speed_summary(runs["opd"], runs["iw_opd"], at=() if step is None else (step,), n_boot=2000)
+        d = r["diff"][max(r["diff"]) if step is None else step]
+        out.append((runs["opd"][0]["param_ratio"], d["mean"], *d["ci"]))
+    return out
 
 
 def pack_bits(bits: Sequence[bool]) -> str:
@@ -94,7 +122,7 @@ def steps_to_target(runs: list[Run], target: float, metric: str = "greedy_acc") 
     return out
 
 
-def bootstrap(stat: Callable[[list[Run], list[Run]], float | None], a: list[Run], b: list[Run],
+def bootstrap(stat: Callable[[list, list], float | None], a: Sequence[Any], b: Sequence[Any],
               n: int = 4000, seed: int = 0, level: float = 0.95,
               paired: bool = False) -> tuple[float | None, float, float, float]:
     """(value on the data, low, high, share of resamples where ``stat`` is None) of ``stat(a, b)``.
@@ -170,5 +198,35 @@ def speed_summary(opd: list[Run], iw: list[Run], fraction: float = 0.9, at: Sequ
     return out
 
 
-__all__ = ["pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se", "mean_curve",
-           "gain_target", "first_reach", "steps_to_target", "bootstrap", "speed_summary"]
+def _steps(v) -> str:
+    return "never" if v is None or v == math.inf else f"{v:g}"
+
+
+def _ci(b: tuple) -> str:
+    value, lo, hi, never = b
+    text = f"{_steps(value)} [{_steps(lo)}, {_steps(hi)}]"
+    return text + (f" (never in {never:.0%})" if never else "")
+
+
+def speed_markdown(rows: dict[str, dict[str, Any]], at: Sequence[int] = (5, 10, 20)) -> str:
+    """One line per summary of :func:`speed_summary` (keyed by a label): steps to 90% of OPD's final
+    gain and the paired IW - OPD difference in greedy accuracy at ``at`` and at the end."""
+    head = ("| run | seeds | start | OPD end | IW-OPD end | target | OPD steps per seed | IW-OPD steps per seed "
+            "| OPD curve steps [95% CI] | IW-OPD curve steps [95% CI] | IW - OPD steps [95% CI] | "
+            + " | ".join(f"IW - OPD at {k} (eval SE) [95% CI]" for k in (*at, "end")) + " |")
+    lines = [head, "|" + "---|" * (11 + len(at) + 1)]
+    for label, r in rows.items():
+        cells = [label, ",".join(map(str, r["seeds"])), f"{r['start']:.3f}", f"{r['opd_final']:.3f}",
+                 f"{r['iw_final']:.3f}", f"{r['target']:.3f}", " ".join(_steps(v) for v in r["steps_opd"]),
+                 " ".join(_steps(v) for v in r["steps_iw"]), _ci(r["curve_steps_opd"]), _ci(r["curve_steps_iw"]),
+                 _ci(r["curve_steps_diff"])]
+        last = max(r["diff"])
+        for k in (*at, last):
+            d = r["diff"][k]
+            cells.append(f"{d['mean']:+.3f} ({d['eval_se']:.3f}) [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+__all__ = ["WHEN_DIR", "SIZES", "when_runs", "compression_points", "pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se", "mean_curve",
+           "gain_target", "first_reach", "steps_to_target", "bootstrap", "speed_summary", "speed_markdown"]
