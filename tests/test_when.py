@@ -77,3 +77,27 @@ def test_gain_target_steps_and_bootstrap():
                                        n=500, seed=1)
     assert value == 10 and lo <= value <= hi and never == 0.0
     assert S.bootstrap(lambda a, b: None, opd, iw, n=10)[1:] == (math.inf, math.inf, 1.0)
+
+
+def test_student_sizes_span_the_compression_range():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_tiny_models.py"
+    spec = importlib.util.spec_from_file_location("train_tiny_models", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod          # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    params = {k: mod.n_params(mod.make_model(v)) for k, v in mod.SIZES.items()}
+    assert params["200k"] == 199_104 and mod.SIZES["200k"] == mod.STUDENT      # the bundled student's shape
+    assert 40_000 < params["50k"] < 60_000 and 700_000 < params["800k"] < 857_216
+
+
+def test_compression_figure_is_deterministic():
+    from iwopd_kit.views.study import compression_figure
+
+    pts = {"main, end": [(17.0, 0.01, -0.01, 0.03), (1.06, 0.0, -0.02, 0.02)]}
+    a, b = compression_figure(pts), compression_figure(pts)
+    assert a.to_json() == b.to_json()
+    assert list(a.data[0].x) == [1.06, 17.0] and list(a.data[0].error_y.arrayminus) == [0.02, 0.02]
