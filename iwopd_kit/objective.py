@@ -202,6 +202,7 @@ def iw_opd_loss(
     num_items: float | int | None = None,
     reduction: str = "token_mean",
     signed: bool = False,
+    tis_threshold: float | None = None,
 ) -> ObjectiveResult:
     """IW-OPD loss = -(1/N) sum m * w * A * log pi_theta (REINFORCE surrogate, not a divergence).
 
@@ -215,6 +216,8 @@ def iw_opd_loss(
             default the number of valid tokens.
         reduction: ``token_mean`` (TRL) or ``sequence_mean`` (mean over rows of per-row token
             means, the authors' verl code).
+        tis_threshold: token-level truncated importance sampling (the authors' rollout correction):
+            each token's term times sg(min(exp(student - rollout), tis_threshold)); None = off.
     """
     mask = _check_mask(mask)
     _check_pair("student_logprobs", student_logprobs, mask)
@@ -231,13 +234,16 @@ def iw_opd_loss(
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
+    if tis_threshold is not None and not (tis_threshold > 0 and math.isfinite(tis_threshold)):
+        raise ValueError(f"tis_threshold must be a finite number > 0 or None, got {tis_threshold!r}")
     rollout = student_logprobs.detach() if rollout_logprobs is None else rollout_logprobs
     adv = _masked_diff(teacher_logprobs, rollout, mask)
     a_abs = adv.abs()
     w = _weights(adv if signed else a_abs, gamma, eps, signed)
     coeff = w * adv                        # 0 off the mask (adv is exactly 0 there, w is finite)
+    pg = coeff if tis_threshold is None else coeff * (tis := tis_weights(student_logprobs, rollout, mask, tis_threshold))
     safe_student = torch.where(mask, student_logprobs, 0.0)
-    per_token = safe_student * coeff.neg()
+    per_token = safe_student * pg.neg()
     count = mask.sum()
     if reduction == "token_mean":
         total = per_token.sum()
@@ -263,10 +269,18 @@ def iw_opd_loss(
         if n_valid <= 0:
             raise ValueError("the batch has no valid tokens")
         n = float(total.numel())
-    return ObjectiveResult(
-        loss=loss, advantages=adv, weights=w, per_token_loss=per_token.detach(),
-        metrics=_metrics_from(vals[2:], n_valid), reduction=reduction, num_items=n,
-    )
+    metrics = _metrics_from(vals[2:], n_valid)
+    if tis_threshold is not None and n_valid > 0:
+        metrics["tis/mean_ratio"] = float(tis.sum()) / n_valid
+        metrics["tis/clipped_frac"] = float((mask & (tis >= tis_threshold)).sum()) / n_valid
+    return ObjectiveResult(loss=loss, advantages=adv, weights=w, per_token_loss=per_token.detach(),
+                           metrics=metrics, reduction=reduction, num_items=n)
+
+
+def tis_weights(student_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, threshold: float = 5.0) -> Tensor:
+    """Token-level truncated IS ratio sg(min(exp(student - rollout), threshold)); 0 off the mask."""
+    diff = torch.where(mask, student_logprobs.detach() - rollout_logprobs.detach(), 0.0)
+    return torch.where(mask, diff.exp().clamp(max=threshold), 0.0)
 
 
 def opd_loss(student_logprobs, teacher_logprobs, mask, rollout_logprobs=None, num_items=None,

@@ -123,6 +123,18 @@ def make_prompts(n: int, seed: int) -> list[str]:
     return [make_prompt(rng) for _ in range(n)]
 
 
+def make_heldout_prompts(n: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``n`` distinct prompts drawn from ``seed``, none of them in ``exclude`` (e.g. train + eval)."""
+    rng = random.Random(seed)
+    seen, out = set(exclude), []
+    while len(out) < n:
+        prompt = make_prompt(rng)
+        if prompt not in seen:
+            seen.add(prompt)
+            out.append(prompt)
+    return out
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """Read the ``prompt`` field of each JSONL line ``{"prompt", "answer"}``."""
     prompts = []
@@ -175,6 +187,14 @@ class Task:
     @property
     def eval_prompts(self) -> Path:
         return self.data_dir / "prompts" / "eval.jsonl"
+
+    def prompt_file(self, name: str) -> Path:
+        """``prompts/<name>.jsonl`` of this task (``train``, ``eval``, ``eval_large``); a clear error if absent."""
+        path = self.data_dir / "prompts" / f"{name}.jsonl"
+        if not path.exists():
+            known = sorted(p.stem for p in (self.data_dir / "prompts").glob("*.jsonl"))
+            raise FileNotFoundError(f"task {self.name!r} has no prompt set {name!r} ({path}); known: {known}")
+        return path
 
     def is_correct(self, prompt: str, completion_text: str) -> bool:
         """Exact match of the full completion (EOS stripped)."""

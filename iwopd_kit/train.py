@@ -23,6 +23,7 @@ from .batch import Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
 from .rollout import Sampling, TransformersEngine, VLLMEngine
 from .scoring import completion_logits, load_model, load_tokenizer, score
+from .study_stats import pack_bits
 
 OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
 
@@ -46,13 +47,25 @@ class LoopConfig:
     engine: str = "vllm"
     jsd_beta: float = 0.5
     task: str = "main"
+    eval_set: str = "eval"             # prompts/<eval_set>.jsonl of the task (the first eval_prompts of it)
+    eval_sampled_prompts: int | None = None   # T=1 metrics on the first this many of them (None: all)
+    early_eval_every: int = 0          # also evaluate every early_eval_every steps up to early_eval_until
+    early_eval_until: int = 0
+    rollout_dtype: str = "float32"     # the vLLM engine's dtype when the loop builds it ("bfloat16": inexact)
+    tis_threshold: float | None = None  # token-level truncated IS of the policy-gradient term (None: off)
+    eval_engine: str = "rollout"       # "transformers": evaluate with HF generate on the trainer's student
 
     def __post_init__(self) -> None:
         toy.get_task(self.task)   # a clear error for an unknown task
+        if self.eval_every < 1 or self.early_eval_every < 0 or self.early_eval_until < 0:
+            raise ValueError(f"eval_every must be >= 1 and early_eval_every, early_eval_until >= 0; got "
+                             f"{self.eval_every}, {self.early_eval_every}, {self.early_eval_until}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.engine not in ("vllm", "transformers"):
             raise ValueError(f"engine must be 'vllm' or 'transformers', got {self.engine!r}")
+        if self.eval_engine not in ("rollout", "transformers"):
+            raise ValueError(f"eval_engine must be 'rollout' or 'transformers', got {self.eval_engine!r}")
 
 
 @dataclass
@@ -63,6 +76,14 @@ class StepRecord:
     drift: float                 # max |rollout - trainer student| on valid tokens, before the update
     seconds: float
     eval: dict[str, Any] = field(default_factory=dict)
+
+
+def eval_steps(cfg: LoopConfig) -> list[int]:
+    """The steps the loop evaluates at: every ``eval_every``, every ``early_eval_every`` up to
+    ``early_eval_until``, and the last step."""
+    last_early = min(cfg.early_eval_until, cfg.steps)
+    early = set(range(0, last_early + 1, cfg.early_eval_every)) if cfg.early_eval_every else set()
+    return sorted({s for s in range(cfg.steps + 1) if s % cfg.eval_every == 0} | early | {cfg.steps})
 
 
 def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torch.Tensor,
@@ -77,7 +98,7 @@ def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torc
     if cfg.objective in ("prefix30", "suffix30"):
         mask = position_mask(mask, cfg.objective[:6], 0.3)
     return iw_opd_loss(student_lp, teacher_lp, mask, rollout_logprobs=roll, gamma=gamma, eps=cfg.eps,
-                       signed=cfg.objective == "iw_opd_signed")
+                       signed=cfg.objective == "iw_opd_signed", tis_threshold=cfg.tis_threshold)
 
 
 def abs_advantage_by_position(advantages: torch.Tensor, mask: torch.Tensor, bins: int = 10) -> list[float]:
@@ -93,16 +114,25 @@ def abs_advantage_by_position(advantages: torch.Tensor, mask: torch.Tensor, bins
 
 
 def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig) -> dict[str, Any]:
-    """Held-out exact match (greedy and T=1), teacher-student reverse KL on T=1 rollouts, |A| by position."""
+    """Held-out exact match (greedy and T=1), teacher-student reverse KL on T=1 rollouts, |A| by position.
+
+    ``greedy_correct`` is the per-prompt greedy exact match, packed as hex
+    (:func:`iwopd_kit.study_stats.unpack_bits`), for differences paired over the same prompts. The
+    T=1 metrics use the first ``cfg.eval_sampled_prompts`` prompts (all when None).
+    """
     ids = [tok(p)["input_ids"] for p in prompts]
     eos = (tok.eos_token_id,)
     task = toy.get_task(cfg.task)
+    k = len(ids) if cfg.eval_sampled_prompts is None else cfg.eval_sampled_prompts
     greedy = engine.generate(ids, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed, stop_token_ids=eos))
-    sampled = engine.generate(ids, Sampling(temperature=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed + 10_000, stop_token_ids=eos))
+    sampled = engine.generate(ids[:k], Sampling(temperature=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed + 10_000,
+                                                stop_token_ids=eos))
 
-    def acc(batch: Batch) -> float:
+    def correct(batch: Batch) -> list[bool]:
         texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
-        return sum(task.is_correct(p, t) for p, t in zip(prompts, texts)) / len(prompts)
+        return [task.is_correct(p, t) for p, t in zip(prompts, texts)]
+
+    greedy_ok = correct(greedy)
 
     with torch.no_grad():
         s = score(student, sampled)
@@ -110,10 +140,10 @@ def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig)
     mask = sampled.valid()
     rkl_tok = (s - t)[mask]
     adv = torch.where(mask, t - s, torch.zeros_like(s))
-    return {"greedy_acc": acc(greedy), "sampled_acc": acc(sampled),
+    return {"greedy_acc": sum(greedy_ok) / len(prompts), "sampled_acc": sum(correct(sampled)) / len(sampled.completion_ids),
             "reverse_kl_per_token": float(rkl_tok.mean()),
             "reverse_kl_per_seq": float(torch.where(mask, s - t, torch.zeros_like(s)).sum(-1).mean()),
-            "abs_adv_by_position": abs_advantage_by_position(adv, mask)}
+            "abs_adv_by_position": abs_advantage_by_position(adv, mask), "greedy_correct": pack_bits(greedy_ok)}
 
 
 def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: str | Path | None = None,
@@ -131,11 +161,11 @@ def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: s
     student = load_model(student_dir).train()
     teacher = load_model(teacher_dir)
     if engine is None:
-        engine = VLLMEngine(student_dir) if cfg.engine == "vllm" else TransformersEngine(student)
+        engine = VLLMEngine(student_dir, dtype=cfg.rollout_dtype) if cfg.engine == "vllm" else TransformersEngine(student)
     if isinstance(engine, TransformersEngine):
         engine.model = student
     train_prompts = toy.load_prompts(task.train_prompts)
-    eval_prompts = toy.load_prompts(task.eval_prompts)[: cfg.eval_prompts]
+    eval_prompts = toy.load_prompts(task.prompt_file(cfg.eval_set))[: cfg.eval_prompts]
     opt = torch.optim.Adam(student.parameters(), lr=cfg.lr)
 
     def sync() -> None:
@@ -153,11 +183,14 @@ def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: s
 
 def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prompts, sync, on_step) -> list[StepRecord]:
     records: list[StepRecord] = []
+    at = set(eval_steps(cfg))
+    judge = TransformersEngine(student) if cfg.eval_engine == "transformers" else engine
     for step in range(cfg.steps + 1):
         ev = {}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step in at:
             student.eval()
-            ev = evaluate(engine, student, teacher, tok, eval_prompts, cfg)
+            with torch.random.fork_rng():     # the HF engine seeds torch's global generator
+                ev = evaluate(judge, student, teacher, tok, eval_prompts, cfg)
             student.train()
         if step == cfg.steps:
             records.append(StepRecord(step, float("nan"), {}, float("nan"), 0.0, ev))
@@ -197,4 +230,4 @@ def save_records(records: list[StepRecord], cfg: LoopConfig, path: str | Path, e
     return path
 
 
-__all__ = ["LoopConfig", "StepRecord", "train", "evaluate", "abs_advantage_by_position", "save_records", "OBJECTIVES"]
+__all__ = ["LoopConfig", "StepRecord", "train", "evaluate", "eval_steps", "abs_advantage_by_position", "save_records", "OBJECTIVES"]

@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iwopd_kit import study  # noqa: E402
+from iwopd_kit import study_stats  # noqa: E402
 from iwopd_kit.browser import launch  # noqa: E402
-from iwopd_kit.views.study import position_profile_figure, study_curves_figure  # noqa: E402
+from iwopd_kit.views.study import compression_figure, position_profile_figure, study_curves_figure  # noqa: E402
 
 
 def figures() -> dict[Path, object]:
@@ -38,6 +39,26 @@ def figures() -> dict[Path, object]:
         profiles[f"task {task}"] = study.position_profile([r for rs in four.values() for r in rs])
     if profiles:
         out[study.RESULTS_DIR / "abs_adv_by_position.png"] = position_profile_figure(profiles)
+    out.update(when_figures())
+    return out
+
+
+def when_figures() -> dict[Path, object]:
+    """The early-step curves (bundled students) and IW - OPD against compression (docs/results/when/)."""
+    out: dict[Path, object] = {}
+    points = {}
+    for task in ("main", "answer_first"):
+        runs = study_stats.when_runs(task, "200k")
+        if {"opd", "iw_opd"} <= set(runs):
+            fig = study_curves_figure(runs, "greedy_acc")
+            fig.update_layout(title_text=f"task {task}, early-step protocol: {fig.layout.title.text}", title_x=0.01)
+            out[study_stats.WHEN_DIR / task / "greedy_acc_200k.png"] = fig
+        for step, name in ((10, "step 10"), (None, "end")):
+            pts = study_stats.compression_points(task, step)
+            if len(pts) > 1:
+                points[f"{task}, {name}"] = pts
+    if points:
+        out[study_stats.WHEN_DIR / "compression.png"] = compression_figure(points)
     return out
 
 

@@ -4,6 +4,11 @@ Run from the repository root::
 
     python scripts/train_tiny_models.py --seed 0
     python scripts/train_tiny_models.py --seed 0 --task answer_first   # the study's task variant
+    python scripts/train_tiny_models.py --task main --student-size 50k # a student of another size
+
+``--student-size`` (one of :data:`SIZES`) trains only a student of that size, picked in the task's
+accuracy band like the bundled one, into ``data/study_students/<task>/<size>/`` (or ``--out``) with
+its ``training_report.json``; the prompts and the bundled models are left as they are.
 
 It writes (for ``--task main``; the variant writes the same files under
 ``data/tasks/answer_first/``)
@@ -89,6 +94,11 @@ TASK = toy.TASKS["main"]   # set from --task in main()
 
 TEACHER = ModelSpec(hidden=128, layers=4, heads=4, intermediate=384)
 STUDENT = ModelSpec(hidden=64, layers=3, heads=2, intermediate=256)
+#: Student sizes of the compression sweep (about 50K, 200K = the bundled student, 800K parameters).
+SIZES = {"50k": ModelSpec(hidden=32, layers=3, heads=1, intermediate=128),
+         "200k": STUDENT,
+         "800k": ModelSpec(hidden=128, layers=4, heads=4, intermediate=352)}
+STUDY_STUDENTS = Path(__file__).resolve().parents[1] / "data" / "study_students"
 
 
 # --------------------------------------------------------------------------- #
@@ -294,7 +304,8 @@ def train_teacher(tok, examples, eval_prompts, args) -> tuple[LlamaForCausalLM, 
     return model, {"steps": last, **acc}
 
 
-def train_student(tok, examples, eval_prompts, args, band: Band) -> tuple[LlamaForCausalLM, dict]:
+def train_student(tok, examples, eval_prompts, args, band: Band,
+                  spec: ModelSpec = STUDENT) -> tuple[LlamaForCausalLM, dict]:
     """Train the student, evaluating every ``args.eval_every`` steps.
 
     Keeps the checkpoint inside ``band`` that is closest to its centre (or
@@ -302,7 +313,7 @@ def train_student(tok, examples, eval_prompts, args, band: Band) -> tuple[LlamaF
     clearly moved past the band.
     """
     torch.manual_seed(args.seed + 1)
-    model = make_model(STUDENT)
+    model = make_model(spec)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.student_lr, betas=(0.9, 0.98))
     batches = batch_stream(examples, args.batch_size, args.seed + 1)
     best: tuple[float, dict, dict] | None = None
@@ -386,6 +397,35 @@ Full numbers, including the student's evaluation history:
     path.write_text(text)
 
 
+def sized_student(args: argparse.Namespace, band: Band) -> Path:
+    """Train a student of ``SIZES[args.student_size]`` on the task's existing prompts, picked in ``band``."""
+    start = time.time()
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    random.seed(args.seed)
+    tok = build_tokenizer()
+    check_tokenizer(tok)
+    spec = SIZES[args.student_size]
+    out = args.out or STUDY_STUDENTS / TASK.name / args.student_size
+    examples = [encode_example(tok, p) for p in toy.load_prompts(TASK.train_prompts)]
+    eval_prompts = toy.load_prompts(TASK.eval_prompts)
+    select = eval_prompts[:args.n_select]
+    student, info = train_student(tok, examples, select, args, band, spec)
+    history = info.pop("history")
+    final = accuracies(student, tok, eval_prompts, args.seed)
+    save_model(student, tok, out)
+    report = {"task": TASK.name, "size": args.student_size, "spec": asdict(spec), "params": n_params(student),
+              "seed": args.seed, "lr": args.student_lr, "max_steps": args.student_steps, "steps": info["steps"],
+              "band": asdict(band), "in_band": band.contains(info["greedy"], info["sampled_t1"]),
+              "selected_on_prompts": len(select), "selected_checkpoint": info, "eval_prompts": len(eval_prompts),
+              **final, "history": history, "wall_s": round(time.time() - start, 1), "torch": torch.__version__,
+              "threads": args.threads, "command": " ".join(sys.argv)}
+    (out / "training_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{out}: {report['params']:,} params, step {info['steps']}, in band {report['in_band']}, "
+          f"final ({len(eval_prompts)} prompts) {final}, {report['wall_s']} s", flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- #
 # Main
 # --------------------------------------------------------------------------- #
@@ -412,6 +452,11 @@ def parse_args() -> argparse.Namespace:
                         help="only re-render data/models/README.md from training_report.json")
     parser.add_argument("--only", choices=["teacher", "student"], default=None,
                         help="train just one model (the other dir is left as is)")
+    parser.add_argument("--student-size", choices=sorted(SIZES), default=None,
+                        help="train only a student of this size into data/study_students/<task>/<size>/")
+    parser.add_argument("--out", type=Path, default=None, help="output folder for --student-size")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads (1 is much faster on a machine shared with other jobs)")
     return parser.parse_args()
 
 
@@ -424,8 +469,11 @@ def main() -> None:
     if args.readme_only:
         write_readme(json.loads(report_path.read_text()), report_path.with_name("README.md"))
         return
+    if args.student_size:
+        sized_student(args, band)
+        return
     start = time.time()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     random.seed(args.seed)
 

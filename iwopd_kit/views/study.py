@@ -63,4 +63,24 @@ def position_profile_figure(profiles: dict[str, list[float]], title: str | None 
     return fig
 
 
-__all__ = ["COLORS", "METRIC_TITLES", "position_profile_figure", "study_curves_figure"]
+def compression_figure(points: dict[str, list[tuple[float, float, float, float]]], title: str | None = None) -> go.Figure:
+    """IW-OPD minus OPD against the compression ratio (teacher / student parameters, log axis), one
+    line per entry of ``points`` (e.g. per task and step): ``[(ratio, mean, ci_low, ci_high), ...]``."""
+    fig = go.Figure()
+    palette = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a")
+    for i, (name, pts) in enumerate(points.items()):
+        pts = sorted(pts)
+        fig.add_trace(go.Scatter(
+            x=[_round(p[0]) for p in pts], y=[_round(p[1]) for p in pts], mode="lines+markers", name=name,
+            line={"color": palette[i % len(palette)], "width": 2},
+            error_y={"type": "data", "symmetric": False, "array": [_round(p[3] - p[1]) for p in pts],
+                     "arrayminus": [_round(p[1] - p[2]) for p in pts]}))
+    _base_layout(fig, title or "IW-OPD minus OPD, greedy exact match (mean over seeds, 95% CI)",
+                 xaxis_title="compression: teacher / student parameters")
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(title_text="IW-OPD - OPD", zeroline=True)
+    fig.update_layout(hovermode="closest")
+    return fig
+
+
+__all__ = ["COLORS", "METRIC_TITLES", "compression_figure", "position_profile_figure", "study_curves_figure"]
