@@ -22,7 +22,7 @@ from . import toy
 from .batch import Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
 from .rollout import Sampling, TransformersEngine, VLLMEngine
-from .scoring import completion_logits, load_model, load_tokenizer, score
+from .scoring import completion_logits, load_model, load_tokenizer, score, score_batch
 from .study_stats import pack_bits
 
 OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
@@ -204,9 +204,10 @@ def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prom
                                               seed=cfg.seed * 1_000_003 + step * cfg.batch_size,
                                               stop_token_ids=(tok.eos_token_id,)))
         mask = batch.valid()
-        with torch.no_grad():
-            teacher_lp = score(teacher, batch, cfg.temperature)
-        student_lp = score(student, batch, cfg.temperature, grad=True)
+        student_lp = score(student, batch, cfg.temperature, grad=True)       # the gradient pass
+        with torch.no_grad():                                                # the scored batch: the one scoring path
+            batch = score_batch(batch, teacher=teacher, student_logprobs=student_lp.detach(), temperature=cfg.temperature)
+        teacher_lp = batch.series("teacher_logprobs")
         roll = batch.series("rollout_logprobs")
         drift = float((roll - student_lp.detach()).abs()[mask].max())
         res = _objective(cfg, student, teacher, batch, student_lp, teacher_lp, mask)

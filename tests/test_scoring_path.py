@@ -37,7 +37,7 @@ def test_given_logprobs_are_attached_through_the_same_path(batch, student):
     out = score_batch(batch, student_logprobs=lp, temperature=0.7)
     got = out.series("student_logprobs")
     assert torch.allclose(got[~got.isnan()], lp.detach()[~got.isnan()]) and out.scoring["student_logprobs"] == 0.7
-    assert out.student_logprobs[0][0] == pytest.approx(float(lp[0, 0]), abs=1e-6) and not math.isnan(out.student_logprobs[0][0])
+    assert out.student_logprobs[0][0] == pytest.approx(float(lp[0, 0].detach()), abs=1e-6) and not math.isnan(out.student_logprobs[0][0])
 
 
 def test_bad_calls_say_what_to_pass(batch, student):
