@@ -66,9 +66,10 @@ t1 = time.perf_counter()
 if mode == "read":
     K.read_jsonl(path)
 else:
+    sys.argv = ["iwopd-kit", "check", path]          # as the console script runs it
     with contextlib.redirect_stdout(io.StringIO()):
         try:
-            cli.main(["check", path])
+            cli.main()
         except SystemExit:
             pass
 t2 = time.perf_counter()

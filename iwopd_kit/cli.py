@@ -125,7 +125,8 @@ def _write_outputs(args: argparse.Namespace, obj: dict, html: str | None) -> int
 
 
 def _lean_malloc() -> None:
-    """In this CLI process only: glibc serves every allocation of 1 MB or more with its own mmap, so the
+    """For the ``iwopd-kit check`` command's own process only (not when :func:`main` is called with
+    arguments from Python, e.g. in a notebook): glibc serves every allocation of 1 MB or more with its own mmap, so the
     check's large temporaries go back to the system when freed (glibc's default raises that threshold to
     the largest block freed so far, up to 32 MB, and then keeps freed [B, L] buffers in the heap; measured
     in benchmarks/bench_memory.py). A no-op where glibc's ``mallopt`` is not available."""
@@ -140,7 +141,6 @@ def _lean_malloc() -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    _lean_malloc()
     error = device_error(args.device)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
@@ -338,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if argv is None and args.func is _check:      # the `iwopd-kit check` command itself, not a call from Python
+        _lean_malloc()
     return args.func(args)
 
 
