@@ -20,17 +20,17 @@ stage $py scripts/run_when.py --task main --student 200k --seeds 0 1 2 3 4
 student main 50k 5e-3 3000 50
 student main 800k 1.5e-3 2000 25
 for s in 50k 800k; do stage $py scripts/run_when.py --task main --student $s --seeds 0 1 2 --eval-prompts 1024; done
-# 3. the early-step protocol on answer_first
-stage $py scripts/run_when.py --task answer_first --student 200k --seeds 0 1 2 3 4
-# 4. compression on answer_first
-student answer_first 50k 5e-3 3000 50
-student answer_first 800k 1.5e-3 2000 25
-for s in 50k 800k; do stage $py scripts/run_when.py --task answer_first --student $s --seeds 0 1 2 --eval-prompts 1024; done
-# 5. the TIS pair: IW-OPD with and without TIS, float32 and bfloat16 vLLM rollout engines
+# 3. the TIS pair: IW-OPD with and without TIS, float32 and bfloat16 vLLM rollout engines
 for d in float32 bfloat16; do
   stage $py scripts/run_when.py --task main --objectives iw_opd --seeds 0 --engine vllm --rollout-dtype $d --tis-pair --eval-prompts 1024
   stage $py scripts/run_when.py --task main --objectives iw_opd --seeds 0 --engine vllm --rollout-dtype $d --tis 5.0 --eval-prompts 1024
 done
+# 4. the early-step protocol on answer_first
+stage $py scripts/run_when.py --task answer_first --student 200k --seeds 0 1 2 3 4
+# 5. compression on answer_first
+student answer_first 50k 5e-3 3000 50
+student answer_first 800k 1.5e-3 2000 25
+for s in 50k 800k; do stage $py scripts/run_when.py --task answer_first --student $s --seeds 0 1 2 --eval-prompts 1024; done
 # 6. more seeds for the compression sweep
 for t in main answer_first; do for s in 50k 800k; do
   stage $py scripts/run_when.py --task $t --student $s --seeds 3 4 --eval-prompts 1024
