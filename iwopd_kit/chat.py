@@ -101,6 +101,30 @@ def chat_prompt_ids(tokenizer: Any, messages: Sequence[Message], *, enable_think
     return [int(i) for i in ids]
 
 
+def with_template_defaults(tokenizer: Any, **defaults: Any) -> Any:
+    """A copy of ``tokenizer`` whose chat template sets ``defaults`` before it renders anything.
+
+    For trainers that apply the chat template themselves with no template arguments: TRL 1.16's
+    ``IWOPDTrainer`` calls ``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``
+    and has no ``chat_template_kwargs``, so a Qwen3 run gets thinking-mode prompts (no empty
+    ``<think></think>`` block) whatever the dataset asks. ``with_template_defaults(tok,
+    enable_thinking=False)`` as the trainer's ``processing_class`` renders them in non-thinking mode.
+    The values win over arguments passed at render time. JSON values only (bools, numbers, strings).
+    """
+    import copy
+    import json
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        raise ValueError("with_template_defaults: the tokenizer has no chat_template (a single template string)")
+    for name in defaults:
+        if not name.isidentifier():
+            raise ValueError(f"with_template_defaults: {name!r} is not a template variable name")
+    out = copy.deepcopy(tokenizer)
+    out.chat_template = "".join(f"{{%- set {k} = {json.dumps(v)} %}}" for k, v in defaults.items()) + template
+    return out
+
+
 def chat_completion_ids(tokenizer: Any, answer: str, eos_token_id: int | None = None) -> list[int]:
     """The assistant turn's ids as the model writes them: the text, then the end-of-turn token."""
     eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -126,4 +150,4 @@ def rollout_chat(engine: Any, tokenizer: Any, conversations: Sequence[Sequence[M
 
 
 __all__ = ["TEKKEN", "load_chat_tokenizer", "CHAT_DIR", "CHAT_STUDENT_DIR", "CHAT_TEACHER_DIR", "QWEN3_TOKENIZER_DIR", "GPT2_TOKENIZER_DIR",
-           "CHAT_FIXTURES_DIR", "chat_messages", "chat_prompt_ids", "chat_completion_ids", "rollout_chat"]
+           "CHAT_FIXTURES_DIR", "chat_messages", "chat_prompt_ids", "chat_completion_ids", "rollout_chat", "with_template_defaults"]

@@ -219,3 +219,35 @@ def test_weight_sync_reaches_a_tied_output_layer(chat_engine, chat_student, qwen
     finally:
         chat_student.load_state_dict(initial)
         assert reload_engine_weights(chat_engine.llm, iter(initial.items())) is True   # a tied head was refreshed
+
+
+def test_thinking_mode_prompts_answered_without_think_are_named(qwen3):
+    """Class E warning: a thinking-mode prompt (TRL 1.16's IWOPDTrainer renders no enable_thinking) answered
+    without <think>; the non-thinking prompt, and a thinking-mode answer that opens <think>, are healthy."""
+    from iwopd_kit.chat import with_template_defaults
+
+    msgs = chat_messages("7+5=")
+    think = chat_prompt_ids(qwen3, msgs, enable_thinking=True)
+    plain = chat_prompt_ids(qwen3, msgs, enable_thinking=False)
+    answer = chat_completion_ids(qwen3, "7+5=12")
+    opened = chat_completion_ids(qwen3, "<think>\n\n</think>\n\n7+5=12")
+    assert qwen3.decode(think).endswith("<|im_start|>assistant\n") and qwen3.decode(plain).endswith("</think>\n\n")
+
+    def warnings(prompts, completions):
+        batch = K.Batch(prompt_ids=prompts, completion_ids=completions)
+        report = K.check_alignment(batch, student_tokenizer=qwen3, teacher_tokenizer=qwen3)
+        assert not [f for f in report.findings if f.severity == "error"], report
+        return [f for f in report.findings if "thinking-mode" in f.message]
+
+    (f,) = warnings([plain, think, think], [answer, answer, opened])
+    assert (f.kind, f.severity, f.row) == ("bos_eos", "warning", 1)
+    assert "1 of the 2 rows" in f.message and "enable_thinking=False" in f.message and "IWOPDTrainer" in f.message
+    assert warnings([plain, plain], [answer, answer]) == []
+    assert warnings([think], [opened]) == []
+    # the fix for a trainer that renders prompts itself: the template's default, set once
+    fixed = with_template_defaults(qwen3, enable_thinking=False)
+    text = fixed.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert fixed(text, add_special_tokens=False)["input_ids"] == plain and qwen3.chat_template != fixed.chat_template
+    assert qwen3.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True).endswith("assistant\n")
+    with pytest.raises(ValueError, match="not a template variable"):
+        with_template_defaults(qwen3, **{"a-b": 1})

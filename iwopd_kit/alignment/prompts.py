@@ -6,6 +6,8 @@
   turn on one side only, BOS, or another chat template.
 - :func:`dropped_special_findings` (E): a prompt that reads like a rendered chat template but holds
   none of the template's special tokens (they were dropped on the way to the engine).
+- :func:`thinking_mode_findings` (E, warning): thinking-mode prompts answered without ``<think>``
+  (``enable_thinking=False`` lost on the way to the trainer).
 """
 
 from __future__ import annotations
@@ -165,4 +167,58 @@ def dropped_special_findings(ctx: Context) -> list[Finding]:
     return out
 
 
-__all__ = ["THINK_TOKENS", "rows_read_differently", "teacher_prompt_findings", "dropped_special_findings"]
+def _thinking_header(tok: Any) -> list[int] | None:
+    """The ids a template writes for a thinking-mode generation prompt (Qwen3: ``<|im_start|>assistant\\n``),
+    when its non-thinking generation prompt differs (the template reads ``enable_thinking``); else None."""
+    template = getattr(tok, "chat_template", None)
+    if not isinstance(template, str) or "enable_thinking" not in template:
+        return None
+    probe = [{"role": "user", "content": "xq7zv"}]
+
+    def ids(**kw: Any) -> list[int]:
+        out = tok.apply_chat_template(probe, tokenize=True, **kw)
+        return [int(i) for i in (out["input_ids"] if hasattr(out, "keys") else out)]
+
+    try:
+        bare, think, plain = (ids(add_generation_prompt=False), ids(add_generation_prompt=True, enable_thinking=True),
+                              ids(add_generation_prompt=True, enable_thinking=False))
+    except Exception:
+        return None
+    if think == plain or think[:len(bare)] != bare or len(think) == len(bare):
+        return None
+    return think[len(bare):]
+
+
+def thinking_mode_findings(ctx: Context) -> list[Finding]:
+    """Class E: thinking-mode prompts whose completions do not open a ``<think>`` block.
+
+    Qwen3's template ends a thinking-mode prompt with ``<|im_start|>assistant\\n`` and a non-thinking
+    one with an empty ``<think>\\n\\n</think>\\n\\n``. A model in thinking mode opens its answer with
+    ``<think>``; one that answers straight away after a thinking-mode prompt was trained or served in
+    non-thinking mode, and its prompts lost their ``enable_thinking=False`` on the way (TRL 1.16's
+    ``IWOPDTrainer`` renders prompts with no template arguments). A warning: the ids still agree.
+    """
+    tok = ctx.tokenizer
+    header = _thinking_header(tok) if tok is not None else None
+    opens = _ids_of(tok, THINK_TOKENS[:1]) if header is not None else set()
+    if not opens:
+        return []
+    k = len(header)
+    rows = [b for b, (p, c) in enumerate(zip(ctx.batch.prompt_ids, ctx.batch.completion_ids))
+            if len(p) >= k and [int(i) for i in p[-k:]] == header]
+    answer = [b for b in rows if len(ctx.batch.completion_ids[b]) and int(ctx.batch.completion_ids[b][0]) not in opens]
+    if not answer:
+        return []
+    return [Finding(
+        "bos_eos", answer[0], None, "warning",
+        f"{len(answer)} of the {len(rows)} rows whose prompt ends with the thinking-mode generation prompt "
+        f"{_text(tok, header)!r} (no empty <think></think> block) do not open their completion with <think> "
+        f"(first: row {answer[0]}): the model answers as in non-thinking mode, so its prompts were probably meant to "
+        "be rendered with enable_thinking=False; pass it to apply_chat_template, or, for a trainer that renders "
+        "prompts itself without template arguments (TRL 1.16's IWOPDTrainer), make it the template's default "
+        "(iwopd_kit.chat.with_template_defaults(tokenizer, enable_thinking=False))",
+    )]
+
+
+__all__ = ["THINK_TOKENS", "rows_read_differently", "teacher_prompt_findings", "dropped_special_findings",
+           "thinking_mode_findings"]

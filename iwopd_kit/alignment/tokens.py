@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from .core import Context, Finding
-from .prompts import dropped_special_findings, rows_read_differently, teacher_prompt_findings
+from .prompts import dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings
 from .tensors import at, first_true
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
@@ -176,7 +176,7 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
                     "trainer may have tokenized it differently; tokenize once and send the same ids to vLLM, the student "
                     "and the teacher",
                 ))
-    out += dropped_special_findings(ctx)
+    out += dropped_special_findings(ctx) + thinking_mode_findings(ctx)
     if eos is None:
         return out
     tok, padm, valid = batch.tokens(pad_id=-1), batch.padding_mask(), batch.valid()
