@@ -38,8 +38,8 @@ def compression_points(task: str, step: int | None = None, when_dir: str | Path 
         runs = when_runs(task, size, when_dir)
         if not {"opd", "iw_opd"} <= set(runs):
             continue
-        r = speed_summary(runs["opd"], runs["iw_opd"], at=() if step is None else (step,), n_boot=2000)
-        d = r["diff"][max(r["diff"]) if step is None else step]
+        at = runs["opd"][0]["records"][-1]["step"] if step is None else step
+        d = difference_at(runs["opd"], runs["iw_opd"], at)
         out.append((runs["opd"][0]["param_ratio"], d["mean"], *d["ci"]))
     return out
 
@@ -185,17 +185,21 @@ def speed_summary(opd: list[Run], iw: list[Run], fraction: float = 0.9, at: Sequ
     out["curve_steps_iw"] = bootstrap(reach("iw"), opd, iw, n_boot, seed=1)
     out["curve_steps_diff"] = bootstrap(diff_reach, opd, iw, n_boot, seed=2)
     last = opd[0]["records"][-1]["step"]
-    diffs = {}
-    for step in [*at, last]:
-        pairs = [paired_difference(a, b, step) for a, b in zip(opd, iw)]
-        per_seed = [m for m, _ in pairs]
-        eval_se = math.sqrt(sum(se ** 2 for _, se in pairs)) / len(pairs)
-        boot = bootstrap(lambda a, _: statistics.mean(a), per_seed, per_seed, n_boot, seed=3, paired=True)
-        diffs[step] = {"mean": statistics.mean(per_seed), "per_seed": per_seed, "eval_se": eval_se,
-                       "ci": boot[1:3], "opd": statistics.mean(eval_at(r, step)["greedy_acc"] for r in opd),
-                       "iw": statistics.mean(eval_at(r, step)["greedy_acc"] for r in iw)}
-    out["diff"] = diffs
+    out["diff"] = {step: difference_at(opd, iw, step, n_boot) for step in [*at, last]}
     return out
+
+
+def difference_at(opd: list[Run], iw: list[Run], step: int, n_boot: int = 4000) -> dict[str, Any]:
+    """IW - OPD greedy accuracy at ``step``: the mean over seeds of the per-prompt paired differences,
+    each seed's value, the evaluation standard error, a bootstrap interval over seeds, and both means."""
+    opd, iw = _by_seed(opd, iw)
+    pairs = [paired_difference(a, b, step) for a, b in zip(opd, iw)]
+    per_seed = [m for m, _ in pairs]
+    eval_se = math.sqrt(sum(se ** 2 for _, se in pairs)) / len(pairs)
+    boot = bootstrap(lambda a, _: statistics.mean(a), per_seed, per_seed, n_boot, seed=3, paired=True)
+    return {"mean": statistics.mean(per_seed), "per_seed": per_seed, "eval_se": eval_se, "ci": boot[1:3],
+            "opd": statistics.mean(eval_at(r, step)["greedy_acc"] for r in opd),
+            "iw": statistics.mean(eval_at(r, step)["greedy_acc"] for r in iw)}
 
 
 def _steps(v) -> str:
@@ -228,5 +232,5 @@ def speed_markdown(rows: dict[str, dict[str, Any]], at: Sequence[int] = (5, 10, 
     return "\n".join(lines)
 
 
-__all__ = ["WHEN_DIR", "SIZES", "when_runs", "compression_points", "pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se", "mean_curve",
+__all__ = ["WHEN_DIR", "SIZES", "when_runs", "compression_points", "difference_at", "pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se", "mean_curve",
            "gain_target", "first_reach", "steps_to_target", "bootstrap", "speed_summary", "speed_markdown"]
