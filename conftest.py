@@ -4,7 +4,8 @@
     pytest --nbval notebooks/
 
 For notebooks: run kernels in this environment (``--nbval-current-env``), sanitize with
-``notebooks/sanitize.cfg``, and do not compare plotly's JSON payload nor the PNG copies of figures
+``notebooks/sanitize.cfg`` (addresses, temporary paths, the repo root, elapsed seconds and the
+token views' hover values, whose last digit follows the CPU's kernels), and do not compare plotly's JSON payload nor the PNG copies of figures
 and views (``iwopd_kit/views/static.py``; their bytes depend on Chromium): the figures are checked
 through the numbers printed beside them, the copies' ``text/plain`` is still compared. Kernels inherit a deterministic, CPU-friendly environment.
 """

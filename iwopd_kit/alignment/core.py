@@ -380,6 +380,21 @@ def value_text(x: float) -> str:
     return str(x)
 
 
+def gap_text(x: float) -> str:
+    """A mean |log-prob| gap in a message: three significant digits, or ``< 1e-05`` at float32 rounding level.
+
+    A gap that only rounding makes (a shift undone, a row compared with its true partner) is not a
+    reproducible number: its digits change with the CPU and the kernel, so it is not printed as one.
+    """
+    x = float(x)
+    return f"< {GAP_FLOOR:g}" if 0.0 <= x < GAP_FLOOR else f"{x:.3g}"
+
+
+GAP_FLOOR = 1e-5
+"""Mean gaps below this are float32 rounding (a log-prob's float32 ulp near 1 is 1.2e-7; kernels differ by a few)."""
+
+
 __all__ = ["KINDS", "SEVERITIES", "REDUCTIONS", "SIDES", "Finding", "Tolerances", "RowLag", "AlignmentReport",
            "Context", "Need", "Detector", "PAIR", "TEACHER", "PADDED", "SCORED_OR_LENGTHS", "BOTH_TOKENIZERS",
-           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "FULL_PRECISION", "meta_values", "one_thread"]
+           "A_TOKENIZER", "VERSIONS_OR_PAIR", "COUNT_OR_REDUCTION", "FULL_PRECISION", "meta_values", "one_thread",
+           "value_text", "gap_text", "GAP_FLOOR"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Context, Finding
+from .core import Context, Finding, gap_text
 from .lags import shifted_rows
 from .tensors import first_true, nanmean_rows, row_mask, stored_series
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
@@ -44,7 +44,7 @@ def find_offset(ctx: Context) -> list[Finding]:
         out.append(Finding(
             "offset", b, 0, "error",
             f"rollout log-probs are shifted by {d:+d} token(s): token j carries the log-prob of token j{d:+d} "
-            f"(mean gap {e0:.3g} as stored, {e_best:.3g} with the shift undone); {offset_fix(d, p[b], min(p), max(p))}",
+            f"(mean gap {gap_text(e0)} as stored, {gap_text(e_best)} with the shift undone); {offset_fix(d, p[b], min(p), max(p))}",
         ))
     return sorted(out + _zero_padded_rows(ctx, shifted.flagged), key=lambda f: f.row)
 
@@ -163,8 +163,8 @@ def find_ordering(ctx: Context) -> list[Finding]:
     mapping = ", ".join(f"{b}->{c}" for b, c, _, _ in pairs[:12]) + (", ..." if len(pairs) > 12 else "")
     return [Finding(
         "ordering", b, 0, "error",
-        f"rollout row {b} carries the log-probs of row {c} (mean gap {g0:.3g} against its own student series, "
-        f"{gc:.3g} against row {c}'s): rows were re-ordered between rollout and training ({how}; rollout row -> "
+        f"rollout row {b} carries the log-probs of row {c} (mean gap {gap_text(g0)} against its own student series, "
+        f"{gap_text(gc)} against row {c}'s): rows were re-ordered between rollout and training ({how}; rollout row -> "
         f"trainer row: {mapping}); carry a row id (prompt uid + sample index) through gathering, grouping and "
         "sharding, and restore the order by it before pairing series",
     ) for b, c, g0, gc in pairs]
