@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch_llama3_tokenizer.sh
 source scripts/env.sh
 start=$(date +%s)
 .venv/bin/python -m pytest tests/ --durations=10 "$@"
