@@ -7,6 +7,7 @@ token export, TRL or verl torch file, OpenAI / TRL-client JSON; pickles only wit
 ``--allow-pickle``); scores missing student / teacher series with local models; exit 1 on an
 error finding, 2 on unreadable input.
 ``iwopd-kit convert IN OUT`` — any readable dump -> the kit's JSONL.
+``iwopd-kit scan RUN`` / ``sql STORE QUERY`` / ``gates STORE|DUMP`` — a whole run (:mod:`iwopd_kit.run`).
 """
 
 from __future__ import annotations
@@ -332,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dst", help="the JSONL file to write")
     _input_args(v)
     v.set_defaults(func=_convert)
+    from .run.cli import add_run_commands
+
+    add_run_commands(sub, _input_args)              # scan, sql, gates
     return p
 
 

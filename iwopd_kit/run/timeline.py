@@ -156,8 +156,8 @@ def summary_text(result) -> str:
                          "errors > 0\"")
         first = bad[0]
         kinds = ", ".join(k for k in KINDS if first[f"n_{k}"])
-        lines.append(f"first bad step: {first['step']} ({kinds}); drill in: {drill_command(first, scan.get('run', ''), sorted(
-            S.read_manifest(store)['steps'].get(str(first['step']), {}).get('files', {})))}")
+        files = sorted(S.read_manifest(store)["steps"].get(str(first["step"]), {}).get("files", {}))
+        lines.append(f"first bad step: {first['step']} ({kinds}); drill in: {drill_command(first, scan.get('run', ''), files)}")
         lines.append(f"its page: {store / 'steps' / ('step_%d.html' % first['step'])}")
     else:
         lines.append("no step has an error-level finding")
