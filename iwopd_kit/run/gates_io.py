@@ -39,9 +39,9 @@ def batch_inputs(batch) -> GateInputs:
 def store_inputs(con, step: int) -> GateInputs:
     """One step of a store (an open DuckDB connection from :func:`iwopd_kit.run.open_store`)."""
     rows = con.execute('SELECT step_row, "group", reward FROM rows WHERE step = ? ORDER BY step_row', [step]).fetchall()
-    t = con.execute("SELECT step_row, student_logprob, rollout_logprob, rl_advantage FROM tokens WHERE step = ? AND "
-                    "policy AND isfinite(student_logprob) AND isfinite(rollout_logprob) ORDER BY step_row, position",
-                    [step]).fetch_arrow_table()
+    t = con.sql("SELECT step_row, student_logprob, rollout_logprob, rl_advantage FROM tokens WHERE step = ? AND policy "
+                "AND isfinite(student_logprob) AND isfinite(rollout_logprob) ORDER BY step_row, position",
+                params=[step]).to_arrow_table()
     col = lambda name, dtype: t.column(name).to_numpy(zero_copy_only=False).astype(dtype)  # noqa: E731  (null -> NaN)
     adv = col("rl_advantage", np.float64)
     rewards = np.array([np.nan if r[2] is None else r[2] for r in rows], dtype=np.float64)
