@@ -284,8 +284,8 @@ def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1
     gradient pass, detached). The temperature is recorded in ``batch.scoring``. ``progress(rows, desc)``
     is called after each pass. When the batch has ``kept_ids`` and the student is a model, the same
     forward pass also fills ``kept_logmass`` (:func:`kept_logmass`, at ``batch.sampling.temperature``:
-    the temperature the engine chose its kept sets at; the scoring temperature when none is recorded). The demo pipeline, the training loop and ``iwopd-kit check``'s rescoring
-    all attach scores here.
+    the temperature the engine chose its kept sets at; the scoring temperature when none is recorded).
+    The demo pipeline, the training loop and ``iwopd-kit check``'s rescoring all attach scores here.
     """
     if rows_per_pass is not None and rows_per_pass < 1:
         raise ValueError(f"rows_per_pass must be >= 1 (or None: all rows at once), got {rows_per_pass!r}")

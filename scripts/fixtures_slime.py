@@ -31,9 +31,10 @@ that commit). What slime does, and what this script does at each step:
    L104-242, ``format_version`` 2).
 
 Directories (each ``data_0.pt`` + ``train_0.pt``; in each, sample 1 is multi-turn: its first turn
-stops at ",", a tool turn "=0," follows, masked out): ``healthy`` (T 1, top-p 1, SGLang teacher), ``top_p`` (T 1.3, top-p 0.9, kept sets, a Megatron teacher in the
-train dump), ``shift`` (healthy, but a custom generate stored each rollout log-prob one token early),
-``teacher_offset`` (healthy, but the teacher slice taken one token early: ``[-R - 1:-1]``).
+stops at ",", a tool turn "=0," follows, masked out): ``healthy`` (T 1, top-p 1, SGLang teacher),
+``top_p`` (T 1.3, top-p 0.9, kept sets, a Megatron teacher in the train dump), ``shift`` (healthy,
+but a custom generate stored each rollout log-prob one token early), ``teacher_offset`` (healthy, but
+the teacher slice taken one token early: ``[-R - 1:-1]``).
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ def train_dump(samples: list[Sample], student, teacher, T: float, top_p: float, 
             if key in data:
                 rd[key] = [data[key][j] for j in part]
         rd["raw_reward"], rd["total_lengths"] = data["raw_reward"], data["total_lengths"]
-        rd["global_batch_sizes"], rd["num_microbatches"], rd["micro_batch_indices"] = [len(samples)], [1], [[list(range(len(part)))]]
+        rd["global_batch_sizes"], rd["num_microbatches"] = [len(samples)], [1]
+        rd["micro_batch_indices"] = [[list(range(len(part)))]]
         for key, dtype in (("tokens", torch.long), ("loss_masks", torch.int), ("rollout_log_probs", torch.float32),
                            ("rollout_top_p_token_ids", torch.int32), ("rollout_top_p_token_offsets", torch.int32),
                            ("teacher_log_probs", torch.float32)):          # tensorize_rollout_data_for_training

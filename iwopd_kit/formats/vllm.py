@@ -4,8 +4,8 @@ Offline engine: ``list[RequestOutput]``; each ``.outputs[0]`` (a ``CompletionOut
 ``token_ids`` and ``logprobs`` = one ``dict[token_id, Logprob]`` per generated token (with
 ``SamplingParams(logprobs=0)`` just the sampled token; with k > 0 up to k + 1 entries, the sampled
 one always among them), and, with the engine argument ``return_sampling_mask`` (vLLM 0.32, Model
-Runner V2), ``sampling_mask.token_ids``: the kept set of each generated token. OpenAI-compatible server: ``/v1/completions`` choices with
-``logprobs.token_logprobs`` and, when requested, ``token_ids`` (``return_token_ids``) or tokens
+Runner V2), ``sampling_mask.token_ids``: the kept set of each generated token. OpenAI-compatible
+server: ``/v1/completions`` choices with ``logprobs.token_logprobs`` and, when requested, ``token_ids`` (``return_token_ids``) or tokens
 spelled ``"token_id:N"`` (``return_tokens_as_token_ids``). TRL's vLLM client (server mode):
 ``{"prompt_ids", "completion_ids", "logprobs", "logprob_token_ids"}`` (:func:`from_trl_vllm_output`).
 
