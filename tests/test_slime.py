@@ -189,3 +189,7 @@ def test_sampling_is_recorded_when_given():
     assert b.sampling.temperature == 1.3 and b.sampling.top_p == 0.9
     with pytest.raises(K.BatchError, match="not a slime train dump"):
         load_slime(DIR / "healthy" / "data_0.pt", DIR / "healthy" / "data_0.pt")
+    with pytest.raises(K.BatchError, match=r"train_0.pt: a slime train dump .*not a rollout dump"):
+        load_any(DIR / "healthy" / "train_0.pt", format="slime")
+    with pytest.raises(K.BatchError, match=r"data_0.pt: not a slime train dump"):
+        load_any(DIR / "healthy" / "data_0.pt", format="slime_train")

@@ -244,6 +244,9 @@ def from_slime_rollout(dump: Mapping[str, Any], train: Mapping[str, Any] | None 
     ``teacher_log_probs`` when present, ``ref_log_probs`` into ``meta``; the tokens of both dumps
     must agree. Errors name the sample (its position in ``samples``) and the key.
     """
+    if is_slime_train(dump):
+        raise BatchError("a slime train dump (format_version 2: samples, dp_shards), not a rollout dump; read it as "
+                         "slime_train, or pass it as the train dump of load_slime")
     samples = _samples(dump, "slime rollout dump")
     joined = _train_index(samples, train) if train is not None else [None] * len(samples)
     if train is not None and _plain(train.get("rollout_id")) != _plain(dump.get("rollout_id")):
@@ -282,6 +285,9 @@ def from_slime_train(dump: Mapping[str, Any], sampling: SamplingSettings | None 
     Row b is ``samples[b]`` (sorted by ``rollout_position``); the rollout dump's metadata (status,
     reward, ...) is not in it: join the two with :func:`from_slime_rollout` for that.
     """
+    if not is_slime_train(dump):
+        raise BatchError(f"not a slime train dump (keys {sorted(map(str, dump))}); expected format_version 2: samples, "
+                         "dp_shards (a rollout dump reads as slime)")
     rows = _Rows()
     for i, t in enumerate(_samples(dump, "slime train dump")):
         where = f"slime train dump, sample {i} (rollout_position {_plain(t.get('rollout_position'))!r})"
