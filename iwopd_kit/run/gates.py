@@ -172,13 +172,13 @@ _NEMO = "NVIDIA-NeMo/RL@7ea279ab"
 _VERL = "volcengine/verl@b178a3cd verl/trainer/ppo/rollout_corr_helper.py"
 RULES: dict[str, Rule] = {r.name: r for r in (
     Rule("nemo_seq_error", "sequence", "drop", {"threshold": 2.0}, nemo_seq_error,
-         f"{_NEMO} nemo_rl/algorithms/grpo.py:2513-2632 (compute_and_apply_seq_logprob_error_masking)"),
+         f"{_NEMO} nemo_rl/algorithms/grpo.py:2513-2640 (compute_and_apply_seq_logprob_error_masking)"),
     Rule("tis", "token", "truncate", {"max": 2.0, "min": 0.0}, tis,
          f"{_NEMO} nemo_rl/algorithms/loss/loss_functions.py:597-616 ('tis'); {_VERL}:562"),
     Rule("tis5", "token", "truncate", {"max": 5.0, "min": 0.0}, tis,
          f"{_NEMO} nemo_rl/algorithms/loss/loss_functions.py:597-616 ('tis') at 5"),
     Rule("icepop", "token", "drop", {"min": 0.5, "max": 5.0}, icepop,
-         f"{_NEMO} nemo_rl/algorithms/loss/loss_functions.py:579-584, 617-636 ('icepop')"),
+         f"{_NEMO} nemo_rl/algorithms/loss/loss_functions.py:577-584, 617-636 ('icepop')"),
     Rule("trl_seq_mask", "sequence", "drop", {"max": 3.0, "min": None}, trl_seq_mask,
          "huggingface/trl@f2cd5771 trl/trainer/grpo_trainer.py:2579-2620 (vllm_importance_sampling_mode='sequence_mask')"),
     Rule("dppo", "token", "drop", {"low": 0.2, "high": 0.2}, dppo,
