@@ -33,11 +33,21 @@ from . import views
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``scan_run``, ``open_store``, ``ScanResult``, ``simulate_gates``: the run commands' API (iwopd_kit.run),
+    loaded on first use (they need pyarrow and duckdb, the ``run`` extra; ``import iwopd_kit`` does not)."""
+    if name in ("ScanResult", "open_store", "scan_run", "simulate_gates"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
     "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
     "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "mismatch_metrics", "opd_loss",
     "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
-    "to_trl_batch", "write_jsonl",
+    "to_trl_batch", "write_jsonl", "ScanResult", "open_store", "scan_run", "simulate_gates",
 ]
