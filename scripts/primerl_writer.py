@@ -4,7 +4,7 @@ Every step below is a minimal copy of prime-rl's code at commit
 559b44772e471d1538537b8805cc77f3824a5e64 (github.com/PrimeIntellect-ai/prime-rl), with the file and
 lines it copies; what is left out (multimodal, routed experts, LoRA, context parallelism, several
 train workers) is never used by the fixtures. Samples are plain dicts with prime-rl's
-``TrainingSample`` fields (src/prime_rl/transports/rollouts/types.py L55-100).
+``TrainingSample`` fields (src/prime_rl/transports/rollouts/types.py L23-70).
 
 1. orchestrator: ``_prune_zero_advantages`` (src/prime_rl/orchestrator/train_sink.py L36-61) and
    ``stamp_loss_routing`` (src/prime_rl/orchestrator/algo/routing.py L67-84);

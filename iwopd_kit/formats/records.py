@@ -21,8 +21,9 @@ def finding(kind: str, row: int | None, position: int | None, severity: str, mes
     return {"kind": kind, "row": row, "position": position, "severity": severity, "message": message}
 
 
-def where(fmt: str, row: int) -> str:
-    return f"{fmt}, row {row} (line {row + 1})"
+def where(fmt: str, row: int, line: int | None = None) -> str:
+    """``"<fmt>, row R (line N)"``: the batch row and the file line (row + 1 unless rows were left out)."""
+    return f"{fmt}, row {row} (line {row + 1 if line is None else line})"
 
 
 def ints(values: Any, key: str, at: str) -> list[int]:
@@ -82,9 +83,9 @@ def keep_finite(values: list[float | None], start: int, end: int, counts: Callab
     return out, [finding("numerics", row, t0 - start, "error" if hit else "warning", msg)]
 
 
-def build(fmt: str, prompts: list[list[int]], **fields: Any) -> Batch:
+def build(fmt: str, prompts: list[list[int]], lines: list[int] | None = None, **fields: Any) -> Batch:
     """``Batch(prompt_ids=prompts, **fields)``; an error in completion coordinates is re-worded to name
-    the dump row, its line and the token of the dump row."""
+    the dump row, its line (``lines[b]``; default b + 1) and the token of the dump row."""
     try:
         return Batch(prompt_ids=prompts, **fields)
     except BatchError as e:
@@ -92,8 +93,9 @@ def build(fmt: str, prompts: list[list[int]], **fields: Any) -> Batch:
         if not msg.startswith("row "):
             raise BatchError(f"{fmt}: {msg}") from None
         b = int(msg.split()[1].rstrip(":,"))
-        raise BatchError(f"{where(fmt, b)}{msg[len(f'row {b}'):]} (completion coordinates: position 0 is token "
-                         f"{len(prompts[b])} of the row)") from None
+        line = None if lines is None else lines[b]
+        raise BatchError(f"{where(fmt, b, line)}{msg[len(f'row {b}'):]} (completion coordinates: position 0 is "
+                         f"token {len(prompts[b])} of the row)") from None
 
 
 __all__ = ["build", "finding", "flags", "floats", "ints", "keep_finite", "where"]
