@@ -11,11 +11,9 @@ trip, errors on bad input, and that the kit's k3 over the tokens prime-rl pools 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,21 +24,13 @@ from iwopd_kit import toy
 from iwopd_kit.cli import main
 from iwopd_kit.formats import detect_format, from_primerl_records, load_any
 
+from fixture_scripts import same, script
+
 DIR = toy.REPO_ROOT / "data" / "fixtures" / "primerl"
 MANIFEST = json.loads((DIR / "fixtures.json").read_text())["fixtures"]
-SCRIPTS = toy.REPO_ROOT / "scripts"
 
 
-def _script(name: str):
-    if str(SCRIPTS) not in sys.path:
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-W = _script("primerl_writer")
+W = script("primerl_writer")
 
 
 def path_of(name: str) -> Path:
@@ -170,20 +160,8 @@ def test_primerl_pool_of_nulls_is_nan_and_float32_is_the_trainers_rounding():
     assert f32 == pytest.approx(f64, rel=1e-2) and f32 != f64
 
 
-def same(a, b) -> bool:
-    """Equal JSON values, floats to 1e-6 (a float32 ULP may differ between CPUs' vector kernels)."""
-    if isinstance(a, float) or isinstance(b, float):
-        return a is not None and b is not None and (a == b or (a != a and b != b) or math.isclose(a, b, rel_tol=1e-6,
-                                                                                                  abs_tol=1e-9))
-    if isinstance(a, list):
-        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    return a == b
-
-
 def test_fixtures_are_what_the_generator_writes(tmp_path):
-    F = _script("fixtures_primerl")
+    F = script("fixtures_primerl")
     F.main(tmp_path / "primerl")
     for p in sorted(DIR.rglob("*")):
         if p.is_file():
