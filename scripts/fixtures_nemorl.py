@@ -13,7 +13,7 @@ turns are random token ids (role ``environment``). The trainer recomputes with t
 float32 plus ~1e-6 noise, or logits rounded to bfloat16 for the bf16 case.
 
 Deterministic (fixed seeds). One file per fixture, ``<name>/train_data_step<N>.jsonl``, and
-``fixtures.json``: per fixture what was done, the failure class (null when healthy), where
+``nemorl.json`` next to the directory (outside it, so ``iwopd-kit check`` on the directory sees only dumps): per fixture what was done, the failure class (null when healthy), where
 (``expect``: ``[row, position]`` in completion coordinates, or rows), and NeMo-RL's own
 ``token_mult_prob_error`` (:func:`nemorl_writer.nemorl_token_mult_prob_error`, float64 and float32).
 Expectations come from what this script did, never from running the check.
@@ -143,7 +143,7 @@ def main(out: Path = OUT) -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     man = build()
-    (OUT / "fixtures.json").write_text(json.dumps({"commit": W.COMMIT, "vocab": V, "pad_id": PAD, "fixtures": man},
+    (OUT.parent / f"{OUT.name}.json").write_text(json.dumps({"commit": W.COMMIT, "vocab": V, "pad_id": PAD, "fixtures": man},
                                                   indent=1, allow_nan=False) + "\n")
     for name, e in man.items():
         print(f"  {name}: {e['file']} ({(OUT / e['file']).stat().st_size} bytes), token_mult_prob_error "

@@ -14,7 +14,7 @@ temperature on every token, orchestrator/train_sink.py L255-264). The trainer re
 same table: float32 plus ~1e-6 noise, or logits rounded to bfloat16 for the bf16 case.
 
 Deterministic (fixed seeds). One directory per fixture, ``<name>/token_exports/step_<N>/rank_0.jsonl``
-with ``STABLE``, and ``fixtures.json``: per fixture what was done, the failure class (null when
+with ``STABLE``, and ``primerl.json`` next to the directory (outside it, so ``iwopd-kit check`` on the directory sees only dumps): per fixture what was done, the failure class (null when
 healthy), where the breakage is (``expect``: ``[row, position]`` in completion coordinates, or rows),
 and prime-rl's own ``mismatch_kl`` of the file (:func:`primerl_writer.primerl_mismatch_kl`, float64
 definition and float32 trainer arithmetic). Expectations come from what this script did, never from
@@ -221,7 +221,7 @@ def main(out: Path = OUT) -> None:
     if OUT.exists():
         shutil.rmtree(OUT)
     manifest = build()
-    (OUT / "fixtures.json").write_text(json.dumps({"commit": W.COMMIT, "vocab": V, "fixtures": manifest}, indent=1,
+    (OUT.parent / f"{OUT.name}.json").write_text(json.dumps({"commit": W.COMMIT, "vocab": V, "fixtures": manifest}, indent=1,
                                                   allow_nan=False) + "\n")
     for name, e in manifest.items():
         size = (OUT / e["file"]).stat().st_size

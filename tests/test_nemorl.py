@@ -1,6 +1,6 @@
 """NeMo-RL's ``train_data_step{N}.jsonl``: the reader, the fixtures, and NeMo-RL's own ``token_mult_prob_error``.
 
-The fixtures (data/fixtures/nemorl/, see fixtures.json) are written by NeMo-RL's own writer path
+The fixtures (data/fixtures/nemorl/, see data/fixtures/nemorl.json) are written by NeMo-RL's own writer path
 (scripts/nemorl_writer.py, copied from NeMo-RL with citations): message logs flattened and padded,
 ``prev_logprobs`` with a leading 0, ``log_data`` sliced one sample per line (one-element lists), NaN
 written literally. The tests check the reader against the lines themselves, a JSONL round trip,
@@ -23,7 +23,7 @@ from iwopd_kit.formats import detect_format, from_nemorl_records, load_any
 from fixture_scripts import same, script
 
 DIR = toy.REPO_ROOT / "data" / "fixtures" / "nemorl"
-MANIFEST = json.loads((DIR / "fixtures.json").read_text())["fixtures"]
+MANIFEST = json.loads((DIR.parent / "nemorl.json").read_text())["fixtures"]
 W = script("nemorl_writer")
 
 
@@ -132,11 +132,12 @@ def test_the_distillation_dump_is_named():
 
 def test_fixtures_are_what_the_generator_writes(tmp_path):
     script("fixtures_nemorl").main(tmp_path / "nemorl")
-    for p in sorted(DIR.rglob("*")):
-        if p.is_file():
-            q = tmp_path / "nemorl" / p.relative_to(DIR)
-            a, b = (x.read_text().splitlines() if p.suffix == ".jsonl" else [x.read_text()] for x in (p, q))
-            assert same([json.loads(x) for x in a], [json.loads(x) for x in b]), p.relative_to(DIR)
+    pairs = [(DIR.parent / "nemorl.json", tmp_path / "nemorl.json")]
+    pairs += [(p, tmp_path / "nemorl" / p.relative_to(DIR)) for p in sorted(DIR.rglob("*")) if p.is_file()]
+    for p, q in pairs:
+        assert q.is_file(), p
+        a, b = (x.read_text().splitlines() if p.suffix == ".jsonl" else [x.read_text()] for x in (p, q))
+        assert same([json.loads(x) for x in a if x], [json.loads(x) for x in b if x]), p
 
 
 @pytest.mark.parametrize("break_it, match", [

@@ -1,7 +1,7 @@
 """prime-rl's token export (token_exports/step_N/rank_R.jsonl): the reader, the fixtures, and prime-rl's own
 ``mismatch_kl`` pool.
 
-The fixtures (data/fixtures/primerl/, see fixtures.json) are written by prime-rl's own writer path
+The fixtures (data/fixtures/primerl/, see data/fixtures/primerl.json) are written by prime-rl's own writer path
 (scripts/primerl_writer.py, copied from prime-rl with citations): packed micro batches cut into one
 record per sample, multi-turn tool turns loss-masked with inference log-prob 0.0, weight streams,
 SFT-distill from a frozen teacher next to OPD, nulls, two envs at different temperatures. The tests
@@ -27,7 +27,7 @@ from iwopd_kit.formats import detect_format, from_primerl_records, load_any
 from fixture_scripts import same, script
 
 DIR = toy.REPO_ROOT / "data" / "fixtures" / "primerl"
-MANIFEST = json.loads((DIR / "fixtures.json").read_text())["fixtures"]
+MANIFEST = json.loads((DIR.parent / "primerl.json").read_text())["fixtures"]
 
 
 W = script("primerl_writer")
@@ -161,15 +161,13 @@ def test_primerl_pool_of_nulls_is_nan_and_float32_is_the_trainers_rounding():
 
 
 def test_fixtures_are_what_the_generator_writes(tmp_path):
-    F = script("fixtures_primerl")
-    F.main(tmp_path / "primerl")
-    for p in sorted(DIR.rglob("*")):
-        if p.is_file():
-            q = tmp_path / "primerl" / p.relative_to(DIR)
-            assert q.is_file(), p.relative_to(DIR)
-            if p.suffix in (".json", ".jsonl"):
-                a, b = (x.read_text().splitlines() if p.suffix == ".jsonl" else [x.read_text()] for x in (p, q))
-                assert same([json.loads(x) for x in a], [json.loads(x) for x in b]), p.relative_to(DIR)
+    script("fixtures_primerl").main(tmp_path / "primerl")
+    pairs = [(DIR.parent / "primerl.json", tmp_path / "primerl.json")]
+    pairs += [(p, tmp_path / "primerl" / p.relative_to(DIR)) for p in sorted(DIR.rglob("*")) if p.is_file()]
+    for p, q in pairs:
+        assert q.is_file(), p
+        a, b = (x.read_text().splitlines() if p.suffix == ".jsonl" else [x.read_text()] for x in (p, q))
+        assert same([json.loads(x) for x in a if x], [json.loads(x) for x in b if x]), p
 
 
 def _recs() -> list[dict]:
