@@ -1,7 +1,7 @@
 """The dump readers, in one table: name, suffixes, how the file is opened, how it is recognised.
 
 ``load_any``, ``detect_format`` and the CLI (``iwopd-kit check`` / ``convert``) read this table
-and nothing else; the converters (``trl``, ``verl``, ``vllm``, ``primerl``, ``nemorl``, and
+and nothing else; the converters (``trl``, ``verl``, ``vllm``, ``primerl``, ``nemorl``, ``slime``, and
 :func:`iwopd_kit.batch.read_jsonl`) know nothing of it. Adding a format = a pure converter in its
 own module and one :class:`Reader` line in :data:`READERS`.
 
@@ -28,6 +28,7 @@ from ..batch import Batch, BatchError, read_jsonl
 from . import files
 from .nemorl import from_nemorl_records, is_nemorl_record
 from .primerl import from_primerl_records, is_primerl_record
+from .slime import from_slime_rollout, from_slime_train, is_slime_rollout, is_slime_train
 from .trl import from_trl_batch
 from .verl import from_verl_batch
 from .vllm import from_openai_json, from_trl_vllm_output, from_vllm_object
@@ -93,6 +94,10 @@ READERS: tuple[Reader, ...] = (
     Reader("trl_vllm", (".json",), "json", lambda o: {"completion_ids", "logprobs"} <= _keys(o),
            lambda p, obj: from_trl_vllm_output(obj), "TRL's vLLM client output (prompt_ids, completion_ids, logprobs, "
            "logprob_token_ids)"),
+    Reader("slime", (".pt", ".pth"), "torch", is_slime_rollout, lambda p, d: from_slime_rollout(d),
+           "slime's --save-debug-rollout-data dump (rollout_id, samples); join its train dump with load_slime"),
+    Reader("slime_train", (".pt", ".pth"), "torch", is_slime_train, lambda p, d: from_slime_train(d),
+           "slime's --save-debug-train-data dump (format_version 2: samples, dp_shards)"),
     Reader("verl_dataproto", (".pkl", ".pickle"), "pickle", _dataproto_names, _read_dataproto,
            "a verl DataProto saved with save_to_disk (a pickle: only with --allow-pickle)"),
 )
