@@ -13,8 +13,9 @@ turns are random token ids (role ``environment``). The trainer recomputes with t
 float32 plus ~1e-6 noise, or logits rounded to bfloat16 for the bf16 case.
 
 Deterministic (fixed seeds). One file per fixture, ``<name>/train_data_step<N>.jsonl``, and
-``nemorl.json`` next to the directory (outside it, so ``iwopd-kit check`` on the directory sees only dumps): per fixture what was done, the failure class (null when healthy), where
-(``expect``: ``[row, position]`` in completion coordinates, or rows), and NeMo-RL's own
+``nemorl.json`` beside the directory (so ``iwopd-kit check`` on the directory sees only dumps): per
+fixture what was done, the failure class (null when healthy), where (``expect``: ``[row, position]``
+in completion coordinates, or rows), and NeMo-RL's own
 ``token_mult_prob_error`` (:func:`nemorl_writer.nemorl_token_mult_prob_error`, float64 and float32).
 Expectations come from what this script did, never from running the check.
 """

@@ -14,8 +14,8 @@ temperature on every token, orchestrator/train_sink.py L255-264). The trainer re
 same table: float32 plus ~1e-6 noise, or logits rounded to bfloat16 for the bf16 case.
 
 Deterministic (fixed seeds). One directory per fixture, ``<name>/token_exports/step_<N>/rank_0.jsonl``
-with ``STABLE``, and ``primerl.json`` next to the directory (outside it, so ``iwopd-kit check`` on the directory sees only dumps): per fixture what was done, the failure class (null when
-healthy), where the breakage is (``expect``: ``[row, position]`` in completion coordinates, or rows),
+with ``STABLE``, and ``primerl.json`` beside the directory (so ``iwopd-kit check`` on the directory
+sees only dumps): per fixture what was done, the failure class (null when healthy), where the breakage is (``expect``: ``[row, position]`` in completion coordinates, or rows),
 and prime-rl's own ``mismatch_kl`` of the file (:func:`primerl_writer.primerl_mismatch_kl`, float64
 definition and float32 trainer arithmetic). Expectations come from what this script did, never from
 running the check.
