@@ -16,8 +16,9 @@ same table: float32 plus ~1e-6 noise, or logits rounded to bfloat16 for the bf16
 Deterministic (fixed seeds). One directory per fixture, ``<name>/token_exports/step_<N>/rank_0.jsonl``
 with ``STABLE``, and ``primerl.json`` beside the directory (so ``iwopd-kit check`` on the directory
 sees only dumps): per fixture what was done, the failure class (null when healthy), where the
-breakage is (``expect``: ``[row, position]`` in completion coordinates, or rows), and prime-rl's own ``mismatch_kl`` of the file (:func:`primerl_writer.primerl_mismatch_kl`, float64
-definition and float32 trainer arithmetic). Expectations come from what this script did, never from
+breakage is (``expect``: ``[row, position]`` in completion coordinates, or rows), and prime-rl's own
+``mismatch_kl`` of the file (:func:`primerl_writer.primerl_mismatch_kl`, float64 definition and float32
+trainer arithmetic). Expectations come from what this script did, never from
 running the check.
 """
 
