@@ -123,17 +123,19 @@ def test_jsonl_round_trip_keeps_every_field(name, tmp_path):
         assert getattr(c, f) == getattr(b, f), f
 
 
-@pytest.mark.parametrize("name", ["healthy_single_turn", "multi_turn_shifted", "distill", "mixed_env_temperature"])
-def test_kit_k3_equals_primerl_mismatch_kl_where_the_pools_agree(name):
-    """prime-rl pools loss_mask & (rl != 0 | ref_kl != 0); here that is exactly policy_mask()."""
+@pytest.mark.parametrize("name", ["healthy_single_turn", "healthy_multi_turn", "multi_turn_shifted", "distill",
+                                  "mixed_env_temperature"])
+def test_kit_k3_equals_primerl_mismatch_kl_over_its_pool(name):
+    """prime-rl pools loss_mask & (rl != 0 | ref_kl != 0); the reader records it as metric_pool, and
+    Batch.metric_mask() is that pool."""
     b = load_any(path_of(name))
     ref = W.primerl_mismatch_kl(path_of(name))
     assert ref == MANIFEST[name]["primerl_mismatch_kl"]
     kit = K.mismatch_metrics(b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64),
-                             b.policy_mask())
+                             b.metric_mask())
     assert kit["mismatch/k3_kl"] == pytest.approx(ref["mismatch_kl/all"], rel=1e-6)
     for g in sorted(set(b.groups)):
-        pool = b.policy_mask() & torch.tensor([x == g for x in b.groups])[:, None]
+        pool = b.metric_mask() & torch.tensor([x == g for x in b.groups])[:, None]
         key = f"mismatch_kl/{g}"
         assert (key in ref) == bool(pool.any()), g                # an env with no policy token: no metric
         if key in ref:
@@ -148,7 +150,9 @@ def test_zero_advantage_tokens_leave_primerl_pool():
     b = load_any(path_of("healthy_multi_turn"))
     ref = W.primerl_mismatch_kl(path_of("healthy_multi_turn"))["mismatch_kl/all"]
     s, r = b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64)
+    assert b.metric_pool == ("rl_weights",)
     pool = b.policy_mask() & (b.weight("rl_weights", torch.float64) != 0)
+    assert torch.equal(pool, b.metric_mask())
     assert K.mismatch_metrics(s, r, pool)["mismatch/k3_kl"] == pytest.approx(ref, rel=1e-6)
     assert K.mismatch_metrics(s, r, b.policy_mask())["mismatch/k3_kl"] != pytest.approx(ref, rel=1e-3)
 

@@ -53,7 +53,9 @@ Rules of this reader (``j`` = completion position, ``t`` = record position):
 prime-rl's own ``mismatch_kl`` (train.py L496-520) pools ``exp(d) - d - 1``, d = trainer - inference,
 over ``loss_mask & (rl_weights != 0 | ref_kl_weights != 0)`` (just ``loss_mask`` when the micro
 batch has neither stream): tokens the kit sees as ``policy_mask()`` minus those whose rl and
-ref_kl weights are both 0 (zero-advantage tokens pruned from rl by the orchestrator).
+ref_kl weights are both 0 (zero-advantage tokens pruned from rl by the orchestrator). The reader
+records that pool as ``Batch.metric_pool`` (the rl / ref_kl streams the dump carries), so the kit's
+pooled metrics read the same tokens (:meth:`~iwopd_kit.batch.Batch.metric_mask`).
 """
 
 from __future__ import annotations
@@ -170,9 +172,10 @@ def primerl_columns(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for name, rows in stream_rows.items():
         if any(r is not None for r in rows):        # a stream some record carries: the others get its meaning of absent
             weights[name] = [r if r is not None else [STREAM_FILL[name]] * len(c) for r, c in zip(rows, comps)]
+    pool = tuple(n for n in ("rl_weights", "ref_kl_weights") if n in weights) or None   # train.py L496-520
     return dict(prompt_ids=prompts, completion_ids=comps, mask=None if all(all(m) for m in masks) else masks,
                 token_source=None if all(x == "policy" for row in sources for x in row) else sources,
-                rollout_logprobs=roll, student_logprobs=stud, weights=weights or None,
+                rollout_logprobs=roll, student_logprobs=stud, weights=weights or None, metric_pool=pool,
                 groups=groups if any(g is not None for g in groups) else None, meta=meta, findings=findings)
 
 
