@@ -26,8 +26,8 @@ JSONL schema, one row per line (every key but the first two optional)::
      "rollout_logprobs": [float|null] | null, "student_logprobs": ..., "teacher_logprobs": ...,
      "kept_logmass": [float|null] | null, "mask": [bool|0|1] | null,
      "token_source": ["policy"|"other_model"|"context"] | null, "weights": {name: [float|null]} | null,
-     "group": str | null, "kept_ids": [[int] | null] | null, "finish_reason": str | null,
-     "sampling": {...} | null, "meta": {...}}
+     "group": str | null, "kept_ids": [[int] | null] | null, "metric_pool": [str] | null,
+     "finish_reason": str | null, "sampling": {...} | null, "meta": {...}}
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import torch
 
 from .sampling import LOGPROBS_MODES, SamplingSettings  # noqa: F401  (re-exported: their old home)
 from .ragged import (FLOATS, KEPT_LOGMASS, SERIES, TOKEN_SOURCES, BatchError, Column, Packed, RecordBuilder,  # noqa: F401
-                     check_padded, group_value, ids_row, kept_row, locate, pack_padded, ragged_from_padded, rows_of)
-from .fields import RAGGED, Rows, Streams, pack_field
+                     group_value, ids_row, kept_row, locate, pack_padded, rows_of)
+from .fields import RAGGED, Rows, Streams, batch_records, check_padded, pack_field, ragged_from_padded  # noqa: F401
 
 POLICY = TOKEN_SOURCES.index("policy")
 
@@ -63,6 +63,8 @@ class Batch:
         token_source: None (all ``policy``) or B lists of L_b names from :data:`TOKEN_SOURCES`.
         weights: None or {stream name: B lists of L_b floats (None = missing)}.
         groups / kept_ids: None, or B group names / B lists of L_b kept sets (None where not recorded).
+        metric_pool: None, or the weight streams that define the writer's own metric pool: the pooled
+            mismatch metrics read the policy tokens where one of them is non-zero (:meth:`metric_mask`).
         finish_reasons: B of "stop" / "length" / None.
         sampling: how the completions were sampled, if known.
         scoring: series name -> temperature it was scored at (filled by ``score``).
@@ -87,6 +89,7 @@ class Batch:
     weights: dict[str, list[list[float | None]]] | None = Streams()
     groups: list[str | None] | None = None
     kept_ids: list[list[list[int] | None]] | None = None
+    metric_pool: tuple[str, ...] | None = None
     finish_reasons: list[str | None] | None = None
     sampling: SamplingSettings | None = None
     scoring: dict[str, float] = field(default_factory=dict)
@@ -134,6 +137,13 @@ class Batch:
                 raise BatchError(f"{name} has {len(v)} entries but the batch has {n} rows")
         if self.groups is not None:
             set_(self, "groups", [group_value(b, g) for b, g in enumerate(self.groups)])
+        if self.metric_pool is not None:
+            pool = tuple(str(n) for n in self.metric_pool)
+            unknown = [n for n in pool if n not in (self.__dict__["_weights"] or {})]
+            if unknown:
+                raise BatchError(f"metric_pool names weight stream(s) {unknown} the batch does not have; it has "
+                                 f"{sorted(self.__dict__['_weights'] or {})}")
+            set_(self, "metric_pool", pool)
         if self.kept_ids is not None:
             set_(self, "kept_ids", [kept_row(b, k, n) for b, (k, n) in enumerate(zip(self.kept_ids, lengths.tolist()))])
         if self.sampling is not None and not isinstance(self.sampling, SamplingSettings):
@@ -224,6 +234,15 @@ class Batch:
         out = self.valid()
         return out if self._packed["token_source"] is None else out & (self.source_codes() == POLICY)
 
+    def metric_mask(self) -> torch.Tensor:
+        """BoolTensor [B, L]: the tokens the pooled mismatch metrics read, as the writer's framework pools them:
+        ``policy_mask()``, and where ``metric_pool`` names weight streams, a non-zero weight in one of them
+        (prime-rl's ``mismatch_kl`` leaves out tokens whose rl and ref_kl weights are both 0)."""
+        out = self.policy_mask()
+        if self.metric_pool:
+            out &= torch.stack([self.weight(n, torch.float64).nan_to_num(0.0) != 0 for n in self.metric_pool]).any(0)
+        return out
+
     def segments(self, mask: torch.Tensor | None = None) -> list[tuple[int, int, int]]:
         """Contiguous runs of ``mask`` (default ``policy_mask()``) per row: (row, start, end), end exclusive,
         in completion coordinates (a multi-turn row has one run per assistant turn)."""
@@ -312,32 +331,8 @@ class Batch:
         return None if p is None else p.rows()
 
     def to_records(self) -> list[dict[str, Any]]:
-        cols = {name: self._rows(name) for name in RAGGED}
-        streams = {k: p.rows() for k, p in (self.__dict__.get("_weights") or {}).items()}
-        recs = []
-        for b in range(self.size):
-            rec: dict[str, Any] = {"prompt_ids": cols["prompt_ids"][b], "completion_ids": cols["completion_ids"][b]}
-            for name in SERIES:
-                rec[name] = None if cols[name] is None else cols[name][b]
-            rec["mask"] = None if cols["mask"] is None else cols["mask"][b]
-            # the newer keys are written only when present, so older readers keep reading plain dumps
-            for name in (KEPT_LOGMASS, "token_source"):
-                if cols[name] is not None:
-                    rec[name] = cols[name][b]
-            if streams:
-                rec["weights"] = {k: v[b] for k, v in streams.items()}
-            if self.groups is not None:
-                rec["group"] = self.groups[b]
-            if self.kept_ids is not None:
-                rec["kept_ids"] = self.kept_ids[b]
-            rec["finish_reason"] = None if self.finish_reasons is None else self.finish_reasons[b]
-            rec["sampling"] = None if self.sampling is None else self.sampling.to_dict()
-            meta = dict(self.meta[b]) if self.meta is not None else {}
-            if self.scoring:
-                meta.setdefault("scoring", self.scoring)
-            rec["meta"] = meta
-            recs.append(rec)
-        return recs
+        """One JSONL-style dict per row (the schema in this module's docstring)."""
+        return batch_records(self)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], source: str = "") -> "Batch":
@@ -354,6 +349,10 @@ class Batch:
         sampling = SamplingSettings.from_dict(samplings[0], "sampling") if samplings else None
         if any(SamplingSettings.from_dict(s, "sampling") != sampling for s in samplings[1:]):
             raise BatchError("records disagree on 'sampling'; a batch has one set of sampling settings")
+        pools = {tuple(p) for p in cols.pop("metric_pools")}
+        if len(pools) > 1:
+            raise BatchError(f"records disagree on 'metric_pool' ({sorted(pools)}); a batch has one metric pool")
+        cols["metric_pool"] = next(iter(pools), None)
         metas = cols["meta"]
         scoring = metas[0].get("scoring", {}) if metas else {}
         try:

@@ -7,11 +7,12 @@ against the completion lengths and packs it (:mod:`iwopd_kit.ragged`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
-from .ragged import FLOATS, BatchError, Column, Packed, mask_row, series_row, source_row
+from .ragged import FLOATS, KEPT_LOGMASS, SERIES, BatchError, Column, Packed, mask_row, rows_of, series_row, source_row
 
 RAGGED: tuple[str, ...] = ("prompt_ids", "completion_ids", *FLOATS, "mask", "token_source")
 """The per-token fields stored packed (one 1-D tensor + row lengths each)."""
@@ -86,4 +87,52 @@ def pack_field(name: str, v: Any, lengths: np.ndarray) -> Packed | None:
     return col.packed()
 
 
-__all__ = ["RAGGED", "Rows", "Streams", "pack_field"]
+def batch_records(self) -> list[dict[str, Any]]:
+    """``Batch.to_records``: one JSONL-style dict per row; the newer keys only where the batch has them."""
+    cols = {name: self._rows(name) for name in RAGGED}
+    streams = {k: p.rows() for k, p in (self.__dict__.get("_weights") or {}).items()}
+    recs = []
+    for b in range(self.size):
+        rec: dict[str, Any] = {"prompt_ids": cols["prompt_ids"][b], "completion_ids": cols["completion_ids"][b]}
+        for name in SERIES:
+            rec[name] = None if cols[name] is None else cols[name][b]
+        rec["mask"] = None if cols["mask"] is None else cols["mask"][b]
+        # the newer keys are written only when present, so older readers keep reading plain dumps
+        for name in (KEPT_LOGMASS, "token_source"):
+            if cols[name] is not None:
+                rec[name] = cols[name][b]
+        if streams:
+            rec["weights"] = {k: v[b] for k, v in streams.items()}
+        if self.groups is not None:
+            rec["group"] = self.groups[b]
+        if self.kept_ids is not None:
+            rec["kept_ids"] = self.kept_ids[b]
+        if self.metric_pool is not None:
+            rec["metric_pool"] = list(self.metric_pool)
+        rec["finish_reason"] = None if self.finish_reasons is None else self.finish_reasons[b]
+        rec["sampling"] = None if self.sampling is None else self.sampling.to_dict()
+        meta = dict(self.meta[b]) if self.meta is not None else {}
+        if self.scoring:
+            meta.setdefault("scoring", self.scoring)
+        rec["meta"] = meta
+        recs.append(rec)
+    return recs
+
+
+def check_padded(values: torch.Tensor, lengths: Sequence[int], name: str) -> None:
+    """A [B, L'] tensor with B rows and L' >= the longest completion, or a BatchError naming the shapes."""
+    if values.dim() != 2 or values.shape[0] != len(lengths):
+        raise BatchError(f"{name}: expected a [B, L] tensor with B={len(lengths)}, got shape {tuple(values.shape)}")
+    if values.shape[1] < max(lengths):
+        raise BatchError(f"{name}: tensor has {values.shape[1]} columns but the longest completion has {max(lengths)}")
+
+
+def ragged_from_padded(values: torch.Tensor, lengths: Sequence[int], name: str = "values") -> list[list[float | None]]:
+    """Cut a right-padded [B, L'] tensor to ragged rows of lengths L_b; NaN becomes None."""
+    check_padded(values, lengths, name)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    valid = torch.arange(values.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
+    return rows_of(values.detach().to("cpu", torch.float64)[valid], lengths, "series")
+
+
+__all__ = ["RAGGED", "Rows", "Streams", "batch_records", "check_padded", "pack_field", "ragged_from_padded"]

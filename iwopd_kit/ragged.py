@@ -241,24 +241,8 @@ def pack_padded(values: Tensor, valid: Tensor, name: str) -> Tensor:
     return flat.clone() if flat.data_ptr() == v.data_ptr() else flat
 
 
-def check_padded(values: torch.Tensor, lengths: Sequence[int], name: str) -> None:
-    """A [B, L'] tensor with B rows and L' >= the longest completion, or a BatchError naming the shapes."""
-    if values.dim() != 2 or values.shape[0] != len(lengths):
-        raise BatchError(f"{name}: expected a [B, L] tensor with B={len(lengths)}, got shape {tuple(values.shape)}")
-    if values.shape[1] < max(lengths):
-        raise BatchError(f"{name}: tensor has {values.shape[1]} columns but the longest completion has {max(lengths)}")
-
-
-def ragged_from_padded(values: torch.Tensor, lengths: Sequence[int], name: str = "values") -> list[list[float | None]]:
-    """Cut a right-padded [B, L'] tensor to ragged rows of lengths L_b; NaN becomes None."""
-    check_padded(values, lengths, name)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    valid = torch.arange(values.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
-    return rows_of(values.detach().to("cpu", torch.float64)[valid], lengths, "series")
-
-
 RECORD_KEYS = frozenset({"prompt_ids", "completion_ids", *FLOATS, "mask", "token_source", "weights", "group", "kept_ids",
-                         "finish_reason", "sampling", "meta"})
+                         "metric_pool", "finish_reason", "sampling", "meta"})
 
 
 def locate(e: BatchError, source: str) -> BatchError:
@@ -284,6 +268,7 @@ class RecordBuilder:
         self.metas: list[dict] = []
         self.groups: list[str | None] = []
         self.kept: list[Any] = []
+        self.pools: set[tuple[str, ...]] = set()
 
     def add(self, b: int, rec: Any) -> None:
         where = self.where
@@ -336,6 +321,11 @@ class RecordBuilder:
         self.kept.append(kept)
         if rec.get("sampling") is not None:
             self.samplings.append(rec["sampling"])
+        pool = rec.get("metric_pool")
+        if pool is not None:
+            if not isinstance(pool, list) or not all(isinstance(x, str) for x in pool):
+                raise BatchError(f"{where} {b} (line {b + 1}): metric_pool must be a list of weight-stream names, got {pool!r}")
+            self.pools.add(tuple(pool))
         meta = rec.get("meta")
         self.metas.append(dict(meta) if isinstance(meta, dict) else {})
 
@@ -352,7 +342,7 @@ class RecordBuilder:
         groups = self.groups if any(g is not None for g in self.groups) else None
         kept = self.kept if any(k is not None for k in self.kept) else None
         return {**out, "weights": weights, "groups": groups, "kept_ids": kept, "finish_reasons": self.finish,
-                "meta": self.metas, "samplings": self.samplings}
+                "meta": self.metas, "samplings": self.samplings, "metric_pools": sorted(self.pools)}
 
 
 def weight_rows(row: int, streams: Any, length: int) -> dict[str, np.ndarray]:

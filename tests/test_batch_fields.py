@@ -93,3 +93,15 @@ def test_a_bad_jsonl_token_source_names_the_line(tmp_path):
 
 def test_sources_are_the_documented_three():
     assert TOKEN_SOURCES == ("policy", "other_model", "context")
+
+
+def test_metric_pool_reads_the_named_streams_and_round_trips(tmp_path):
+    b = _multi_turn().replace(metric_pool=("rl_weights",))
+    # row 0: policy tokens 0, 1, 4 have rl != 0; row 1 both
+    assert b.metric_mask().tolist() == [[True, True, False, False, True, False], [True, True, False, False, False, False]]
+    b2 = b.replace(weights={"rl_weights": [[0, 1, 0, 0, 1, 0], [1, 0]], "ce_weights": [[0] * 6, [0, 0]]})
+    assert b2.metric_mask().tolist() == [[False, True, False, False, True, False], [True, False, False, False, False, False]]
+    c = read_jsonl(write_jsonl(b2, tmp_path / "m.jsonl"))
+    assert c.metric_pool == ("rl_weights",) and torch.equal(c.metric_mask(), b2.metric_mask())
+    with pytest.raises(BatchError, match=r"metric_pool names weight stream\(s\) \['kl'\]"):
+        _multi_turn().replace(metric_pool=("kl",))

@@ -6,6 +6,8 @@ The formats and how ``format="auto"`` picks one live in one table,
 - ``jsonl`` (``.jsonl``): the kit's own rows, :func:`iwopd_kit.batch.read_jsonl`.
 - ``primerl`` (``.jsonl`` whose records have ``token_ids``, ``loss_mask``, ``inference_logprobs``):
   prime-rl's token export, :mod:`iwopd_kit.formats.primerl`.
+- ``nemorl`` (``.jsonl`` whose lines have ``input_lengths`` and ``token_loss_mask``): NeMo-RL's
+  ``train_data_step<N>.jsonl``, :mod:`iwopd_kit.formats.nemorl`.
 - ``trl`` (``.pt`` / ``.pth`` with ``input_ids`` and ``labels``): a ``torch.save``d dict of a TRL
   trainer's inputs, :func:`iwopd_kit.formats.trl.load_trl_dump`.
 - ``verl`` (``.pt`` / ``.pth`` with ``prompts`` and ``responses``): a ``torch.save``d dict or

@@ -1,7 +1,7 @@
 """The dump readers, in one table: name, suffixes, how the file is opened, how it is recognised.
 
 ``load_any``, ``detect_format`` and the CLI (``iwopd-kit check`` / ``convert``) read this table
-and nothing else; the converters (``trl``, ``verl``, ``vllm``, ``primerl``, ``slime``, and
+and nothing else; the converters (``trl``, ``verl``, ``vllm``, ``primerl``, ``nemorl``, ``slime``, and
 :func:`iwopd_kit.batch.read_jsonl`) know nothing of it. Adding a format = a pure converter in its
 own module and one :class:`Reader` line in :data:`READERS`.
 
@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from ..batch import Batch, BatchError, read_jsonl
 from . import files
+from .nemorl import from_nemorl_records, is_nemorl_record
 from .primerl import from_primerl_records, is_primerl_record
 from .slime import from_slime_rollout, from_slime_train, is_slime_rollout, is_slime_train
 from .trl import from_trl_batch
@@ -66,6 +67,10 @@ def _read_primerl(path: Path, _: Any) -> Batch:
     return from_primerl_records(rec for _, rec in files.iter_jsonl(path))
 
 
+def _read_nemorl(path: Path, _: Any) -> Batch:
+    return from_nemorl_records(rec for _, rec in files.iter_jsonl(path))
+
+
 def _read_dataproto(path: Path, obj: Any) -> Batch:
     return from_verl_batch(files.as_mapping(obj, "verl DataProto"))
 
@@ -83,6 +88,9 @@ READERS: tuple[Reader, ...] = (
            lambda p, obj: from_openai_json(obj), "/v1/completions responses (+ prompt ids)", fallback=True),
     Reader("primerl", (".jsonl",), "jsonl", is_primerl_record, _read_primerl,
            "prime-rl's token export (token_exports/step_N/rank_R.jsonl)"),
+    Reader("nemorl", (".jsonl",), "jsonl", is_nemorl_record, _read_nemorl,
+           "NeMo-RL's GRPO / PPO train_data_step<N>.jsonl (token_ids, token_loss_mask, generation_logprobs, "
+           "prev_logprobs)"),
     Reader("trl_vllm", (".json",), "json", lambda o: {"completion_ids", "logprobs"} <= _keys(o),
            lambda p, obj: from_trl_vllm_output(obj), "TRL's vLLM client output (prompt_ids, completion_ids, logprobs, "
            "logprob_token_ids)"),
