@@ -68,6 +68,8 @@ def concat(batches: list[Batch], files: list[str]) -> Batch:
         vals = [getattr(b, name) for b in batches]
         kw[name] = None if all(v is None for v in vals) else [x for b, v in zip(batches, vals) for x in (v or fill(b))]
     kw["sampling"] = _same("sampling settings", [b.sampling for b in batches], files)
+    kw["metric_pool"] = _same("metric pool (the weight streams its framework's metrics pool over)",
+                              [getattr(b, "metric_pool", None) for b in batches], files)
     kw["scoring"] = _same("scoring temperatures", [b.scoring for b in batches], files)
     findings, offset = [], 0
     for b in batches:
@@ -105,17 +107,8 @@ def read_step(paths: list[Path], names: list[str], format: str = "auto", allow_p
 
 
 def row_groups(batch: Batch) -> list[str | None]:
-    """Each row's group: ``batch.groups``; for a reader that does not fill them yet, prime-rl's ``env_name``
-    as its reader keeps it in meta (``meta["primerl"]["env_name"]``); else None."""
-    if batch.groups is not None:
-        return list(batch.groups)
-    metas = batch.meta or [None] * batch.size
-    out = []
-    for m in metas:
-        pr = m.get("primerl") if isinstance(m, dict) else None
-        g = pr.get("env_name") if isinstance(pr, dict) else None
-        out.append(None if g is None else str(g))
-    return out
+    """Each row's group (``batch.groups``: prime-rl's ``env_name``, NeMo-RL's ``agent_ref``, ...); None where none."""
+    return list(batch.groups) if batch.groups is not None else [None] * batch.size
 
 
 REWARD_KEYS = ("reward", "rewards", "score", "correct", "is_correct")

@@ -4,7 +4,8 @@ Token order is the batch's packed order: row by row (the step's rows, in file or
 within a row (completion coordinates). A value a source does not have is null, never zero.
 
 The metrics of a row and of a group pool Δ = student − rollout over the row's (group's) *counted*
-tokens: ``batch.policy_mask()`` (loss-masked, sampled by the policy) where both log-probs are finite.
+tokens: ``batch.metric_mask()`` (loss-masked, sampled by the policy, in the writer's metric pool) where
+both log-probs are finite.
 The step's pooled metrics are the check's own (``AlignmentReport.metrics``), and a group's are the
 check's ``group_metrics`` when the report has them.
 """
@@ -46,9 +47,16 @@ def _series(batch: Batch, name: str) -> np.ndarray | None:
     return None if p is None else p.values.to(torch.float64).numpy()
 
 
+def pool_mask(batch: Batch) -> torch.Tensor:
+    """[B, L] bool: the tokens the writer's framework pools its mismatch metrics over (``Batch.metric_mask()``:
+    policy tokens, less those outside the writer's metric pool), ``policy_mask()`` for a batch without one."""
+    return batch.metric_mask()
+
+
 def counted(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(counted [B, L] bool, Δ float64 [B, L] or None): the tokens the row / group metrics pool, and Δ there."""
-    pm = batch.policy_mask()
+    """(counted [B, L] bool, Δ float64 [B, L] or None): the tokens the row / group metrics pool (the metric pool
+    where both log-probs are finite), and Δ there."""
+    pm = pool_mask(batch)
     if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
         return torch.zeros_like(pm), None
     d = batch.series("student_logprobs", torch.float64) - batch.series("rollout_logprobs", torch.float64)
@@ -113,6 +121,7 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
         "token_source": source.cast(pa.string()),
         "loss_mask": pa.array(np.ones(n, bool) if mask is None else mask.values.numpy().astype(bool), pa.bool_()),
         "policy": pa.array(_flat(batch, batch.policy_mask()), pa.bool_()),
+        "counted": pa.array(_flat(batch, counted(batch)[0]), pa.bool_()),
         "rollout_logprob": _col(roll, n),
         "student_logprob": _col(stud, n),
         "teacher_logprob": _col(_series(batch, "teacher_logprobs"), n),
