@@ -186,3 +186,30 @@ def test_cli_scan_summary_names_the_first_bad_step_and_the_drill_command(tmp_pat
     assert json.loads(capsys.readouterr().out) == [{"step": 1, "errors": 0}, {"step": 5, "errors": 5}]
     assert main(["sql", str(run / "iwopd_scan"), "SELECT nope FROM steps"]) == 1
     assert main(["sql", str(tmp_path / "nowhere"), "SELECT 1"]) == 2
+
+
+@pytest.mark.parametrize("framework", ["nemorl", "primerl"])
+def test_fixture_runs_of_each_writer_read_with_their_reader_and_checked_like_one_file(tmp_path, framework):
+    """The fixtures written by NeMo-RL's / prime-rl's own code path (data/fixtures/<framework>): one step per folder;
+    each step's findings and metrics are those of check_alignment on its file."""
+    import shutil
+
+    fixtures = Path(__file__).resolve().parents[1] / "data" / "fixtures"
+    run = tmp_path / framework
+    shutil.copytree(fixtures / framework, run)
+    result = scan_run(run, workers=1, progress=False, html=False)
+    manifest = json.loads((fixtures / f"{framework}.json").read_text())
+    files = sorted(v["file"] for v in manifest["fixtures"].values() if (run / v["file"]).exists())
+    scan = json.loads((result.store / "scan.json").read_text())
+    assert sorted(scan["read"]) == files and set(scan["read"].values()) == {framework}
+    steps = {s["step"]: s for s in pq.read_table(result.store / "steps.parquet").to_pylist()}
+    findings = pq.read_table(result.store / "findings.parquet").to_pylist()
+    for f in files:
+        batch = K.load_any(run / f)
+        report = K.check_alignment(batch)
+        step = int(re.search(r"step_?(\d+)", f).group(1))
+        assert [(x["kind"], x["severity"], x["row"], x["position"]) for x in findings if x["step"] == step] == \
+            [(x.kind, x.severity, x.row, x.position) for x in report.findings], f
+        for col, key in zip(METRICS, MISMATCH_KEYS):
+            assert steps[step][col] == pytest.approx(report.metrics.get(key), rel=1e-12, abs=1e-15), (f, col)
+        assert (step in result.bad_steps) == (not report.ok)
