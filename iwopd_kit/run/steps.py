@@ -11,7 +11,7 @@ from the nearest up). The layouts this finds:
 
 A step is complete when its ``STABLE`` marker exists (a folder ``step_N`` inside ``token_exports``),
 else when none of its files changed for ``settle_s`` seconds. Files with a reader's suffix but no step
-number are listed, with that reason, as not read; nothing under the store or a hidden folder is looked at.
+number are listed, with that reason, as not read; nothing under the store, a folder named ``iwopd_scan`` or a hidden folder is looked at.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from ..formats.registry import SUFFIXES
 STEP_RE = re.compile(r"step[_-]?(\d+)", re.IGNORECASE)
 RANK_RE = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
 MARKER = "STABLE"
+STORE_DIRNAME = "iwopd_scan"
+"""The store's default folder name (``RUN/iwopd_scan``): never searched for dumps."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def find_steps(run: str | Path, exclude: str | Path | None = None) -> tuple[list
     unread: dict[str, str] = {}
     for p in run.rglob("*"):
         r = p.relative_to(run)
-        if any(part.startswith(".") for part in r.parts) or not p.is_file():
+        if any(part.startswith(".") or part == STORE_DIRNAME for part in r.parts[:-1]) or not p.is_file():
             continue
         if skip is not None and (p.resolve() == skip or skip in p.resolve().parents):
             continue

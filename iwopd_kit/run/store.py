@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 
 from ..alignment.core import KINDS
 from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
+from .steps import STORE_DIRNAME
 
 SCHEMA_VERSION = 1
 """Version of the store's tables; a store written with another version is rescanned from scratch."""
 
-STORE_DIRNAME = "iwopd_scan"
 TABLES = ("rows", "steps", "groups", "findings")
 """The one-file tables (``tokens`` is the partitioned dataset)."""
 

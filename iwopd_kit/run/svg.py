@@ -68,7 +68,7 @@ def line_chart(title: str, xs: Sequence[int], series: Sequence[tuple[str, Sequen
     bounds = [b for b in (lo_b, hi_b) if b is not None]
     lo, hi = min(vals + bounds), max(vals + bounds)
     log = lo > 0 and hi / lo > 100
-    y, ylo, yhi = _scale(lo, hi, log)
+    y, _, _ = _scale(lo, hi, log)
     x = _x(xs)
     parts = [head, f'<rect x="{L}" y="{T}" width="{W - L - R}" height="{H - T - B}" fill="none" stroke="#ccc"/>']
     if bounds:
@@ -80,9 +80,8 @@ def line_chart(title: str, xs: Sequence[int], series: Sequence[tuple[str, Sequen
         for b_ in bounds:
             parts.append(f'<line x1="{L}" x2="{W - R}" y1="{y(b_):.1f}" y2="{y(b_):.1f}" stroke="#1b7837" '
                          'stroke-dasharray="4 3"/>')
-    for v, anchor in ((yhi, T), (ylo, H - B)):
-        label = 10 ** v if log else v
-        parts.append(f'<text x="{L - 4}" y="{anchor + 4:.0f}" font-size="10" text-anchor="end">{_num(label)}</text>')
+    for v in (hi, lo):                                   # the data's range (and bounds), where they sit
+        parts.append(f'<text x="{L - 4}" y="{y(v) + 4:.0f}" font-size="10" text-anchor="end">{_num(v)}</text>')
     parts.append(f'<text x="{L}" y="{H - 8}" font-size="10">{xs[0]}</text>'
                  f'<text x="{W - R}" y="{H - 8}" font-size="10" text-anchor="end">{xs[-1]}</text>'
                  f'<text x="{(L + W - R) / 2:.0f}" y="{H - 8}" font-size="10" text-anchor="middle">step</text>')

@@ -72,10 +72,15 @@ def _flagged_table(steps: list[dict]) -> str:
     body = "".join(
         f'<tr><td class="n">{s["step"]}</td><td class="n">{s["errors"]}</td><td class="n">{s["warnings"]}</td>'
         f'<td>{html.escape(kinds(s))}</td><td>[{html.escape(s["first_severity"] or "")}] '
-        f'{html.escape(s["first_kind"] or "")}: {html.escape(s["first_message"] or "")}</td>'
+        f'{html.escape(s["first_kind"] or "")}: {html.escape(_short(s["first_message"]))}</td>'
         f'<td>{html.escape(_where(s))}</td><td><a href="steps/step_{s["step"]}.html">step_{s["step"]}.html</a></td></tr>'
         for s in bad)
     return f'<table class="iwr"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _short(text: str | None, n: int = 220) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
 def _where(s: dict) -> str:
