@@ -79,7 +79,8 @@ def line_chart(title: str, xs: Sequence[int], series: Sequence[tuple[str, Sequen
                      'fill="#1b7837" fill-opacity="0.10"/>')
         for b_ in bounds:
             parts.append(f'<line x1="{L}" x2="{W - R}" y1="{y(b_):.1f}" y2="{y(b_):.1f}" stroke="#1b7837" '
-                         'stroke-dasharray="4 3"/>')
+                         f'stroke-dasharray="4 3"/><text x="{W - R - 2}" y="{y(b_) - 2:.1f}" font-size="9" '
+                         f'text-anchor="end" fill="#1b7837">{_num(b_)}</text>')
     for v in (hi, lo):                                   # the data's range (and bounds), where they sit
         parts.append(f'<text x="{L - 4}" y="{y(v) + 4:.0f}" font-size="10" text-anchor="end">{_num(v)}</text>')
     parts.append(f'<text x="{L}" y="{H - 8}" font-size="10">{xs[0]}</text>'
