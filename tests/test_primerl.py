@@ -123,11 +123,14 @@ def test_check_a_directory_of_ranks_and_steps(tmp_path, capsys):
     assert code == 1, printed                                           # the worst file: an error finding
     obj = json.loads(out.read_text())
     names = [f"step_{s}/rank_{r}.jsonl" for s in (1, 2, 10) for r in (0, 1)]
-    assert obj["schema"] == 1 and list(obj["files"]) == names            # natural order: step_2 before step_10
+    assert obj["schema"] == 2 and list(obj["files"]) == names            # natural order: step_2 before step_10
+    assert obj["layouts"] == ["primerl"] and list(obj["steps"]) == ["1", "2", "10"]
+    assert obj["steps"]["10"]["exit_code"] == 1 and obj["steps"]["2"]["exit_code"] == 0
     broken_rows = {r for r, _ in offset.meta[0]["fixture"]["expect"]}
     for name in names:
         one = obj["files"][name]
-        assert set(one) == {"schema", "findings", "metrics", "unchecked"}
+        assert {"schema", "format", "step", "findings", "metrics", "groups", "unchecked", "provenance"} <= set(one)
+        assert one["format"] == "primerl" and one["step"] == int(name.split("/")[0][5:])
         errors = [f for f in one["findings"] if f["severity"] == "error"]
         if name == "step_10/rank_1.jsonl":       # caught, and no error outside the rows the fixture broke
             assert "offset" in {f["kind"] for f in errors} and {f["row"] for f in errors} <= broken_rows, errors
