@@ -18,8 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from .check_result import SCHEMA as JSON_SCHEMA  # the version of the ``check --json`` object
-from .formats.registry import FORMATS as FORMAT_CHOICES  # the readers' table (the old name, kept)
+from .check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
+from .formats.registry import FORMATS as FORMAT_CHOICES  # noqa: F401  (the readers' table, the old name)
 from .rescore import DTYPES  # the scoring dtypes
 
 

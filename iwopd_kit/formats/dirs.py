@@ -31,8 +31,8 @@ _STEP = re.compile(r"(?:^|[/_.-])step_?(\d+)", re.IGNORECASE)
 class Dump:
     """One dump of a directory: ``name`` (its path relative to the directory, what the tables show),
     ``step`` (None when its path names none), the ``layout`` that claimed it (None: read on its own),
-    the ``format`` it is read with (a reader's name, or ``"auto"``) and the ``companion`` its layout
-    joins to it (None when there is none)."""
+    the ``format`` it is read with (the layout's reader when its first record was confirmed, else
+    ``"auto"``: by suffix and keys) and the ``companion`` its layout joins to it (None when none)."""
 
     path: Path
     name: str
@@ -105,7 +105,8 @@ def _claim(lay: Layout, path: Path, rel: str, name: str, taken: set[Path]) -> Du
         if c.is_file() and c not in taken:
             companion = c
     step = m.groupdict().get("step")
-    return Dump(path, name, int(step) if step is not None else None, lay.name, lay.reader, companion)
+    fmt = lay.reader if lay.confirm else "auto"       # a name alone does not pin the reader: the keys decide
+    return Dump(path, name, int(step) if step is not None else None, lay.name, fmt, companion)
 
 
 def _rel(path: Path, base: Path) -> str:
