@@ -7,7 +7,6 @@ file's own row (what ``iwopd-kit check FILE`` reports) and the step's row.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,31 +78,29 @@ def concat(batches: list[Batch], files: list[str]) -> Batch:
     return Batch(**kw, findings=findings)
 
 
-def read_step(paths: list[Path], names: list[str], format: str = "auto", allow_pickle: bool = False):
-    """Read a step's files: ``(batch | None, origin_files [B], origin_rows [B], formats {name: reader},
-    unread {name: why})``. A file that cannot be read is listed with the reader's error, the others still count."""
-    from ..formats.load import load_any
-    from ..formats.registry import detect_format
-
-    batches, used, formats, unread = [], [], {}, {}
-    for p, name in zip(paths, names):
+def read_step(dumps: list, names: list[str], allow_pickle: bool = False):
+    """Read a step's dumps (:class:`iwopd_kit.formats.dirs.Dump`, each with its reader and companion):
+    ``(batch | None, origin_files [B], origin_rows [B], readers {name: reader}, unread {name: why})``.
+    A dump that cannot be read is listed with the reader's error; the others still count."""
+    batches, used, readers, unread = [], [], {}, {}
+    for dump, name in zip(dumps, names):
         try:
-            fmt = detect_format(p, allow_pickle) if format == "auto" else format
-            batches.append(load_any(p, format, allow_pickle=allow_pickle))
+            batch, reader = dump.read(allow_pickle)
         except (BatchError, OSError) as e:
             unread[name] = str(e)
             continue
+        batches.append(batch)
         used.append(name)
-        formats[name] = fmt
+        readers[name] = reader
     if not batches:
-        return None, [], [], formats, unread
+        return None, [], [], readers, unread
     try:
         batch = concat(batches, used)
     except BatchError as e:
-        return None, [], [], formats, {**unread, **{n: str(e) for n in used}}
+        return None, [], [], readers, {**unread, **{n: str(e) for n in used}}
     files = [n for n, b in zip(used, batches) for _ in range(b.size)]
     rows = [r for b in batches for r in range(b.size)]
-    return batch, files, rows, formats, unread
+    return batch, files, rows, readers, unread
 
 
 def row_groups(batch: Batch) -> list[str | None]:

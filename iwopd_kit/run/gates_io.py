@@ -94,16 +94,15 @@ def simulate_gates(source: str | Path, rules: list[str] | None = None, overrides
         finally:
             con.close()
     from ..batch import BatchError
-    from ..formats.registry import SUFFIXES
+    from ..formats.dirs import dump_of, plan_directory
     from .batches import read_step
-    from .steps import step_number
 
-    paths = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES) if source.is_dir() else [source]
-    batch, _, _, _, unread = read_step(paths, [p.name for p in paths], format, allow_pickle)
+    dumps = plan_directory(source, format).dumps if source.is_dir() else [dump_of(source, format)]
+    batch, _, _, _, unread = read_step(dumps, [d.name for d in dumps], allow_pickle)
     if batch is None:
         raise BatchError("; ".join(f"{k}: {v}" for k, v in unread.items()) or f"{source}: no dump file in it")
-    step = step_number(source, source.parent)
-    return _records(batch_inputs(batch), step, rules, overrides, by_group)
+    steps = {d.step for d in dumps}
+    return _records(batch_inputs(batch), steps.pop() if len(steps) == 1 else None, rules, overrides, by_group)
 
 
 def parse_param(text: str) -> tuple[str, str, Any]:

@@ -56,8 +56,7 @@ def _scan_step(task: dict) -> dict:
     store, step, run_name = Path(task["store"]), task["step"], task["run_name"]
     part = S.step_partition(store, step)
     shutil.rmtree(part, ignore_errors=True)
-    batch, files, rows, formats, unread = read_step([Path(p) for p in task["paths"]], task["names"], task["format"],
-                                                   task["allow_pickle"])
+    batch, files, rows, formats, unread = read_step(task["dumps"], task["names"], task["allow_pickle"])
     out = {"step": step, "fingerprint": task["fingerprint"], "formats": formats, "unread": unread}
     if batch is None:
         return out
@@ -157,7 +156,7 @@ def _scan_json(run: Path, store: Path, manifest: dict, no_step: dict[str, str], 
 
 
 def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: float) -> tuple[list[int], dict, dict]:
-    steps, no_step = find_steps(run, exclude=store)
+    steps, no_step = find_steps(run, exclude=store, format=opts["format"])
     tasks, pending = [], {}
     for sf in steps:
         why = sf.complete(settle_s)
@@ -181,9 +180,9 @@ def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: flo
 
 
 def _task(run: Path, store: Path, sf: StepFiles, fp: dict, opts: dict) -> dict:
-    return {"store": str(store), "step": sf.step, "run_name": run.resolve().name, "paths": [str(p) for p in sf.files],
-            "names": [rel(p, run) for p in sf.files], "fingerprint": fp, **{k: opts[k] for k in
-                                                                           ("format", "allow_pickle", "gamma", "html")}}
+    return {"store": str(store), "step": sf.step, "run_name": run.resolve().name, "dumps": list(sf.dumps),
+            "names": [rel(d.path, run) for d in sf.dumps], "fingerprint": fp,
+            **{k: opts[k] for k in ("allow_pickle", "gamma", "html")}}
 
 
 def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "auto", workers: int | None = None,

@@ -1,17 +1,14 @@
-"""Where the steps of a run are: every dump file under RUN that names a step, grouped by step number.
+"""Where the steps of a run are: the dumps the readers' layout table finds under RUN, grouped by step.
 
-A file belongs to step N when its name, or the name of a folder between it and RUN, carries a step
-number (``step_N``, ``step-N``, ``stepN``, any case; the file's own name first, then its folders
-from the nearest up). The layouts this finds:
+The dumps and their steps come from :func:`iwopd_kit.formats.dirs.plan_directory` (the table
+:data:`iwopd_kit.formats.registry.LAYOUTS`): prime-rl's ``token_exports/step_N/rank_R.jsonl`` (one file
+per rank), NeMo-RL's ``train_data_step{N}.jsonl``, slime's ``data_{id}.pt`` joined with
+``train_{id}.pt``, the kit's TRL callback dumps and its own JSONL per step; any other dump file takes its
+step from a ``step_N`` / ``stepN`` in its path. A dump whose path names no step is listed as not read.
 
-- prime-rl's token export: ``token_exports/step_N/rank_R.jsonl``, one file per rank; the trainer
-  touches ``step_N/STABLE`` once every rank has flushed (``TokenExporter.mark_stable``);
-- the kit's own JSONL, one file per step named with its step (``rollouts_step_N.jsonl``, ``step_N.jsonl``);
-- NeMo-RL's ``train_data_step{N}.jsonl`` (its ``grpo.py`` names the file after ``total_steps + 1``).
-
-A step is complete when its ``STABLE`` marker exists (a folder ``step_N`` inside ``token_exports``),
-else when none of its files changed for ``settle_s`` seconds. Files with a reader's suffix but no step
-number are listed, with that reason, as not read; nothing under the store, a folder named ``iwopd_scan`` or a hidden folder is looked at.
+A step is complete when its layout's marker exists in each of its folders (prime-rl's ``STABLE``,
+touched once every rank has flushed), else when none of its files changed for ``settle_s`` seconds.
+Nothing under the store, a folder named ``iwopd_scan`` or a hidden folder is looked at.
 """
 
 from __future__ import annotations
@@ -21,22 +18,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..formats.registry import SUFFIXES
+from ..batch import BatchError
+from ..formats.dirs import Dump, plan_directory
+from ..formats.registry import LAYOUTS
 
-STEP_RE = re.compile(r"step[_-]?(\d+)", re.IGNORECASE)
 RANK_RE = re.compile(r"rank[_-]?(\d+)", re.IGNORECASE)
-MARKER = "STABLE"
 STORE_DIRNAME = "iwopd_scan"
 """The store's default folder name (``RUN/iwopd_scan``): never searched for dumps."""
+_MARKERS = {lay.name: lay.marker for lay in LAYOUTS if lay.marker}
 
 
 @dataclass(frozen=True)
 class StepFiles:
-    """One step of a run: its number, its files (natural order), and the marker that says it is complete."""
+    """One step of a run: its number, its dumps (natural order) and the markers that say it is complete."""
 
     step: int
-    files: tuple[Path, ...]
-    marker: Path | None = None          # prime-rl's STABLE (None: the layout has no marker)
+    dumps: tuple[Dump, ...]
+    markers: tuple[Path, ...] = ()
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file the step reads (dumps and the companions joined to them)."""
+        return tuple(p for d in self.dumps for p in (d.path, d.companion) if p is not None)
 
     def fingerprint(self, run: Path) -> dict:
         """``{"files": {relative path: [size, mtime_ns]}, "marker": bool}``: what a re-scan compares."""
@@ -44,14 +47,15 @@ class StepFiles:
         for f in self.files:
             st = f.stat()
             files[rel(f, run)] = [st.st_size, st.st_mtime_ns]
-        return {"files": files, "marker": self.marker is not None and self.marker.exists()}
+        return {"files": files, "marker": all(m.exists() for m in self.markers) if self.markers else None}
 
     def complete(self, settle_s: float, now: float | None = None) -> str | None:
         """None when the step can be read; else why not yet."""
-        if self.marker is not None:
-            return None if self.marker.exists() else (f"no {MARKER} marker in {self.marker.parent.name} yet (prime-rl "
-                                                      "touches it once every rank has flushed)")
-        if settle_s <= 0:
+        missing = [m for m in self.markers if not m.exists()]
+        if missing:
+            return (f"no {missing[0].name} marker in {missing[0].parent.name} yet (the trainer writes it once every "
+                    "rank has flushed)")
+        if self.markers or settle_s <= 0:
             return None
         age = (time.time() if now is None else now) - max(f.stat().st_mtime for f in self.files)
         return None if age >= settle_s else f"modified {age:.0f} s ago (a step is read once unchanged for {settle_s:g} s)"
@@ -62,60 +66,47 @@ def rel(path: Path, run: Path) -> str:
     return Path(path).relative_to(run).as_posix()
 
 
-def step_number(path: Path, run: Path) -> int | None:
-    """The step a file belongs to: the last step number in its name, else in the nearest folder's name."""
-    parts = Path(path).relative_to(run).parts
-    names = [Path(parts[-1]).stem, *reversed(parts[:-1])]
-    for name in names:
-        found = STEP_RE.findall(name)
-        if found:
-            return int(found[-1])
-    return None
-
-
-def rank_number(path: Path) -> int | None:
+def rank_number(path: str | Path) -> int | None:
     found = RANK_RE.findall(Path(path).stem)
     return int(found[-1]) if found else None
 
 
-def _natural(path: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+def _skipped(path: Path, run: Path, store: Path | None) -> bool:
+    parts = path.relative_to(run).parts[:-1]
+    if any(p.startswith(".") or p == STORE_DIRNAME for p in parts):
+        return True
+    return store is not None and store in path.resolve().parents
 
 
-def _marker(files: list[Path]) -> Path | None:
-    dirs = {f.parent for f in files}
-    for d in sorted(dirs):
-        if re.fullmatch(r"step_\d+", d.name) and d.parent.name == "token_exports":
-            return d / MARKER
-    return None
+def find_steps(run: str | Path, exclude: str | Path | None = None,
+               format: str = "auto") -> tuple[list[StepFiles], dict[str, str]]:
+    """The steps under ``run`` (sorted by step) and ``{relative path: why not read}`` for dumps without a step.
 
-
-def find_steps(run: str | Path, exclude: str | Path | None = None) -> tuple[list[StepFiles], dict[str, str]]:
-    """The steps under ``run`` (sorted by step) and ``{relative path: why not read}`` for dump files without a step.
-
-    ``exclude``: a folder to leave out (the store, when it lives inside the run).
+    ``exclude``: a folder to leave out (the store, when it lives elsewhere); ``format``: read every file of
+    that reader's suffixes with it (default: the layouts, then each file's suffix and keys).
     """
     run = Path(run)
     if not run.is_dir():
         raise FileNotFoundError(f"{run}: not a directory; expected a run folder (e.g. prime-rl's output_dir)")
-    skip = Path(exclude).resolve() if exclude is not None else None
-    by_step: dict[int, list[Path]] = {}
+    try:
+        plan = plan_directory(run, format)
+    except BatchError:                                   # no dump file at all (yet)
+        return [], {}
+    store = Path(exclude).resolve() if exclude is not None else None
+    by_step: dict[int, list[Dump]] = {}
     unread: dict[str, str] = {}
-    for p in run.rglob("*"):
-        r = p.relative_to(run)
-        if any(part.startswith(".") or part == STORE_DIRNAME for part in r.parts[:-1]) or not p.is_file():
+    for d in plan.dumps:
+        if _skipped(d.path, run, store):
             continue
-        if skip is not None and (p.resolve() == skip or skip in p.resolve().parents):
+        if d.step is None:
+            unread[rel(d.path, run)] = "no step number in its path (expected step_N / stepN, or a framework's layout)"
             continue
-        if p.suffix.lower() not in SUFFIXES:
-            continue
-        n = step_number(p, run)
-        if n is None:
-            unread[r.as_posix()] = "no step number in its name or its folders' names (expected step_N / stepN)"
-            continue
-        by_step.setdefault(n, []).append(p)
-    steps = [StepFiles(n, tuple(sorted(fs, key=_natural)), _marker(fs)) for n, fs in sorted(by_step.items())]
+        by_step.setdefault(d.step, []).append(d)
+    steps = []
+    for n, dumps in sorted(by_step.items()):
+        markers = tuple(sorted({d.path.parent / _MARKERS[d.layout] for d in dumps if d.layout in _MARKERS}))
+        steps.append(StepFiles(n, tuple(dumps), markers))
     return steps, dict(sorted(unread.items()))
 
 
-__all__ = ["StepFiles", "find_steps", "step_number", "rank_number", "rel", "MARKER"]
+__all__ = ["StepFiles", "find_steps", "rank_number", "rel", "STORE_DIRNAME"]
