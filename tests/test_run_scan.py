@@ -186,6 +186,10 @@ def test_cli_scan_summary_names_the_first_bad_step_and_the_drill_command(tmp_pat
     assert json.loads(capsys.readouterr().out) == [{"step": 1, "errors": 0}, {"step": 5, "errors": 5}]
     assert main(["sql", str(run / "iwopd_scan"), "SELECT nope FROM steps"]) == 1
     assert main(["sql", str(tmp_path / "nowhere"), "SELECT 1"]) == 2
+    assert main(["scan", str(tmp_path / "nowhere")]) == 2 and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["scan", str(tmp_path / "empty")]) == 2
+    assert "no dump with a step found" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("framework", ["nemorl", "primerl"])

@@ -42,7 +42,10 @@ class ScanResult:
 
     @property
     def exit_code(self) -> int:
-        """2 when a step's file could not be read, else 1 when a step has an error-level finding, else 0."""
+        """2 when a step's file could not be read or the run has no step at all, else 1 when a step has an
+        error-level finding, else 0."""
+        if not self.steps and not self.pending:
+            return NOT_READ
         if any(not why.startswith("no step number") for why in self.not_read.values()):
             return NOT_READ
         return 1 if self.bad_steps else 0
@@ -197,6 +200,8 @@ def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "a
     stderr (default: when stderr is a terminal).
     """
     run = Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"{run}: not a directory; expected a run folder (e.g. prime-rl's output_dir)")
     store = S.store_path(run, out)
     store.mkdir(parents=True, exist_ok=True)
     _reset_if_old(store)

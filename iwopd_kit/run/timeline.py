@@ -164,6 +164,9 @@ def summary_text(result) -> str:
         files = sorted(S.read_manifest(store)["steps"].get(str(first["step"]), {}).get("files", {}))
         lines.append(f"first bad step: {first['step']} ({kinds}); drill in: {drill_command(first, scan.get('run', ''), files)}")
         lines.append(f"its page: {store / 'steps' / ('step_%d.html' % first['step'])}")
+    elif not result.steps:
+        lines.append("no dump with a step found (expected prime-rl token_exports/step_N/, train_data_stepN.jsonl, "
+                     "data_N.pt, step_N.jsonl, ...)" + (" yet" if result.pending else ""))
     else:
         lines.append("no step has an error-level finding")
     for f, why in list(result.not_read.items())[:10]:
