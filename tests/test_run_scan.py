@@ -123,6 +123,7 @@ def test_rescan_reads_only_new_or_changed_steps(tmp_path):
     assert third.scanned == [2] and third.bad_steps == [2]
     steps = pq.read_table(third.store / "steps.parquet").column("step").to_pylist()
     assert steps == [1, 2, 3, 4]
+    assert scan_run(run, workers=1, progress=False, gamma=0.3).scanned == [1, 2, 3, 4]   # other options: all again
 
 
 def test_workers_give_the_same_store(tmp_path):
@@ -217,3 +218,14 @@ def test_fixture_runs_of_each_writer_read_with_their_reader_and_checked_like_one
         for col, key in zip(METRICS, MISMATCH_KEYS):
             assert steps[step][col] == pytest.approx(report.metrics.get(key), rel=1e-12, abs=1e-15), (f, col)
         assert (step in result.bad_steps) == (not report.ok)
+
+
+def test_group_by_a_meta_key_and_its_error_named(tmp_path):
+    run = write_kit_run(tmp_path / "run", steps=[0])
+    result = scan_run(run, workers=1, progress=False, html=False, group_by="reward")
+    groups = pq.read_table(result.store / "groups.parquet").column("group").to_pylist()
+    assert groups == ["0.0", "1.0"]
+    bad = scan_run(run, tmp_path / "bad", workers=1, progress=False, html=False, group_by="env")
+    assert bad.exit_code == 2
+    why = json.loads((bad.store / "scan.json").read_text())["not_read"]["rollouts_step_0.jsonl"]
+    assert "--group-by: row 0" in why and "'env'" in why

@@ -29,7 +29,8 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         result = scan_run(args.run, args.out, format=args.format, workers=args.workers, follow=args.follow,
                           follow_timeout=args.follow_timeout, poll_s=args.poll, settle_s=args.settle,
-                          allow_pickle=args.allow_pickle, gamma=args.gamma, html=not args.no_html)
+                          allow_pickle=args.allow_pickle, gamma=args.gamma, html=not args.no_html,
+                          group_by=args.group_by)
     except (FileNotFoundError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -107,6 +108,7 @@ def add_run_commands(sub, input_args) -> None:
                    help="a step without a STABLE marker is read once unchanged this many seconds (default 0; 10 with "
                         "--follow)")
     s.add_argument("--gamma", type=float, default=0.5, help="gamma of the prefix weights in the tokens table")
+    s.add_argument("--group-by", metavar="KEY", help="group each row by meta[KEY] (in place of the reader's groups)")
     s.add_argument("--no-html", action="store_true", help="skip the per-step pages (steps/step_N.html)")
     s.set_defaults(func=_scan)
     q = sub.add_parser("sql", help="query a scan's store with DuckDB (views tokens, rows, steps, groups, findings, bands)")

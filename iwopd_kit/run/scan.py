@@ -61,6 +61,15 @@ def _scan_step(task: dict) -> dict:
     shutil.rmtree(part, ignore_errors=True)
     batch, files, rows, formats, unread = read_step(task["dumps"], task["names"], task["allow_pickle"])
     out = {"step": step, "fingerprint": task["fingerprint"], "formats": formats, "unread": unread}
+    if batch is not None and task["group_by"]:
+        from ..batch import BatchError
+
+        try:
+            batch = batch.with_groups_from_meta(task["group_by"])
+        except BatchError as e:
+            row = int(str(e).split()[1].rstrip(":")) if str(e).startswith("row ") else 0
+            out["unread"] = {**unread, files[row]: f"--group-by: row {rows[row]} of this file: {e}"}
+            return out
     if batch is None:
         return out
     report = check_alignment(batch)
@@ -185,19 +194,21 @@ def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: flo
 def _task(run: Path, store: Path, sf: StepFiles, fp: dict, opts: dict) -> dict:
     return {"store": str(store), "step": sf.step, "run_name": run.resolve().name, "dumps": list(sf.dumps),
             "names": [rel(d.path, run) for d in sf.dumps], "fingerprint": fp,
-            **{k: opts[k] for k in ("allow_pickle", "gamma", "html")}}
+            **{k: opts[k] for k in ("allow_pickle", "gamma", "html", "group_by")}}
 
 
 def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "auto", workers: int | None = None,
              follow: bool = False, follow_timeout: float = 3600.0, poll_s: float = 10.0, settle_s: float | None = None,
-             allow_pickle: bool = False, gamma: float = 0.5, html: bool = True,
+             allow_pickle: bool = False, gamma: float = 0.5, html: bool = True, group_by: str | None = None,
              progress: bool | None = None) -> ScanResult:
     """Check every step under ``run`` and write the store (default ``run/iwopd_scan``); see docs/run_scan.md.
 
     ``workers``: processes (default ``os.cpu_count()``); ``follow``: keep polling every ``poll_s`` seconds for
     ``follow_timeout`` seconds; ``settle_s``: a step without a marker is read once its files are unchanged this
-    long (default 0, or 10 s with ``follow``); ``gamma``: the prefix weights' gamma; ``progress``: a bar on
-    stderr (default: when stderr is a terminal).
+    long (default 0, or 10 s with ``follow``); ``gamma``: the prefix weights' gamma; ``group_by``: each row's
+    group is its ``meta[group_by]`` (in place of the reader's groups); ``progress``: a bar on stderr (default: when
+    stderr is a terminal). A store written with other ``format`` / ``gamma`` / ``group_by`` / ``allow_pickle`` is
+    rescanned whole.
     """
     run = Path(run)
     if not run.is_dir():
@@ -205,7 +216,7 @@ def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "a
     store = S.store_path(run, out)
     store.mkdir(parents=True, exist_ok=True)
     _reset_if_old(store)
-    opts = {"format": format, "allow_pickle": allow_pickle, "gamma": gamma, "html": html,
+    opts = {"format": format, "allow_pickle": allow_pickle, "gamma": gamma, "html": html, "group_by": group_by,
             "workers": workers if workers is not None else (os.cpu_count() or 1),
             "progress": sys.stderr.isatty() if progress is None else progress}
     settle = settle_s if settle_s is not None else (10.0 if follow else 0.0)
@@ -214,6 +225,10 @@ def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "a
     while True:
         manifest = S.read_manifest(store)
         manifest["run"] = str(run)
+        options = {k: opts[k] for k in ("format", "gamma", "group_by", "allow_pickle")}
+        if manifest.get("options", options) != options:
+            manifest["steps"] = {}                       # read every step again under the new options
+        manifest["options"] = options
         new, pending, no_step = _scan_once(run, store, manifest, opts, settle)
         scanned += new
         if not follow or time.monotonic() + poll_s > deadline:
