@@ -90,6 +90,15 @@ def _advantage(batch: Batch, gamma: float) -> tuple[np.ndarray | None, np.ndarra
     return _flat(batch, torch.where(m, a, nan)), _flat(batch, torch.where(m, w, nan))
 
 
+def _per_row(values: list[str | None], index: np.ndarray) -> pa.Array:
+    """A string column whose value is ``values[index[t]]`` per token, dictionary-encoded (one copy per row, not
+    per token); None stays null."""
+    names = sorted({v for v in values if v is not None})
+    code = {v: i for i, v in enumerate(names)}
+    per = pa.array([code.get(v) for v in values], pa.int32())
+    return pa.DictionaryArray.from_arrays(per.take(pa.array(index)), pa.array(names, pa.string()))
+
+
 def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str], rows: list[int],
                 gamma: float = 0.5) -> pa.Table:
     """One row per completion token of the step (no ``step`` column: the partition names it)."""
@@ -98,27 +107,26 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
     step_row = np.repeat(np.arange(batch.size, dtype=np.int32), lengths)
     starts = np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     position = (np.arange(n) - starts).astype(np.int32)
-    groups = row_groups(batch)
     rank = [rank_number(f) for f in files]
     src = batch.packed("token_source")
-    source = (pa.array(np.asarray(TOKEN_SOURCES, dtype=object)[src.values.numpy().astype(np.int64)]) if src is not None
-              else pa.array(np.full(n, "policy", dtype=object)))
+    codes = np.zeros(n, dtype=np.int8) if src is None else src.values.numpy().astype(np.int8)
     mask = batch.packed("mask")
     roll, stud = _series(batch, "rollout_logprobs"), _series(batch, "student_logprobs")
     adv, w = _advantage(batch, gamma)
     rl = rl_advantages(batch)
     kinds = _flat(batch, token_kinds(batch, report)).astype(np.int64)
-    kind_names = np.asarray((*KINDS, None), dtype=object)[np.where(kinds < 0, len(KINDS), kinds)]
+    kind_col = pa.DictionaryArray.from_arrays(pa.array(np.where(kinds < 0, 0, kinds).astype(np.int32), mask=kinds < 0),
+                                              pa.array(KINDS, pa.string()))
     cols: dict[str, pa.Array] = {
-        "run": pa.array([run] * n, pa.string()),
-        "file": pa.array(np.asarray(files, dtype=object)[step_row], pa.string()),
-        "rank": pa.array(np.asarray(rank, dtype=object)[step_row], pa.int32()),
-        "group": pa.array(np.asarray(groups, dtype=object)[step_row], pa.string()),
+        "run": _per_row([run], np.zeros(n, dtype=np.int32)),
+        "file": _per_row(files, step_row),
+        "rank": pa.array(rank, pa.int32()).take(step_row),
+        "group": _per_row(row_groups(batch), step_row),
         "row": pa.array(np.asarray(rows, dtype=np.int32)[step_row], pa.int32()),
         "step_row": pa.array(step_row, pa.int32()),
         "position": pa.array(position, pa.int32()),
         "token_id": pa.array(batch.packed("completion_ids").values.numpy().astype(np.int64), pa.int64()),
-        "token_source": source.cast(pa.string()),
+        "token_source": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(TOKEN_SOURCES)),
         "loss_mask": pa.array(np.ones(n, bool) if mask is None else mask.values.numpy().astype(bool), pa.bool_()),
         "policy": pa.array(_flat(batch, batch.policy_mask()), pa.bool_()),
         "counted": pa.array(_flat(batch, counted(batch)[0]), pa.bool_()),
@@ -135,7 +143,7 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
     for name in sorted(set(STREAMS) | set(streams)):
         p = streams.get(name)
         cols[f"w_{name}"] = _col(None if p is None else p.values.to(torch.float64).numpy(), n)
-    cols["finding_kind"] = pa.array(kind_names, pa.string())
+    cols["finding_kind"] = kind_col
     return pa.table(cols)
 
 
