@@ -22,6 +22,7 @@ from typing import Callable
 
 from . import store as S
 from .steps import StepFiles, find_steps, rel
+from .timeline import write_report
 from .tables import (FINDING_SCHEMA, GROUP_SCHEMA, STEP_SCHEMA, finding_records, group_records, records_table,
                      row_table, step_record, token_table)
 
@@ -231,12 +232,10 @@ def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "a
         manifest["options"] = options
         new, pending, no_step = _scan_once(run, store, manifest, opts, settle)
         scanned += new
+        write_report(store)                              # while following, the page follows the run
         if not follow or time.monotonic() + poll_s > deadline:
             break
         time.sleep(poll_s)
-    from .timeline import write_report
-
-    write_report(store)
     return _result(store, sorted(set(scanned)), pending, no_step)
 
 
