@@ -63,7 +63,12 @@ def _kind_chart(steps: list[dict]) -> str:
     return (legend([n for n, _ in layers]) if layers else "") + stacked_bars("findings by kind", xs, layers)
 
 
-def _flagged_table(steps: list[dict]) -> str:
+def _page_link(store: Path, step: int) -> str:
+    name = f"step_{step}.html"
+    return f'<a href="steps/{name}">{name}</a>' if (store / "steps" / name).exists() else "(scanned with --no-html)"
+
+
+def _flagged_table(steps: list[dict], store: Path) -> str:
     bad = _flagged(steps)
     if not bad:
         return "<p>no step has an error-level finding</p>"
@@ -73,7 +78,7 @@ def _flagged_table(steps: list[dict]) -> str:
         f'<tr><td class="n">{s["step"]}</td><td class="n">{s["errors"]}</td><td class="n">{s["warnings"]}</td>'
         f'<td>{html.escape(kinds(s))}</td><td>[{html.escape(s["first_severity"] or "")}] '
         f'{html.escape(s["first_kind"] or "")}: {html.escape(_short(s["first_message"]))}</td>'
-        f'<td>{html.escape(_where(s))}</td><td><a href="steps/step_{s["step"]}.html">step_{s["step"]}.html</a></td></tr>'
+        f'<td>{html.escape(_where(s))}</td><td>{_page_link(store, s["step"])}</td></tr>'
         for s in bad)
     return f'<table class="iwr"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
@@ -121,7 +126,7 @@ def report_html(store: str | Path) -> str:
         return html_page(title, [("summary", _overview(steps, scan))])
     return html_page(title, [
         ("summary", _CSS + _overview(steps, scan)),
-        ("flagged steps", _flagged_table(steps)),
+        ("flagged steps", _flagged_table(steps, store)),
         ("pooled mismatch per step", _metric_charts(steps)),
         ("per group", _group_charts(groups, steps)),
         ("findings by kind per step", _kind_chart(steps)),
@@ -163,7 +168,9 @@ def summary_text(result) -> str:
         kinds = ", ".join(k for k in KINDS if first[f"n_{k}"])
         files = sorted(S.read_manifest(store)["steps"].get(str(first["step"]), {}).get("files", {}))
         lines.append(f"first bad step: {first['step']} ({kinds}); drill in: {drill_command(first, scan.get('run', ''), files)}")
-        lines.append(f"its page: {store / 'steps' / ('step_%d.html' % first['step'])}")
+        page = store / "steps" / f"step_{first['step']}.html"
+        if page.exists():
+            lines.append(f"its page: {page}")
     elif not result.steps:
         lines.append("no dump with a step found (expected prime-rl token_exports/step_N/, train_data_stepN.jsonl, "
                      "data_N.pt, step_N.jsonl, ...)" + (" yet" if result.pending else ""))
