@@ -139,3 +139,33 @@ def test_gates_cli_json_and_notes(tmp_path, capsys):
     assert "needs the RL advantage" in capsys.readouterr().out
     assert main(["gates", str(path), "--param", "icepop=3"]) == 2
     assert "RULE.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_dppo_replay_equals_the_mask_prime_rl_exported():
+    """prime-rl's export carries its own DPPO decision per token (``is_masked``, token_export.py L190-197); the
+    fixtures are written by prime-rl's code path (scripts/primerl_writer.py): on every loss-masked token with both
+    log-probs, the replay masks exactly those tokens."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "data" / "fixtures" / "primerl"
+    checked = masked = 0
+    for f in sorted(root.glob("*/token_exports/step_*/rank_*.jsonl")):
+        seq, tr, ro, adv, want = [], [], [], [], []
+        recs = [json.loads(line) for line in f.read_text().splitlines()]
+        for b, rec in enumerate(recs):
+            if rec["is_masked"] is None or rec["is_masked"][0] is None:
+                continue                                   # no rl / ref_kl token in its micro batch: no mask
+            for t, lm in enumerate(rec["loss_mask"]):
+                i, s = rec["inference_logprobs"][t], rec["trainer_logprobs"][t]
+                if lm and i is not None and s is not None:
+                    seq.append(b), tr.append(s), ro.append(i), adv.append(rec["advantages"][t])
+                    want.append(bool(rec["is_masked"][t]))
+        if not seq:
+            continue
+        x = GateInputs(np.array(seq), np.array(tr), np.array(ro), len(recs), [None] * len(recs),
+                       np.full(len(recs), np.nan), np.array(adv))
+        got = RULES["dppo"].apply(x, RULES["dppo"].params())
+        assert got.tolist() == want, f
+        checked += len(want)
+        masked += sum(want)
+    assert checked > 100 and masked >= 1                 # some tokens, and at least one the mask drops
