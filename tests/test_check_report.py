@@ -100,6 +100,7 @@ def test_finding_strips_window_long_rows_and_anchor_each_row_once():
     assert len(SPAN.findall(strips[0])) == 97
 
 
+@pytest.mark.slow                   # headless Chromium
 def test_flagged_token_is_outlined_in_the_png_copy():
     static = pytest.importorskip("iwopd_kit.views.static")
     import io
