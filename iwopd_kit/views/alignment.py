@@ -64,7 +64,8 @@ class AlignmentView:
         def link(row, pos):
             if row is None:
                 return "—"
-            return f'<a href="#{_anchor(row)}">row {row}{"" if pos is None else f", position {pos}"}</a>'
+            label = f'row {row}{"" if pos is None else f", position {pos}"}'
+            return f'<a href="#{_anchor(row)}">{label}</a>' if row in self.rows else label   # only rows drawn below
 
         items = "".join(
             f"<li><b>[{html.escape(sev)}] {html.escape(kind)}</b> {link(row, pos)}: {html.escape(msg)}</li>"
