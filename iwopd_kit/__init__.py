@@ -28,14 +28,16 @@ from .objective import (
 )
 from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
+from .check_result import CheckResult, DirCheckResult
+from .service import check_dump
 
 from . import views
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
-    "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
+    "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "CheckResult", "DirCheckResult", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
+    "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment", "check_dump",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
     "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "mismatch_metrics", "opd_loss",
     "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",

@@ -12,12 +12,22 @@ Missing values: ``None`` in the ragged lists, ``NaN`` in the tensors (converted 
 "no value"); ``-inf`` is a legal value (teacher servers use it as a sentinel at padding) and is
 rejected later only where it is used.
 
-JSONL schema, one row per line::
+What each token is (filled by the readers from what the writer records): ``mask`` is the *loss
+mask* (holes allowed inside a completion: a multi-turn sample's tool, user and template turns);
+``token_source`` says who produced each token (:data:`TOKEN_SOURCES`); ``weights`` are named
+per-token weight streams (prime-rl's ``rl_weights`` / ``ce_weights`` / ``ref_kl_weights``);
+``groups`` name each row's group (environment); ``kept_ids`` are the engine's kept sets (top-p /
+top-k) and ``kept_logmass`` the trainer's log-mass over them. The gap detectors and the pooled
+mismatch metrics read only :meth:`Batch.policy_mask` tokens (docs/method.md).
+
+JSONL schema, one row per line (every key but the first two optional)::
 
     {"prompt_ids": [int], "completion_ids": [int],
      "rollout_logprobs": [float|null] | null, "student_logprobs": ..., "teacher_logprobs": ...,
-     "mask": [bool|0|1] | null, "finish_reason": str | null,
-     "sampling": {...} | null, "meta": {...}}
+     "kept_logmass": [float|null] | null, "mask": [bool|0|1] | null,
+     "token_source": ["policy"|"other_model"|"context"] | null, "weights": {name: [float|null]} | null,
+     "group": str | null, "kept_ids": [[int] | null] | null, "metric_pool": [str] | null,
+     "finish_reason": str | null, "sampling": {...} | null, "meta": {...}}
 """
 
 from __future__ import annotations
@@ -32,41 +42,11 @@ import numpy as np
 import torch
 
 from .sampling import LOGPROBS_MODES, SamplingSettings  # noqa: F401  (re-exported: their old home)
-from .ragged import (SERIES, BatchError, Column, Packed, RecordBuilder, ids_row, locate, mask_row, pack_padded, rows_of,
-                     series_row)
+from .ragged import (FLOATS, KEPT_LOGMASS, SERIES, TOKEN_SOURCES, BatchError, Column, Packed, RecordBuilder,  # noqa: F401
+                     group_value, ids_row, kept_row, locate, pack_padded, rows_of)
+from .fields import RAGGED, Rows, Streams, batch_records, check_padded, pack_field, ragged_from_padded  # noqa: F401
 
-RAGGED: tuple[str, ...] = ("prompt_ids", "completion_ids", *SERIES, "mask")
-
-
-class _Rows:
-    """A per-token field of :class:`Batch`: stored packed, shown as ragged lists built on first read.
-
-    Assigning (only ``__init__`` does, the batch is frozen) keeps the given value until
-    ``__post_init__`` packs it; reading returns the lists (cached; a frozen batch never changes).
-    """
-
-    def __init__(self, required: bool = False):
-        self.required = required
-
-    def __set_name__(self, owner, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            if self.required:                    # no default: dataclasses treats the field as required
-                raise AttributeError(self.name)
-            return None
-        d = obj.__dict__
-        shown = d.get("_lists", {})
-        if self.name not in shown:
-            p = d["_packed"].get(self.name)
-            shown[self.name] = None if p is None else p.rows()
-            d["_lists"] = shown
-        return shown[self.name]
-
-    def __set__(self, obj, value) -> None:
-        obj.__dict__.setdefault("_packed", {})[self.name] = value
-        obj.__dict__.get("_lists", {}).pop(self.name, None)
+POLICY = TOKEN_SOURCES.index("policy")
 
 
 @dataclass(frozen=True)
@@ -78,7 +58,13 @@ class Batch:
         completion_ids: B lists of generated token ids y_0..y_{L_b-1} (a generated EOS included).
         rollout_logprobs / student_logprobs / teacher_logprobs: None, or B lists of L_b floats
             (None = missing) with the log-prob of y_j.
-        mask: None (every completion token counts) or B lists of L_b bools.
+        kept_logmass: None, or B lists of L_b floats: log S_t of the kept set (see ``kept_ids``).
+        mask: the loss mask: None (every completion token counts) or B lists of L_b bools.
+        token_source: None (all ``policy``) or B lists of L_b names from :data:`TOKEN_SOURCES`.
+        weights: None or {stream name: B lists of L_b floats (None = missing)}.
+        groups / kept_ids: None, or B group names / B lists of L_b kept sets (None where not recorded).
+        metric_pool: None, or the weight streams that define the writer's own metric pool: the pooled
+            mismatch metrics read the policy tokens where one of them is non-zero (:meth:`metric_mask`).
         finish_reasons: B of "stop" / "length" / None.
         sampling: how the completions were sampled, if known.
         scoring: series name -> temperature it was scored at (filled by ``score``).
@@ -92,12 +78,18 @@ class Batch:
     on never holds Python lists of its tokens.
     """
 
-    prompt_ids: list[list[int]] = _Rows(required=True)
-    completion_ids: list[list[int]] = _Rows(required=True)
-    rollout_logprobs: list[list[float | None]] | None = _Rows()
-    student_logprobs: list[list[float | None]] | None = _Rows()
-    teacher_logprobs: list[list[float | None]] | None = _Rows()
-    mask: list[list[bool]] | None = _Rows()
+    prompt_ids: list[list[int]] = Rows(required=True)
+    completion_ids: list[list[int]] = Rows(required=True)
+    rollout_logprobs: list[list[float | None]] | None = Rows()
+    student_logprobs: list[list[float | None]] | None = Rows()
+    teacher_logprobs: list[list[float | None]] | None = Rows()
+    kept_logmass: list[list[float | None]] | None = Rows()
+    mask: list[list[bool]] | None = Rows()
+    token_source: list[list[str]] | None = Rows()
+    weights: dict[str, list[list[float | None]]] | None = Streams()
+    groups: list[str | None] | None = None
+    kept_ids: list[list[list[int] | None]] | None = None
+    metric_pool: tuple[str, ...] | None = None
     finish_reasons: list[str | None] | None = None
     sampling: SamplingSettings | None = None
     scoring: dict[str, float] = field(default_factory=dict)
@@ -130,30 +122,30 @@ class Batch:
         if (lengths == 0).any():
             b = int(np.flatnonzero(lengths == 0)[0])
             raise BatchError(f"row {b}: empty completion (0 tokens); expected at least one generated token")
-        for name in (*SERIES, "mask"):
-            v = raw.get(name)
-            if isinstance(v, Packed) and np.array_equal(v.lengths, lengths):
-                packed[name] = v
-                continue
-            if isinstance(v, Packed):                 # lengths changed (a replace): validate as rows
-                v = v.rows()
-            if v is None:
-                packed[name] = None
-                continue
-            if len(v) != len(lengths):
-                what = "mask" if name == "mask" else name
-                raise BatchError(f"{what} has {len(v)} rows but the batch has {len(lengths)}")
-            col = Column("mask" if name == "mask" else "series")
-            for b, (r, n) in enumerate(zip(v, lengths.tolist())):
-                col.append(mask_row(b, r, n) if name == "mask" else series_row(name, b, r, n))
-            packed[name] = col.packed()
+        for name in RAGGED[2:]:
+            packed[name] = pack_field(name, raw.get(name), lengths)
+        streams = self.__dict__.get("_weights") or {}
         set_ = object.__setattr__
+        set_(self, "_weights", {str(k): pack_field(f"weights[{k!r}]", v, lengths) for k, v in streams.items()
+                                if v is not None} or None)
         set_(self, "_packed", packed)
         set_(self, "_lists", {})
-        for name, n in (("finish_reasons", len(lengths)), ("meta", len(lengths))):
+        for name, n in (("finish_reasons", len(lengths)), ("meta", len(lengths)), ("groups", len(lengths)),
+                        ("kept_ids", len(lengths))):
             v = getattr(self, name)
             if v is not None and len(v) != n:
                 raise BatchError(f"{name} has {len(v)} entries but the batch has {n} rows")
+        if self.groups is not None:
+            set_(self, "groups", [group_value(b, g) for b, g in enumerate(self.groups)])
+        if self.metric_pool is not None:
+            pool = tuple(str(n) for n in self.metric_pool)
+            unknown = [n for n in pool if n not in (self.__dict__["_weights"] or {})]
+            if unknown:
+                raise BatchError(f"metric_pool names weight stream(s) {unknown} the batch does not have; it has "
+                                 f"{sorted(self.__dict__['_weights'] or {})}")
+            set_(self, "metric_pool", pool)
+        if self.kept_ids is not None:
+            set_(self, "kept_ids", [kept_row(b, k, n) for b, (k, n) in enumerate(zip(self.kept_ids, lengths.tolist()))])
         if self.sampling is not None and not isinstance(self.sampling, SamplingSettings):
             set_(self, "sampling", SamplingSettings.from_dict(dict(self.sampling)))
 
@@ -217,9 +209,9 @@ class Batch:
         return out
 
     def series(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """FloatTensor [B, L] of a per-token series; NaN where missing and at padding."""
-        if name not in SERIES:
-            raise BatchError(f"unknown series {name!r}; expected one of {SERIES}")
+        """FloatTensor [B, L] of a per-token series (one of :data:`FLOATS`); NaN where missing and at padding."""
+        if name not in FLOATS:
+            raise BatchError(f"unknown series {name!r}; expected one of {FLOATS}")
         if self._packed[name] is None:
             raise BatchError(f"the batch has no {name}; produce it first (rollout / score) or load it")
         return self._padded(name, float("nan"), dtype)
@@ -227,10 +219,74 @@ class Batch:
     def has(self, name: str) -> bool:
         return self._packed[name] is not None
 
+    # -- what each token is ----------------------------------------------------------------
+    loss_mask = property(lambda self: self.mask, doc="The loss mask (= ``mask``): the tokens that count; None when all do.")
+
+    def source_codes(self) -> torch.Tensor:
+        """Int8Tensor [B, L]: index in :data:`TOKEN_SOURCES` per token (0 = policy), -1 at padding."""
+        if self._packed["token_source"] is None:
+            return torch.zeros(self.size, self.width, dtype=torch.int8).masked_fill_(~self.padding_mask(), -1)
+        return self._padded("token_source", -1, torch.int8)
+
+    def policy_mask(self) -> torch.Tensor:
+        """BoolTensor [B, L]: loss-masked tokens sampled by the policy (``valid()`` and source ``policy``);
+        the tokens the gap detectors and the pooled mismatch metrics read."""
+        out = self.valid()
+        return out if self._packed["token_source"] is None else out & (self.source_codes() == POLICY)
+
+    def metric_mask(self) -> torch.Tensor:
+        """BoolTensor [B, L]: the tokens the pooled mismatch metrics read, as the writer's framework pools them:
+        ``policy_mask()``, and where ``metric_pool`` names weight streams, a non-zero weight in one of them
+        (prime-rl's ``mismatch_kl`` leaves out tokens whose rl and ref_kl weights are both 0)."""
+        out = self.policy_mask()
+        if self.metric_pool:
+            out &= torch.stack([self.weight(n, torch.float64).nan_to_num(0.0) != 0 for n in self.metric_pool]).any(0)
+        return out
+
+    def segments(self, mask: torch.Tensor | None = None) -> list[tuple[int, int, int]]:
+        """Contiguous runs of ``mask`` (default ``policy_mask()``) per row: (row, start, end), end exclusive,
+        in completion coordinates (a multi-turn row has one run per assistant turn)."""
+        m = (self.policy_mask() if mask is None else mask).to(torch.int8)
+        edges = torch.diff(torch.nn.functional.pad(m, (1, 1)), dim=1)        # (B, L + 1): +1 starts, -1 ends
+        starts, ends = (edges == 1).nonzero().tolist(), (edges == -1).nonzero().tolist()
+        return [(b, j, e) for (b, j), (_, e) in zip(starts, ends)]
+
+    def weight(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """FloatTensor [B, L] of the weight stream ``name``; NaN where missing and at padding."""
+        streams = self.__dict__.get("_weights") or {}
+        if name not in streams:
+            raise BatchError(f"the batch has no weight stream {name!r}; it has {sorted(streams)}")
+        out = torch.full((self.size, self.width), float("nan"), dtype=dtype)
+        return out.masked_scatter_(self.padding_mask(), streams[name].values.to(dtype))
+
+    def with_groups_from_meta(self, key: str) -> "Batch":
+        """A new batch whose ``groups`` are ``meta[b][key]`` (``--group-by KEY``); errors name the row."""
+        metas = self.meta or [{}] * self.size
+        groups = []
+        for b, m in enumerate(metas):
+            if not isinstance(m, dict) or m.get(key) is None:
+                have = sorted(m) if isinstance(m, dict) else []
+                raise BatchError(f"row {b}: meta has no {key!r} to group by (its keys: {have}); expected every row to "
+                                 "name its group")
+            groups.append(str(m[key]))
+        return self.replace(groups=groups)
+
+    def with_meta(self, **values: Any) -> "Batch":
+        """A new batch with ``meta[b][key] = value`` for every row (a list of B values sets one per row)."""
+        metas = [dict(m) for m in (self.meta or [{}] * self.size)]
+        for key, v in values.items():
+            per_row = v if isinstance(v, list) else [v] * self.size
+            if len(per_row) != self.size:
+                raise BatchError(f"with_meta({key}=...): {len(per_row)} values for {self.size} rows")
+            for m, x in zip(metas, per_row):
+                m[key] = x
+        return self.replace(meta=metas)
+
     # -- new batches -----------------------------------------------------------------------
     def replace(self, **changes: Any) -> "Batch":
         """A new batch with some fields changed (the per-token fields not changed stay packed)."""
-        kw = {f.name: (self._packed[f.name] if f.name in RAGGED else getattr(self, f.name))
+        kw = {f.name: (self._packed[f.name] if f.name in RAGGED else self.__dict__.get("_weights") if f.name == "weights"
+                       else getattr(self, f.name))
               for f in dataclasses.fields(self) if f.init}
         kw.update(changes)
         return Batch(**kw)
@@ -241,10 +297,10 @@ class Batch:
 
         NaN entries of a tensor become missing values.
         """
-        if name not in SERIES:
-            raise BatchError(f"unknown series {name!r}; expected one of {SERIES}")
+        if name not in FLOATS:
+            raise BatchError(f"unknown series {name!r}; expected one of {FLOATS}")
         if isinstance(values, torch.Tensor):
-            _check_padded(values, self.lengths, name)
+            check_padded(values, self.lengths, name)
             valid = self.padding_mask()
             flat = pack_padded(values[:, : self.width], valid, name)
             values = Packed(flat, self._packed["completion_ids"].lengths, "series")
@@ -261,7 +317,9 @@ class Batch:
                 raise BatchError(f"row index {r} out of range for a batch of {self.size} rows")
         pick = lambda xs: None if xs is None else [xs[r] for r in rows]  # noqa: E731
         ragged = {k: (None if p is None else p.select(rows)) for k, p in self._packed.items()}
-        return self.replace(**ragged, finish_reasons=pick(self.finish_reasons), meta=pick(self.meta), findings=[])
+        weights = {k: p.select(rows) for k, p in (self.__dict__.get("_weights") or {}).items()} or None
+        return self.replace(**ragged, weights=weights, groups=pick(self.groups), kept_ids=pick(self.kept_ids),
+                            finish_reasons=pick(self.finish_reasons), meta=pick(self.meta), findings=[])
 
     # -- JSONL -----------------------------------------------------------------------------
     def _rows(self, name: str) -> list | None:
@@ -273,21 +331,8 @@ class Batch:
         return None if p is None else p.rows()
 
     def to_records(self) -> list[dict[str, Any]]:
-        cols = {name: self._rows(name) for name in RAGGED}
-        recs = []
-        for b in range(self.size):
-            rec: dict[str, Any] = {"prompt_ids": cols["prompt_ids"][b], "completion_ids": cols["completion_ids"][b]}
-            for name in SERIES:
-                rec[name] = None if cols[name] is None else cols[name][b]
-            rec["mask"] = None if cols["mask"] is None else cols["mask"][b]
-            rec["finish_reason"] = None if self.finish_reasons is None else self.finish_reasons[b]
-            rec["sampling"] = None if self.sampling is None else self.sampling.to_dict()
-            meta = dict(self.meta[b]) if self.meta is not None else {}
-            if self.scoring:
-                meta.setdefault("scoring", self.scoring)
-            rec["meta"] = meta
-            recs.append(rec)
-        return recs
+        """One JSONL-style dict per row (the schema in this module's docstring)."""
+        return batch_records(self)
 
     @classmethod
     def from_records(cls, records: Iterable[dict[str, Any]], source: str = "") -> "Batch":
@@ -304,6 +349,10 @@ class Batch:
         sampling = SamplingSettings.from_dict(samplings[0], "sampling") if samplings else None
         if any(SamplingSettings.from_dict(s, "sampling") != sampling for s in samplings[1:]):
             raise BatchError("records disagree on 'sampling'; a batch has one set of sampling settings")
+        pools = {tuple(p) for p in cols.pop("metric_pools")}
+        if len(pools) > 1:
+            raise BatchError(f"records disagree on 'metric_pool' ({sorted(pools)}); a batch has one metric pool")
+        cols["metric_pool"] = next(iter(pools), None)
         metas = cols["meta"]
         scoring = metas[0].get("scoring", {}) if metas else {}
         try:
@@ -314,21 +363,6 @@ class Batch:
 
 def _nrows(v: Any) -> int:
     return len(v.lengths) if isinstance(v, Packed) else len(v)
-
-
-def _check_padded(values: torch.Tensor, lengths: Sequence[int], name: str) -> None:
-    if values.dim() != 2 or values.shape[0] != len(lengths):
-        raise BatchError(f"{name}: expected a [B, L] tensor with B={len(lengths)}, got shape {tuple(values.shape)}")
-    if values.shape[1] < max(lengths):
-        raise BatchError(f"{name}: tensor has {values.shape[1]} columns but the longest completion has {max(lengths)}")
-
-
-def ragged_from_padded(values: torch.Tensor, lengths: Sequence[int], name: str = "values") -> list[list[float | None]]:
-    """Cut a right-padded [B, L'] tensor to ragged rows of lengths L_b; NaN becomes None."""
-    _check_padded(values, lengths, name)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    valid = torch.arange(values.shape[1])[None, :] < torch.from_numpy(lengths)[:, None]
-    return rows_of(values.detach().to("cpu", torch.float64)[valid], lengths, "series")
 
 
 def write_jsonl(batch: Batch, path: str | Path) -> Path:

@@ -7,7 +7,7 @@ completion token j of a row with real prompt length p is scored by the logits at
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -198,13 +198,79 @@ def score(model, batch: Batch, temperature: float = 1.0, pad_id: int = 0,
     Returns [B, L] in completion coordinates, NaN at padding. Use
     ``batch.with_series("teacher_logprobs", score(teacher, batch), temperature=T)`` to attach it.
     """
+    return _forward_scores(model, batch, temperature, pad_id, grad)[0]
+
+
+def _forward_scores(model, batch: Batch, temperature: float, pad_id: int = 0, grad: bool = False,
+                    kept_temperature: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """One forward pass: the sampled tokens' log-probs and, when ``kept_temperature`` is given and the
+    batch has ``kept_ids``, their :func:`kept_logmass` (detached)."""
     if isinstance(model, (str, Path)):
         model = load_model(model)
     with torch.set_grad_enabled(grad):
         z = completion_logits(model, batch, pad_id=pad_id)
-        lp = sampled_logprobs(z, batch.tokens(pad_id).to(z.device), temperature=temperature)
+        tokens = batch.tokens(pad_id).to(z.device)
+        lp = sampled_logprobs(z, tokens, temperature=temperature)
     pad = ~batch.padding_mask().to(lp.device)
-    return lp.masked_fill(pad, float("nan"))
+    klm = None
+    if kept_temperature is not None and batch.kept_ids is not None:
+        with torch.no_grad():
+            klm = kept_logmass(z.detach(), tokens, batch.kept_ids, kept_temperature).masked_fill(pad, float("nan"))
+    return lp.masked_fill(pad, float("nan")), klm
+
+
+def kept_logmass(logits: Float[Tensor, "B L V"], tokens: Int[Tensor, "B L"],
+                 kept_ids: Sequence[Sequence[Sequence[int] | None] | None], temperature: float = 1.0,
+                 chunk_size: int = DEFAULT_CHUNK) -> Float[Tensor, "B L"]:
+    """log S_t = logsumexp over the kept set of log_softmax(logits / T), per position, in float64.
+
+    ``logits[b, j]`` predicts ``tokens[b, j]`` (shifted, as for :func:`sampled_logprobs`);
+    ``kept_ids[b][j]``: the ids the engine kept at that step (None = not recorded: NaN out; a row of
+    None likewise). The set is taken with the sampled token added when missing (an engine samples from
+    its kept set; slime's SGLang patch and trainer force-keep it), so ``processed = log_softmax[y] -
+    log S``. Memory: the kept logits are gathered (O(kept ids)); the full-vocabulary log-sum-exp is
+    computed at most ``chunk_size`` positions (and ``CHUNK_ELEMENTS`` logits) at a time; nothing of
+    size [B, L, V] is made.
+    """
+    if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
+        raise ValueError(f"logits must be [B, L, V] and tokens [B, L], got {tuple(logits.shape)} and {tuple(tokens.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    B, L, V = logits.shape
+    if len(kept_ids) != B:
+        raise ValueError(f"kept_ids has {len(kept_ids)} rows for {B} rows of logits")
+    ys = tokens.tolist()
+    pos: list[int] = []
+    ids: list[int] = []
+    for b, row in enumerate(kept_ids):
+        for j, kept in enumerate(row or ()):
+            if kept is None:
+                continue
+            if j >= L:
+                raise ValueError(f"row {b}: kept_ids has {len(row)} entries but the logits have {L} positions")
+            bad = next((t for t in kept if not 0 <= t < V), None)
+            if bad is not None:
+                raise ValueError(f"row {b}, position {j}: kept id {bad} is outside the vocabulary [0, {V})")
+            extra = [] if ys[b][j] in kept else [ys[b][j]]
+            pos.extend([b * L + j] * (len(kept) + len(extra)))
+            ids.extend(kept)
+            ids.extend(extra)
+    out = torch.full((B * L,), float("nan"), dtype=torch.float64, device=logits.device)
+    if not pos:
+        return out.view(B, L)
+    flat = logits.reshape(B * L, V)
+    p = torch.tensor(pos, device=logits.device)
+    vals = flat[p, torch.tensor(ids, device=logits.device)].double() / temperature
+    rows = torch.unique(p)
+    peak = torch.full((B * L,), float("-inf"), dtype=torch.float64, device=logits.device)
+    peak.scatter_reduce_(0, p, vals, "amax")
+    mass = torch.zeros(B * L, dtype=torch.float64, device=logits.device).index_add_(0, p, (vals - peak[p]).exp())
+    lse_kept = peak[rows] + mass[rows].log()
+    step = max(1, min(int(chunk_size), CHUNK_ELEMENTS // max(V, 1)))
+    lse_all = torch.cat([torch.logsumexp(flat[rows[s: s + step]].double() / temperature, dim=-1)
+                         for s in range(0, rows.numel(), step)])
+    out[rows] = lse_kept - lse_all
+    return out.view(B, L)
 
 
 def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1.0, *,
@@ -216,8 +282,10 @@ def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1
     ``rows_per_pass`` rows per forward pass, all rows when None) or log-probs already computed
     ([B, L'] with L' >= L, NaN where missing: e.g. the loop's student log-probs from its own
     gradient pass, detached). The temperature is recorded in ``batch.scoring``. ``progress(rows, desc)``
-    is called after each pass. The demo pipeline, the training loop and ``iwopd-kit check``'s rescoring
-    all attach scores here.
+    is called after each pass. When the batch has ``kept_ids`` and the student is a model, the same
+    forward pass also fills ``kept_logmass`` (:func:`kept_logmass`, at ``batch.sampling.temperature``:
+    the temperature the engine chose its kept sets at; the scoring temperature when none is recorded).
+    The demo pipeline, the training loop and ``iwopd-kit check``'s rescoring all attach scores here.
     """
     if rows_per_pass is not None and rows_per_pass < 1:
         raise ValueError(f"rows_per_pass must be >= 1 (or None: all rows at once), got {rows_per_pass!r}")
@@ -226,22 +294,39 @@ def score_batch(batch: Batch, student=None, teacher=None, temperature: float = 1
             raise ValueError(f"score_batch: pass either {side} (a model) or {side}_logprobs (values), not both")
         if model is None and given is None:
             continue
+        kept = None
         if given is None:
             model = load_model(model) if isinstance(model, (str, Path)) else model
-            given = _score_in_passes(model, batch, temperature, rows_per_pass, progress, f"scoring {side}")
+            kept_t = _kept_temperature(batch, temperature) if side == "student" and batch.kept_ids is not None else None
+            given, kept = _score_in_passes(model, batch, temperature, rows_per_pass, progress, f"scoring {side}", kept_t)
         batch = batch.with_series(f"{side}_logprobs", given.detach(), temperature=temperature)
+        if kept is not None:
+            batch = batch.with_series("kept_logmass", kept, temperature=kept_t)
     return batch
 
 
+def _kept_temperature(batch: Batch, temperature: float) -> float:
+    """The temperature the engine chose its kept sets at: ``batch.sampling``'s (the scoring one when unknown or 0)."""
+    t = batch.sampling.temperature if batch.sampling is not None else 0.0
+    return t if t > 0 else temperature
+
+
 def _score_in_passes(model, batch: Batch, temperature: float, rows: int | None,
-                     progress: Callable[[int, str], None] | None, desc: str) -> Tensor:
-    """:func:`score` over consecutive groups of ``rows`` rows (all at once when None), as one [B, L] tensor."""
+                     progress: Callable[[int, str], None] | None, desc: str,
+                     kept_temperature: float | None = None) -> tuple[Tensor, Tensor | None]:
+    """:func:`score` over consecutive groups of ``rows`` rows (all at once when None), as one [B, L] tensor,
+    plus the [B, L] :func:`kept_logmass` (float64) when ``kept_temperature`` is given and the batch has kept sets."""
     step = batch.size if rows is None else rows
     out = torch.full((batch.size, batch.width), float("nan"))
+    kept = None
+    if kept_temperature is not None and batch.kept_ids is not None:
+        kept = torch.full((batch.size, batch.width), float("nan"), dtype=torch.float64)
     for start in range(0, batch.size, step):
         part = batch.select(list(range(start, min(start + step, batch.size))))
-        lp = score(model, part, temperature=temperature).float().cpu()
-        out[start: start + part.size, : lp.shape[1]] = lp
+        lp, klm = _forward_scores(model, part, temperature, kept_temperature=kept_temperature)
+        out[start: start + part.size, : lp.shape[1]] = lp.float().cpu()
+        if kept is not None and klm is not None:
+            kept[start: start + part.size, : klm.shape[1]] = klm.cpu()
         if progress is not None:
             progress(part.size, desc)
-    return out
+    return out, kept

@@ -3,7 +3,7 @@
 - every link into docs/method.md lands on an anchor that exists, and every relative link of the
   README, CONTRIBUTING.md, docs/ and the notebooks resolves: the file, and the ``#anchor`` in it;
 - no file in the repository cites a document that is not in the repository;
-- every flag of every ``iwopd-kit`` subcommand (read from the argparse parser) is in docs/check.md,
+- every flag of every ``iwopd-kit`` subcommand, and each of its choices (read from the argparse parser), is in docs/check.md,
   and every name of ``iwopd_kit.__all__`` is on the API page;
 - the floor table of docs/ARCHITECTURE.md is the one tests/test_architecture.py enforces;
 - docs/index.md links every page of the site, in the site's order; the README is a front door
@@ -152,6 +152,8 @@ def test_every_cli_flag_is_in_the_check_reference():
                 if opt.startswith("--") and opt != "--help":
                     assert f"`{opt}" in section, f"`iwopd-kit {name} {opt}` is not in docs/check.md's {heading} section"
                     flags += 1
+                    for choice in action.choices or ():
+                        assert f"`{choice}`" in section, f"`iwopd-kit {name} {opt} {choice}` is not in docs/check.md's {heading} section"
     assert flags >= 20
 
 

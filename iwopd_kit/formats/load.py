@@ -6,6 +6,8 @@ The formats and how ``format="auto"`` picks one live in one table,
 - ``jsonl`` (``.jsonl``): the kit's own rows, :func:`iwopd_kit.batch.read_jsonl`.
 - ``primerl`` (``.jsonl`` whose records have ``token_ids``, ``loss_mask``, ``inference_logprobs``):
   prime-rl's token export, :mod:`iwopd_kit.formats.primerl`.
+- ``nemorl`` (``.jsonl`` whose lines have ``input_lengths`` and ``token_loss_mask``): NeMo-RL's
+  ``train_data_step<N>.jsonl``, :mod:`iwopd_kit.formats.nemorl`.
 - ``trl`` (``.pt`` / ``.pth`` with ``input_ids`` and ``labels``): a ``torch.save``d dict of a TRL
   trainer's inputs, :func:`iwopd_kit.formats.trl.load_trl_dump`.
 - ``verl`` (``.pt`` / ``.pth`` with ``prompts`` and ``responses``): a ``torch.save``d dict or
@@ -23,6 +25,9 @@ The formats and how ``format="auto"`` picks one live in one table,
   ``"token_id:N"`` tokens) and ``logprobs.token_logprobs``.
 - ``trl_vllm`` (``.json`` with ``completion_ids`` and ``logprobs``): what TRL's vLLM client returns
   in server mode, :func:`iwopd_kit.formats.vllm.from_trl_vllm_output`.
+- ``slime`` (``.pt`` / ``.pth`` with ``rollout_id`` and ``samples``): slime's
+  ``--save-debug-rollout-data`` dump; ``slime_train`` (``samples`` and ``dp_shards``): its
+  ``--save-debug-train-data`` dump; :func:`iwopd_kit.formats.slime.load_slime` joins the two.
 
 **No code runs from a dump by default.** JSON, JSONL and weights-only torch files cannot execute
 anything; a pickle is read only with ``allow_pickle=True`` (CLI ``--allow-pickle``), because

@@ -3,8 +3,9 @@
 Offline engine: ``list[RequestOutput]``; each ``.outputs[0]`` (a ``CompletionOutput``) has
 ``token_ids`` and ``logprobs`` = one ``dict[token_id, Logprob]`` per generated token (with
 ``SamplingParams(logprobs=0)`` just the sampled token; with k > 0 up to k + 1 entries, the sampled
-one always among them). OpenAI-compatible server: ``/v1/completions`` choices with
-``logprobs.token_logprobs`` and, when requested, ``token_ids`` (``return_token_ids``) or tokens
+one always among them), and, with the engine argument ``return_sampling_mask`` (vLLM 0.32, Model
+Runner V2), ``sampling_mask.token_ids``: the kept set of each generated token. OpenAI-compatible
+server: ``/v1/completions`` choices with ``logprobs.token_logprobs`` and, when requested, ``token_ids`` (``return_token_ids``) or tokens
 spelled ``"token_id:N"`` (``return_tokens_as_token_ids``). TRL's vLLM client (server mode):
 ``{"prompt_ids", "completion_ids", "logprobs", "logprob_token_ids"}`` (:func:`from_trl_vllm_output`).
 
@@ -24,9 +25,27 @@ def _missing(row: int, pos: int, msg: str) -> dict[str, Any]:
     return {"kind": "missing_token_ids", "row": row, "position": pos, "severity": "error", "message": msg}
 
 
+def _sampling_mask(b: int, comp: Any, n: int) -> list[list[int] | None] | None:
+    """``CompletionOutput.sampling_mask`` (vLLM >= 0.32, engine argument ``return_sampling_mask``, Model
+    Runner V2 only): a ``SamplingMask`` whose ``token_ids`` holds, per generated token, the ids that
+    survived top-k / top-p / min-p (``vllm/outputs.py``). None when not requested."""
+    mask = getattr(comp, "sampling_mask", None)
+    if mask is None:
+        return None
+    rows = getattr(mask, "token_ids", None)
+    if not isinstance(rows, (list, tuple)) or len(rows) != n:
+        got = f"{len(rows)} entries" if isinstance(rows, (list, tuple)) else type(rows).__name__
+        raise BatchError(f"row {b}: sampling_mask.token_ids has {got} for {n} completion tokens; expected one kept "
+                         "set per generated token")
+    return [None if r is None else list(r) for r in rows]    # Batch rejects an empty set, naming the position
+
+
 def from_request_outputs(outputs: Sequence[Any], sampling: SamplingSettings | None = None) -> Batch:
-    """Convert offline ``LLM.generate`` results (one ``RequestOutput`` per prompt, n = 1)."""
-    prompts, comps, lps, reasons, findings = [], [], [], [], []
+    """Convert offline ``LLM.generate`` results (one ``RequestOutput`` per prompt, n = 1).
+
+    ``kept_ids`` come from each completion's ``sampling_mask`` when the engine returned one.
+    """
+    prompts, comps, lps, reasons, findings, kept = [], [], [], [], [], []
     for b, out in enumerate(outputs):
         if not getattr(out, "outputs", None):
             raise BatchError(f"row {b}: RequestOutput has no completion outputs")
@@ -35,6 +54,7 @@ def from_request_outputs(outputs: Sequence[Any], sampling: SamplingSettings | No
         prompts.append(list(out.prompt_token_ids))
         comps.append(ids)
         reasons.append(comp.finish_reason)
+        kept.append(_sampling_mask(b, comp, len(ids)))
         steps = comp.logprobs
         if steps is None:
             lps.append([None] * len(ids))
@@ -53,7 +73,7 @@ def from_request_outputs(outputs: Sequence[Any], sampling: SamplingSettings | No
                 row.append(float(entry.logprob))
         lps.append(row)
     return Batch(prompt_ids=prompts, completion_ids=comps, rollout_logprobs=lps, finish_reasons=reasons,
-                 sampling=sampling, findings=findings)
+                 sampling=sampling, findings=findings, kept_ids=kept if any(k is not None for k in kept) else None)
 
 
 def _choice_token_ids(b: int, choice: dict[str, Any]) -> list[int]:
