@@ -14,7 +14,7 @@ it starts an engine, a server, a browser, a training run, a wheel build or a not
 takes more than about 2 s. The marks are given here, in one place, so a test file needs no edit:
 
 - every test of a module in ``SLOW_MODULES`` (the whole module drives engines, browsers, ...);
-- every test that requests a fixture in ``SLOW_FIXTURES`` (a vLLM engine, the chat pair's models);
+- every test that requests a fixture in ``SLOW_FIXTURES`` (a vLLM engine, the chat pair's models, a real tokenizer);
 - every notebook cell collected by nbval;
 - and, in a module that mixes both, the tests decorated ``@pytest.mark.slow`` in the file itself.
 
@@ -46,11 +46,12 @@ for _k, _v in DETERMINISTIC_ENV.items():
 NOT_COMPARED = ("application/vnd.plotly.v1+json", "image/png")
 
 SLOW_MODULES = {
-    "test_browser.py", "test_docs_site.py", "test_large_vocab.py", "test_static_render.py",
+    "test_browser.py", "test_chat_fixtures.py", "test_docs_site.py", "test_large_vocab.py", "test_static_render.py",
     "test_static_views.py", "test_train.py", "test_trl_callback.py", "test_trl_chat.py",
     "test_trl_vllm.py", "test_vllm.py", "test_vllm_server.py", "test_wheel.py", "test_when.py",
 }
-SLOW_FIXTURES = {"vllm_raw", "vllm_processed", "chat_engine", "chat_student", "chat_teacher"}   # engines, 151k-vocab models
+SLOW_FIXTURES = {"vllm_raw", "vllm_processed", "chat_engine", "chat_student", "chat_teacher",   # engines, 151k-vocab models
+                 "qwen3", "gpt2", "llama3"}                       # real BPE tokenizers (50k-151k tokens), ~1-2 s each
 FAST_LIMIT_S = 2.0
 _durations: dict[str, float] = {}
 

@@ -44,7 +44,6 @@ def chat_engine():
 
 
 # ----------------------------------------------------------------------------- the tokenizer files
-@pytest.mark.slow                   # loads GPT-2, Qwen3 and tekken tokenizers
 def test_the_real_tokenizers_load(qwen3, gpt2):
     assert type(qwen3).__name__ == "Qwen2Tokenizer" and len(qwen3) == 151669
     assert (qwen3.bos_token_id, qwen3.eos_token, qwen3.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
