@@ -64,6 +64,14 @@ def pytest_configure(config):
             opt.nbval_sanitize_with = str(ROOT / "notebooks" / "sanitize.cfg")
 
 
+def pytest_ignore_collect(collection_path, config):
+    """Under ``-m "not slow"`` a module of ``SLOW_MODULES`` would be deselected whole: skip importing it
+    (vLLM, TRL, Playwright imports cost seconds of collection)."""
+    if collection_path.name in SLOW_MODULES and config.getoption("markexpr", "").split() == ["not", "slow"]:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(session, config, items):
     for item in items:
         path = Path(str(item.path))
