@@ -165,7 +165,8 @@ def test_every_cli_flag_is_in_the_check_reference():
 
 def test_every_public_name_is_on_the_api_page():
     api = (ROOT / "docs" / "api.md").read_text()
-    missing = [n for n in iwopd_kit.__all__ if f"::: iwopd_kit.{n}\n" not in api]
+    # a name iwopd_kit loads on first use (the run extra) is documented at its home module
+    missing = [n for n in iwopd_kit.__all__ if not re.search(rf"^::: iwopd_kit(\.\w+)*\.{n}\n", api, re.M)]
     assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md: {missing}"
 
 
