@@ -46,7 +46,7 @@ from .check import REGISTRY, check_alignment, detector, run_detectors, run_order
 from .core import (
     KINDS, REDUCTIONS, SEVERITIES, AlignmentReport, Context, Detector, Finding, Need, RowLag, Tolerances,
 )
-from .lags import ShiftedRows, best_lags, lag_scan, prompt_length_lags, row_lag_error, shifted_rows
+from .lags import ShiftedRows, Shifts, best_lags, fit_shifts, lag_scan, prompt_length_lags, row_lag_error, segment_ids, shifted_rows
 from .tokens import SAMPLE_TEXTS
 from .wrappers import (
     detect_bos_eos, detect_missing, detect_normalisation, detect_numerics, detect_offset, detect_ordering,
@@ -57,7 +57,8 @@ from .wrappers import (
 __all__ = [
     "KINDS", "SEVERITIES", "REDUCTIONS", "SAMPLE_TEXTS", "Finding", "Tolerances", "RowLag", "AlignmentReport",
     "Context", "Need", "Detector", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment",
-    "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows",
+    "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows", "Shifts", "fit_shifts",
+    "segment_ids",
     "detect_offset", "detect_missing", "detect_teacher_coverage", "detect_temperature", "detect_processed",
     "detect_numerics", "detect_ordering", "detect_padding", "detect_truncation", "detect_staleness",
     "detect_normalisation", "detect_bos_eos", "detect_tokenizer_mismatch",
