@@ -47,7 +47,7 @@ def test_check_clean_and_broken_dumps(tmp_path):
     assert set(obj) == {"schema", "findings", "metrics", "unchecked"} and obj["schema"] == 1
     rows = obj["findings"]
     assert [(f["kind"], f["row"], f["position"], f["severity"]) for f in rows] == [("offset", 1, 0, "error")]
-    assert set(rows[0]) == {"kind", "row", "position", "severity", "message"}
+    assert set(rows[0]) == {"kind", "row", "position", "severity", "message", "group"} and rows[0]["group"] is None
     assert isinstance(obj["metrics"], dict)
     assert isinstance(obj["unchecked"], dict) and all(isinstance(v, str) and v for v in obj["unchecked"].values())
 
