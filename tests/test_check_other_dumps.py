@@ -315,3 +315,18 @@ def test_finding_group_defaults_to_none_and_is_serialised():
     assert f.group is None and f.to_dict() == {"kind": "numerics", "row": None, "position": None, "severity": "warning",
                                                "message": "x", "group": None}
     assert math.isfinite(Tolerances().nucleus_slack)
+
+
+@pytest.mark.parametrize("name", ["healthy_fp32_t1", "healthy_processed_t07", "healthy_bf16"])
+def test_healthy_fixtures_stay_clean_without_settings_and_in_groups(name):
+    # a dump that records no sampling settings (a bf16 rollout's rounding also grows with |log-prob|: that
+    # alone once read as a temperature error), and the same rows as 4 groups judged one by one
+    from iwopd_kit import toy
+
+    batch = K.read_jsonl(toy.REPO_ROOT / "data" / "fixtures" / f"{name}.jsonl")
+    tok = K.load_tokenizer(toy.STUDENT_DIR)
+    for variant in (batch.replace(sampling=None), batch.replace(groups=[f"g{i % 4}" for i in range(batch.size)])):
+        report = K.check_alignment(variant, student_tokenizer=tok)
+        assert report.ok, report
+    assert set(report.group_metrics) == {"g0", "g1", "g2", "g3"}
+    assert sum(m["tokens"] for m in report.group_metrics.values()) == report.stats["tokens"]

@@ -60,9 +60,11 @@ def find_temperature(ctx: Context) -> list[Finding]:
     the data: the gap must exceed ``tol.same``; the batch-level error explains every open token.
     Without settings, the data signature decides (:func:`_gap_pattern`: rollout below trainer almost
     everywhere, or both signs with |gap| growing with |log-prob|; top-p renormalisation instead puts
-    the rollout above), per scope (each group, then the rest of the batch); then per remaining row, but
-    only for a row whose own mismatch is beyond the numerics bounds (a row's handful of tokens shows a
-    sign pattern by chance).
+    the rollout above), per scope (each group, then the rest of the batch), and only where the scope's
+    mismatch is beyond the numerics bounds (:func:`~iwopd_kit.alignment.numerics.judge_pool`): healthy
+    bf16 rounding also grows with |log-prob|, so without settings the pattern alone is no evidence (a
+    healthy bf16 dump without its settings was a false alarm); then per remaining row, on the same
+    condition (a row's handful of tokens shows a sign pattern by chance).
     """
     batch, tol = ctx.batch, ctx.tol
     opened = ctx.open()
@@ -94,6 +96,8 @@ def find_temperature(ctx: Context) -> list[Finding]:
         hit = tokens & big
         if not bool(hit.any()) or _gap_pattern(masked(gap, hit), masked(t, hit), tol.min_tokens_for_pattern) != "temperature":
             continue
+        if judge_pool(ctx, masked(gap, tokens).neg_())["severity"] != "error":
+            continue                   # bf16 rounding also grows with |log-prob|: only a mismatch beyond the bounds
         ctx.mark("temperature", tokens)
         n_rows = int((tokens.any(1)).sum())
         out.append(Finding(
