@@ -124,7 +124,8 @@ def robust(d: torch.Tensor, tol) -> dict:
     se = mean_standard_error(d, lambda x: torch.exp(x.abs()))
     cut = float(torch.quantile(d.abs(), tol.trim_quantile))
     t = metrics_from_delta(d[d.abs() <= cut])
-    return {"z": (m["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / se, "trim_mpe": t["mismatch/token_mult_prob_error"],
+    z = (m["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / se if se > 0 else -math.inf
+    return {"z": z, "trim_mpe": t["mismatch/token_mult_prob_error"],
             "trim_k3": t["mismatch/k3_kl"], "tail": int((d.abs() > tol.tail_nats).sum()), "n": d.numel()}
 
 

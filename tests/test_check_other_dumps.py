@@ -83,13 +83,21 @@ def test_without_the_top_p_signature_a_zero_must_be_a_certain_token():
     # float32 rows that agree exactly, padded with 0.0 at the end: no renormalisation to explain a 0.0
     y, s, _, _, p, _ = top_p_batch(1)
     s = s.clone()
-    s[3, -4:] = torch.tensor([0.3, 0.2, 0.5, 0.1], dtype=torch.float64).log()
+    s[3, -4:] = torch.tensor([0.3, 0.2, 0.4, 0.1], dtype=torch.float64).log()
     r = s.clone()
     r[3, -4:] = 0.0
     report = K.check_alignment(_batch(y, s, r))
-    assert [(f.kind, f.row, f.position) for f in report.findings] == [("offset", 3, 20)], report
-    assert "exactly 0.0 only when it is certain" in report.findings[0].message
+    assert [(f.kind, f.row, f.position, f.severity) for f in report.findings] == [("offset", 3, 20, "error")], report
+    assert "alone in no realistic nucleus" in report.findings[0].message
     assert int(_kinds(report, "offset").sum()) == 4
+    # recorded settings that say no truncation: a 0.0 must be a certain token
+    raw = _batch(y, s, r, sampling=K.SamplingSettings(logprobs_mode="raw_logprobs"))
+    assert "exactly 0.0 only when it is certain" in K.check_alignment(raw).findings[0].message
+    # a 0.0 on a likely token (p 0.9) with nothing recorded and no other token to tell: a warning, not an error
+    s[3, -4:] = math.log(0.9)
+    doubt = K.check_alignment(_batch(y, s, r))
+    assert [(f.kind, f.row, f.position, f.severity) for f in doubt.findings] == [("offset", 3, 20, "warning")], doubt
+    assert "record the sampling settings" in doubt.findings[0].message and doubt.ok
 
 
 def test_kept_logmass_makes_the_processed_comparison_exact():

@@ -15,7 +15,7 @@ from torch import Tensor
 from .core import Context, Finding, gap_text
 from .lags import fit_shifts
 from .tensors import first_true, nanmean_rows, row_mask
-from .zeros import lone_final_eos, placeholder_text, zero_floors, zero_placeholders
+from .zeros import lone_final_eos, placeholder_text, zero_ambiguous, zero_floors, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
@@ -84,34 +84,39 @@ def offset_fix(d: int, prompt: int, shortest: int, longest: int) -> str:
 
 
 def _zero_padded_rows(ctx: Context) -> list[Finding]:
-    """Offset findings for the open tokens that carry 0.0 padding values; those tokens are explained."""
+    """Offset findings for the open tokens that carry 0.0 padding values (errors) or a 0.0 that no recorded setting
+    tells from a nucleus of one (warnings); those tokens are explained."""
     batch = ctx.batch
     zero = zero_placeholders(batch, ctx.tol, ctx=ctx)
+    doubt = zero_ambiguous(ctx) & ~zero
     eos = getattr(ctx.tokenizer, "eos_token_id", None)
     if eos is not None:               # a lone 0.0 on the final EOS is the BOS/EOS check's (appended by hand)
         lone = zero & lone_final_eos(batch, zero, eos)[:, None]
         ctx.mark("bos_eos", lone)
         zero &= ~lone
-    if not bool(zero.any()):
+    if not bool((zero | doubt).any()):
         return []
     _, floors = zero_floors(ctx)
     group = {}
     for name, rows in ctx.groups():
         group.update({b: name for b in rows.nonzero().flatten().tolist()})
-    ctx.mark("offset", zero)
+    ctx.mark("offset", zero | doubt)
     t = ctx.trainer()
-    first, count = first_true(zero), zero.sum(1)
     out = []
-    for b in (count > 0).nonzero().flatten().tolist():
-        j = int(first[b])
-        out.append(Finding(
-            "offset", b, j, "error",
-            f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where the "
-            f"trainer gives {float(t[b, j]):.3g}; {placeholder_text(batch, floors[group[b]])}): padding values on real "
-            "tokens, as when a rollout series shorter than its completion, or shifted against it, is padded with 0.0 "
-            "(TRL pads rollout log-probs with 0.0); index the rollout log-probs by completion position per row and "
-            "check each row's length against its completion",
-        ))
+    for mask, sev in ((zero, "error"), (doubt, "warning")):
+        first, count = first_true(mask), mask.sum(1)
+        for b in (count > 0).nonzero().flatten().tolist():
+            j = int(first[b])
+            head = (f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where "
+                    f"the trainer gives {float(t[b, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
+            if sev == "error":
+                text = (f"{head}: padding values on real tokens, as when a rollout series shorter than its completion, or "
+                        "shifted against it, is padded with 0.0 (TRL pads rollout log-probs with 0.0); index the rollout "
+                        "log-probs by completion position per row and check each row's length against its completion")
+            else:
+                text = (f"{head}: a nucleus of one under top-p (healthy: p >= top_p) or a 0.0 padding value on a likely "
+                        "token; record the sampling settings (top_p, top_k, logprobs_mode) with the dump to tell")
+            out.append(Finding("offset", b, j, sev, text))
     return out
 
 

@@ -16,8 +16,12 @@ trainer's log-prob of it is below its group's floor (:func:`zero_floors`):
   trainer on at least 95% of those differing by more than ``tol.same``, at least
   ``tol.min_tokens_for_pattern`` of them), top_p is estimated from them: each kept token's S =
   exp(trainer - rollout) >= top_p, so ``top_p_hat`` = min S (over tokens with S >= ``tol.min_top_p``) is
-  an upper bound, and the floor is log(top_p_hat) - ``tol.nucleus_slack``; without the signature,
-  -``zero_slack`` (a 0.0 must be a certain token).
+  an upper bound, and the floor is log(top_p_hat) - ``tol.nucleus_slack``; without the signature (too
+  few differing tokens to tell, as in a 4-row batch of a confident model), log(``tol.min_top_p``): a 0.0
+  on a token the trainer gives p < ``min_top_p`` is a padding value whatever top_p was, and one between
+  that and a certain token is *ambiguous* (:func:`zero_ambiguous`: a nucleus of one, or a padding value;
+  the offset detector's warning asks for the settings). With recorded settings that say no truncation
+  (top_p 1, top_k 0, or raw log-probs), -``zero_slack``.
 
 ``zero_slack`` allows for the engine's rounding of a near-certain token (bf16: a few 1e-3); ``nucleus_slack``
 for an estimate that sits above the true top_p (docs/calibration.md). Tokens without a trainer value are
@@ -63,12 +67,18 @@ def may_estimate(batch: Batch) -> bool:
 class Floor:
     """One group's rule for 0.0 tokens: ``zero`` (the trainer log-prob a 0.0 token needs), ``explain`` (the lowest
     trainer - rollout a renormalised token may have; -inf for none), ``top_p`` (recorded, or the data's upper
-    bound; None when no truncation is recorded or seen) and ``estimated`` (True when from the data)."""
+    bound; None when no truncation is recorded or seen), ``estimated`` (True when from the data) and ``sure``
+    (the trainer log-prob from which on a 0.0 is healthy without doubt; between ``zero`` and it, ambiguous)."""
 
     zero: float
     explain: float
     top_p: float | None
     estimated: bool
+    sure: float | None = None
+
+    @property
+    def certain(self) -> float:
+        return self.zero if self.sure is None else self.sure
 
 
 def topp_signature(gap: Tensor, tol: Tolerances) -> bool:
@@ -92,7 +102,7 @@ def group_floor(ctx: Context, tokens: Tensor) -> Floor:
     nz = tokens & (batch.series("rollout_logprobs", torch.float64) != 0.0)
     gap = masked(ctx.full_gap(), nz)
     if not topp_signature(gap, tol):
-        return none
+        return none if batch.sampling is not None else Floor(math.log(tol.min_top_p), 0.0, None, False, -tol.zero_slack)
     delta = -gap
     kept = delta[(delta >= math.log(tol.min_top_p)) & (delta <= tol.same)]
     top_p = min(1.0, math.exp(float(kept.min()))) if kept.numel() else 1.0
@@ -125,6 +135,22 @@ def zero_placeholders(batch: Batch, tol: Tolerances, valid: Tensor | None = None
     return zero & (ctx.trainer() < floor)
 
 
+def zero_ambiguous(ctx: Context, valid: Tensor | None = None) -> Tensor:
+    """[B, L] bool: open tokens at exactly 0.0 whose trainer log-prob lies between the group's error floor and a
+    certain token's (no settings recorded, too few tokens to tell a nucleus of one from a padding value)."""
+    if not ctx.has_pair:
+        return torch.zeros(ctx.batch.size, ctx.batch.width, dtype=torch.bool)
+    valid = ctx.open() if valid is None else valid & ctx.checked
+    out = torch.zeros_like(valid)
+    t = ctx.trainer()
+    zero = valid & (ctx.batch.series("rollout_logprobs", torch.float64) == 0.0)
+    for name, rows in ctx.groups():
+        f = group_floor(ctx, valid & rows[:, None])
+        if f.sure is not None:
+            out |= zero & rows[:, None] & (t >= f.zero) & (t < f.sure)
+    return out
+
+
 def lone_final_eos(batch: Batch, zero: Tensor, eos: int) -> Tensor:
     """[B] bool: rows whose only placeholder (``zero`` [B, L]) is their final token, an EOS: an EOS appended
     by hand (the BOS/EOS check's); a row with more placeholders has a padded rollout series (an offset)."""
@@ -137,6 +163,9 @@ def lone_final_eos(batch: Batch, zero: Tensor, eos: int) -> Tensor:
 
 def placeholder_text(batch: Batch, floor: Floor | None = None) -> str:
     """Why a 0.0 there cannot be a nucleus of one, for the messages."""
+    if floor is not None and floor.sure is not None:
+        return (f"no sampling settings recorded and too few other tokens to estimate top_p; a token the trainer gives "
+                f"p < {math.exp(floor.zero):.2g} is alone in no realistic nucleus")
     if floor is not None and floor.estimated:
         return (f"no sampling settings recorded; the other tokens sit above the trainer as under top-p <= "
                 f"{floor.top_p:.3g}, and a nucleus of one needs p >= top_p, i.e. a log-prob above {floor.zero:.3g}")
@@ -147,4 +176,4 @@ def placeholder_text(batch: Batch, floor: Floor | None = None) -> str:
 
 
 __all__ = ["nucleus_floor", "recorded_truncation", "may_estimate", "Floor", "topp_signature", "group_floor",
-           "zero_floors", "zero_placeholders", "lone_final_eos", "placeholder_text"]
+           "zero_floors", "zero_placeholders", "zero_ambiguous", "lone_final_eos", "placeholder_text"]
