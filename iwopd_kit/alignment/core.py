@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-from ..batch import Batch
 from ..objective import REDUCTIONS
 from .context import NO_GROUP, Context, all_explained, explained_rows, meta_values
 from .kinds import KINDS, SEVERITIES
