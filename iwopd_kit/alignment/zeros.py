@@ -164,8 +164,8 @@ def lone_final_eos(batch: Batch, zero: Tensor, eos: int) -> Tensor:
 def placeholder_text(batch: Batch, floor: Floor | None = None) -> str:
     """Why a 0.0 there cannot be a nucleus of one, for the messages."""
     if floor is not None and floor.sure is not None:
-        return (f"no sampling settings recorded and too few other tokens to estimate top_p; a token the trainer gives "
-                f"p < {math.exp(floor.zero):.2g} is alone in no realistic nucleus")
+        return (f"no sampling settings recorded, and the other tokens do not show top-p renormalisation (or are too few "
+                f"to); a token the trainer gives p < {math.exp(floor.zero):.2g} is alone in no realistic nucleus")
     if floor is not None and floor.estimated:
         return (f"no sampling settings recorded; the other tokens sit above the trainer as under top-p <= "
                 f"{floor.top_p:.3g}, and a nucleus of one needs p >= top_p, i.e. a log-prob above {floor.zero:.3g}")
