@@ -2,7 +2,8 @@
 
 With Δ_t = log π_train(y_t) − log π_roll(y_t) (the trainer's recompute minus the rollout engine's
 value; the alignment check's ``gap = rollout − student`` is −Δ) and ρ_t = exp(Δ_t), pooled over the
-valid tokens of a batch where both values exist:
+tokens of a batch its writer's framework pools them over (``batch.metric_mask()``: loss-masked, sampled
+by the policy, and in the writer's metric pool where the dump names one) where both values exist:
 
 =================================  ===============================  ===========================================
 key                                definition                       read by (usual threshold)
@@ -101,12 +102,15 @@ CHUNK = 1 << 16
 """Tokens per step of :func:`metrics_from_delta`: its float64 temporaries stay O(CHUNK), not O(tokens)."""
 
 
-def batch_delta(batch: Any, finite_only: bool = True) -> Tensor:
-    """Δ = student − rollout log-prob of a :class:`~iwopd_kit.batch.Batch`'s valid tokens, flat float64.
+def batch_delta(batch: Any, finite_only: bool = True, rows: Any = None) -> Tensor:
+    """Δ = student − rollout log-prob of a :class:`~iwopd_kit.batch.Batch`'s policy tokens, flat float64.
 
-    ``finite_only``: only the tokens where both values are finite (what the metrics pool); else every
-    token where both have a value (NaN dropped, ±inf kept). Read from the packed series (no padded
-    [B, L] copies, no index tensor), so a dump of millions of tokens costs about 17 bytes per token here.
+    Pooled tokens: ``batch.metric_mask()``, the loss-masked tokens sampled by the policy (a teacher's
+    tokens in SFT-distill records and a multi-turn row's tool / user turns are not the policy's samples,
+    so they are left out), less those outside the writer's metric pool (prime-rl pools only tokens
+    with a non-zero rl or ref_kl weight). ``finite_only``: only the tokens where both values are finite (what the
+    metrics pool); else every token where both have a value (NaN dropped, ±inf kept). ``rows``: [B] bool,
+    only those rows (a group). Read from the packed series (no padded [B, L] float copies, no index tensor).
     Raises ValueError when the batch lacks either series.
     """
     if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
@@ -114,9 +118,11 @@ def batch_delta(batch: Any, finite_only: bool = True) -> Tensor:
     d = batch.packed("student_logprobs").values.to(torch.float64, copy=True)
     d.sub_(batch.packed("rollout_logprobs").values)
     keep = torch.isfinite(d) if finite_only else ~d.isnan()
-    mask = batch.packed("mask")
-    if mask is not None:
-        keep &= mask.values.bool()
+    pad = batch.padding_mask().numpy()
+    policy = batch.metric_mask()
+    if rows is not None:
+        policy &= torch.as_tensor(rows, dtype=torch.bool)[:, None]
+    keep &= torch.from_numpy(policy.numpy()[pad])
     return torch.from_numpy(d.numpy()[keep.numpy()])
 
 

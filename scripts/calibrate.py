@@ -16,6 +16,14 @@ of the random-weight Qwen3 at 151,936 tokens (``iwopd_kit.random_models``, built
 first use): per-token |Δ| quantiles, pooled mismatch metrics, findings, errors; then each threshold
 of ``Tolerances`` beside the healthy measurement nearest to it. --small: the same on 10 seeds of
 4-row batches with at most 8 / 6 new tokens (where a rule that needs evidence is most easily fooled).
+Each healthy batch is checked four ways: with meta rollout_dtype / trainer_dtype, without them, without
+its sampling settings and dtypes (a dump that records nothing: a top-p run then shows a nucleus of one
+at exactly 0.0 with no settings to say so), and split into 4 groups (each group judged on its own, a
+quarter of the tokens); the top-p setting also with ``kept_logmass`` (the trainer's log-mass over its own
+top-p set, the exact comparison). Per seed it records the robust numerics rule's quantities (the full
+metric's distance to its bound in standard errors, the trimmed pool's metrics, the tokens beyond
+``tail_nats``) and, without settings, the estimated top_p and how far the 0.0 tokens sit above it.
+--all: the gap tables, --mismatch and --mismatch --small in one run.
 Prints markdown tables (docs/calibration.md pastes them).
 """
 
@@ -71,43 +79,91 @@ def score_in_chunks(batch: K.Batch, trainer, temperature: float, autocast) -> K.
     return batch.with_series("student_logprobs", rows, temperature=temperature)
 
 
+def kept_logmass(batch: K.Batch, trainer, top_p: float) -> list[list[float]]:
+    """log S per token: the trainer's probability mass over its own top-p set at each step (the engine's kept
+    set, up to float rounding), SCORE_ROWS rows per forward pass."""
+    rows: list[list[float]] = []
+    for s in range(0, batch.size, SCORE_ROWS):
+        part = batch.select(range(s, min(s + SCORE_ROWS, batch.size)))
+        with torch.no_grad():
+            probs = torch.softmax(K.scoring.completion_logits(trainer, part).double(), -1)
+        sp = probs.sort(-1, descending=True).values
+        mass = torch.where((sp.cumsum(-1) - sp) < top_p, sp, torch.zeros_like(sp)).sum(-1)
+        rows += [mass[i, :n].log().tolist() for i, n in enumerate(part.lengths)]
+        del probs, sp
+    return rows
+
+
 def healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
-    """Yield (setting, batch, report, report without the recorded dtypes) for every healthy setting and seed."""
+    """Yield (setting, batch, {variant: report}) for every healthy setting and seed: ``dtypes`` (meta
+    rollout_dtype / trainer_dtype recorded), ``bare`` (without), ``nothing`` (no dtypes, no sampling
+    settings), ``groups`` (dtypes, rows split into 4 groups) and, for top-p, ``kept`` (with kept_logmass)."""
     trainer = K.load_model(model_dir)
     for setting, dtype, sampling, score_t, autocast in HEALTHY:
         engine = K.VLLMEngine(model_dir, dtype=dtype, logprobs_mode="processed_logprobs")  # = raw at T=1, top_p 1
         for seed in seeds:
             b = K.rollout(engine, prompts, max_tokens=max_tokens, seed=seed, **sampling)
             b = score_in_chunks(b, trainer, score_t, autocast)
-            bare = K.check_alignment(b, student_tokenizer=tokenizer)
+            check = lambda x: K.check_alignment(x, student_tokenizer=tokenizer)  # noqa: E731
+            reports = {"bare": check(b), "nothing": check(b.replace(sampling=None))}
             td = str(autocast or torch.float32).removeprefix("torch.")
             b = b.replace(meta=[dict(m or {}, rollout_dtype=dtype, trainer_dtype=td) for m in (b.meta or [{}] * b.size)])
-            yield setting, b, K.check_alignment(b, student_tokenizer=tokenizer), bare
+            reports["dtypes"] = check(b)
+            reports["groups"] = check(b.replace(groups=[f"g{i % 4}" for i in range(b.size)]))
+            if "top_p" in sampling:
+                reports["kept"] = check(b.replace(kept_logmass=kept_logmass(b, trainer, sampling["top_p"])))
+            yield setting, b, reports
+
+
+def robust(d: torch.Tensor, tol) -> dict:
+    """The robust numerics rule's quantities on one seed's Δ: the full metric's z (distance to its bound in
+    standard errors), the trimmed pool's token_mult_prob_error / k3_kl, the tokens beyond tail_nats."""
+    from iwopd_kit.mismatch import mean_standard_error, metrics_from_delta
+
+    m = metrics_from_delta(d)
+    se = mean_standard_error(d, lambda x: torch.exp(x.abs()))
+    cut = float(torch.quantile(d.abs(), tol.trim_quantile))
+    t = metrics_from_delta(d[d.abs() <= cut])
+    z = (m["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / se if se > 0 else -math.inf
+    return {"z": z, "trim_mpe": t["mismatch/token_mult_prob_error"],
+            "trim_k3": t["mismatch/k3_kl"], "tail": int((d.abs() > tol.tail_nats).sum()), "n": d.numel()}
 
 
 def summarize(runs: list) -> dict:
     """Pooled |Δ| quantiles and metrics of one setting's seeds, the worst seed's, the findings and errors."""
-    from iwopd_kit.alignment.zeros import nucleus_floor
+    from iwopd_kit.alignment.zeros import group_floor, nucleus_floor
     from iwopd_kit.mismatch import abs_delta_quantiles, metrics_from_delta, pooled_delta
 
-    deltas, per_seed, zero_margin, kinds, errors, bare_errors = [], [], None, {}, 0, 0
-    for b, report, bare in runs:
+    tol = K.Tolerances()
+    deltas, per_seed, zero_margin, kinds = [], [], None, {}
+    errors = {k: 0 for k in ("dtypes", "bare", "nothing", "groups", "kept")}
+    est, est_margin = [], None
+    for b, reports in runs:
         s, r, valid = b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64), b.valid()
         d = pooled_delta(s, r, valid)
         deltas.append(d)
-        per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d)
+        per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d) | robust(d, tol)
                         | {"se_mpe": float(d.abs().exp().std() / math.sqrt(d.numel()))})
         zero = valid & (r == 0.0) & ~s.isnan()
         if bool(zero.any()):      # how far below where a 0.0 is healthy the trainer's value went
             m = float((s[zero] - nucleus_floor(b)).min())
             zero_margin = m if zero_margin is None else min(zero_margin, m)
-        for f in report.findings:
+        bare = b.replace(sampling=None)
+        ctx = K.alignment.Context(bare)
+        f = group_floor(ctx, ctx.open())
+        if f.estimated:           # without settings: the estimate, and the 0.0 tokens' margin above log(estimate)
+            est.append(f.top_p)
+            if bool(zero.any()):
+                m = float((s[zero] - math.log(f.top_p)).min())
+                est_margin = m if est_margin is None else min(est_margin, m)
+        for f in reports["dtypes"].findings:
             kinds[f"{f.kind}:{f.severity}"] = kinds.get(f"{f.kind}:{f.severity}", 0) + 1
-        errors += sum(f.severity == "error" for f in report.findings)
-        bare_errors += sum(f.severity == "error" for f in bare.findings)
+        for k, rep in reports.items():
+            errors[k] += sum(f.severity == "error" for f in rep.findings)
     d = torch.cat(deltas)
     return dict(tokens=d.numel(), q=abs_delta_quantiles(d), max=float(d.abs().max()), m=metrics_from_delta(d),
-                per_seed=per_seed, zero=zero_margin, errors=errors, bare_errors=bare_errors,
+                per_seed=per_seed, zero=zero_margin, errors=errors["dtypes"], bare_errors=errors["bare"],
+                variants=errors, est=est, est_margin=est_margin,
                 found=", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) or "none")
 
 
@@ -137,8 +193,8 @@ def mismatch_calibration(seeds=SEEDS, n_prompts: int = MISMATCH_PROMPTS, tiny_to
     rows: dict[str, list] = {}
     for name, model_dir, prompts, max_tokens, tokenizer in models:
         by_setting: dict[str, list] = {}
-        for setting, b, report, bare in healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
-            by_setting.setdefault(setting, []).append((b, report, bare))
+        for setting, b, reports in healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
+            by_setting.setdefault(setting, []).append((b, reports))
         for setting, runs in by_setting.items():
             r = summarize(runs)
             q, m, ps = r["q"], r["m"], r["per_seed"]
@@ -150,7 +206,27 @@ def mismatch_calibration(seeds=SEEDS, n_prompts: int = MISMATCH_PROMPTS, tiny_to
                   f"{m['mismatch/is_ess']:.4f} ({worst('mismatch/is_ess', min):.4f}) | {fmt(m['mismatch/chi2_token'])} | "
                   f"{fmt(r['zero'])} | {r['found']} | {r['errors']} ({r['bare_errors']}) |", flush=True)
             rows.setdefault(setting, []).append(dict(r, name=name))
+    variants_table(rows)
     thresholds_table(rows)
+
+
+def variants_table(rows: dict[str, list]) -> None:
+    """Errors per check variant, and the robust rule's and the top-p estimate's numbers per setting."""
+    print("\nThe same batches checked other ways (errors; a dash where the variant does not apply), the robust "
+          "numerics rule per seed (worst seed), and the top_p the data bounds when no settings are recorded:\n")
+    print("| model | setting | errors: no settings | 4 groups | kept_logmass | worst z of token_mult_prob_error | "
+          "trimmed token_mult_prob_error (worst) | trimmed k3_kl (worst) | tokens beyond tail_nats (worst seed) | "
+          "estimated top_p (seeds) | 0.0 tokens: min (student - log estimate) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for setting, rs in rows.items():
+        for r in rs:
+            ps, v = r["per_seed"], r["variants"]
+            kept = "-" if "top_p" not in setting else str(v["kept"])
+            est = ", ".join(f"{x:.4f}" for x in r["est"]) or "-"
+            margin = "-" if r["est_margin"] is None else f"{r['est_margin']:.3g}"
+            print(f"| {r['name']} | {setting} | {v['nothing']} | {v['groups']} | {kept} | {max(x['z'] for x in ps):.2f} | "
+                  f"{max(x['trim_mpe'] for x in ps):.4f} | {max(x['trim_k3'] for x in ps):.3g} | "
+                  f"{max(x['tail'] for x in ps)} of {max(x['n'] for x in ps)} | {est} | {margin} |", flush=True)
 
 
 def thresholds_table(rows: dict[str, list]) -> None:
@@ -183,22 +259,47 @@ def thresholds_table(rows: dict[str, list]) -> None:
     z = max((x["mismatch/token_mult_prob_error"] - tol.mult_prob_error) / x["se_mpe"] for r in low for x in r["per_seed"])
     print(f"| `metric_se` | {tol.metric_se:g} | bf16 seeds: largest (token_mult_prob_error - {tol.mult_prob_error:g}) / "
           f"its standard error {z:.2f} | {'below the bound itself' if z < 0 else f'{tol.metric_se - z:.2f} SE'} |")
+    trim = max(x["trim_mpe"] for r in low for x in r["per_seed"])
+    trim_k3 = max(x["trim_k3"] for r in low for x in r["per_seed"])
+    print(f"| `trim_quantile` | {tol.trim_quantile:g} | bf16 seeds: trimmed token_mult_prob_error at most {trim:.4f}, "
+          f"trimmed k3_kl at most {trim_k3:.3g} | {(tol.mult_prob_error - 1) / (trim - 1):.1f}x (excess over 1) |")
+    mx_low = max(r["max"] for r in low)
+    print(f"| `tail_nats` / `tail_share` | {tol.tail_nats:g} / {tol.tail_share:g} | bf16 max abs Δ {mx_low:.3g} (no "
+          f"token beyond {tol.tail_nats:g}) | {tol.tail_nats / mx_low:.1f}x |")
+    est = [r["est_margin"] for rs in rows.values() for r in rs if r["est_margin"] is not None]
+    if est:
+        print(f"| `nucleus_slack` | {tol.nucleus_slack:g} | no settings: lowest (student - log estimated top_p) of a "
+              f"0.0 token {min(est):.3g} | " + ("never below the estimate |" if min(est) >= 0 else f"{tol.nucleus_slack / -min(est):.1f}x |"))
     if zeros:
         lo = min(zeros)
         print(f"| `zero_slack` | {tol.zero_slack:g} | exact-0.0 rollout tokens: lowest (student - floor) {lo:.3g} | "
               + (f"{tol.zero_slack / -lo:.1f}x |" if lo < 0 else "never below the floor |"))
-    total = lambda key: sum(r[key] for rs in rows.values() for r in rs)  # noqa: E731
-    print(f"\nError-level findings on the healthy settings: {total('errors')} with meta rollout_dtype / trainer_dtype "
-          f"recorded, {total('bare_errors')} without")
+    total = lambda key: sum(r["variants"][key] for rs in rows.values() for r in rs)  # noqa: E731
+    print(f"\nError-level findings on the healthy settings: {total('dtypes')} with meta rollout_dtype / trainer_dtype "
+          f"recorded, {total('bare')} without, {total('nothing')} without sampling settings either, {total('groups')} "
+          f"with 4 groups, {total('kept')} with kept_logmass")
 
 
 def main() -> None:
+    if "--all" in sys.argv[1:]:
+        sys.argv.remove("--all")
+        gap_tables()
+        print("\n## --mismatch\n", flush=True)
+        mismatch_calibration()
+        print("\n## --mismatch --small\n", flush=True)
+        mismatch_calibration(seeds=tuple(range(10)), n_prompts=4, tiny_tokens=8, large_tokens=6)
+        return
     if "--mismatch" in sys.argv[1:]:
         if "--small" in sys.argv[1:]:        # the batch sizes of a per-device TRL step: 4 rows, short completions
             mismatch_calibration(seeds=tuple(range(10)), n_prompts=4, tiny_tokens=8, large_tokens=6)
         else:
             mismatch_calibration()
         return
+    gap_tables()
+
+
+def gap_tables() -> None:
+    """The healthy gap table (tiny student, 3 settings x 3 seeds) and the broken fixtures' gaps."""
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     prompts = [tok(p)["input_ids"] for p in pick_prompts()]
     student = K.load_model(toy.STUDENT_DIR)

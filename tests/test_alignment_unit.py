@@ -87,10 +87,12 @@ def test_missing_teacher_value_on_valid_token():
                 student_logprobs=student.tolist(), teacher_logprobs=teacher)
     hits = K.check_alignment(b).by_kind("teacher_coverage")
     assert [(f.row, f.position, f.severity) for f in hits] == [(2, 5, "error"), (4, 7, "error")]
-    # masked out: no finding
+    # masked out: no error; the null (not the -inf sentinel) is named in an info, never dropped silently
     mask = [[True] * L for _ in range(B)]
     mask[2][5] = mask[4][7] = False
-    assert K.check_alignment(b.replace(mask=mask)).by_kind("teacher_coverage") == []
+    masked = K.check_alignment(b.replace(mask=mask)).by_kind("teacher_coverage")
+    assert [(f.row, f.position, f.severity) for f in masked] == [(2, 5, "info")]
+    assert "1 teacher value(s) are null" in masked[0].message
 
 
 def test_temperature_mismatch_raw_rollout_vs_tempered_student():

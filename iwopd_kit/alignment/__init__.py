@@ -7,16 +7,26 @@ completion token index, or None), ``severity`` (error / warning / info) and a me
 what to change.
 
 Coordinate frame: every series is ``[B, L]`` in completion coordinates (token j = the j-th
-generated token of row b, right-padded, NaN where missing); ``gap = rollout - student`` per token.
+generated token of row b, right-padded, NaN where missing); ``gap = rollout - trainer`` per token
+(trainer = the student's recompute, minus ``kept_logmass`` where recorded). A finding may name a
+``group`` (``batch.groups``) instead of, or beside, a row.
+
+Which tokens: the gap detectors read the *open* policy tokens (``batch.policy_mask()``: loss-masked and
+sampled by the policy, with a finite rollout and trainer value, not yet explained by an earlier finding);
+each finding explains a set of tokens (``Context.mark``; the report's ``token_kinds`` [B, L]), and numerics
+judges whatever is left, per group and for the batch (docs/method.md, "which tokens each detector reads").
 
 Where things live:
 
-- ``core``: :class:`Finding`, :class:`Tolerances`, :class:`AlignmentReport`, and what a detector
-  is (:class:`~iwopd_kit.alignment.core.Detector`, its ``needs`` and ``run(context)``);
-- ``lags``: the lag scan, the best lag per row and the offset rule (``shifted_rows``);
-- the detectors, by family: ``gap_rows`` (offset A, ordering L, padding F), ``gap_batch``
-  (temperature H, processed I, staleness J, numerics M), ``coverage`` (missing B, teacher
-  coverage C, truncation G), ``tokens`` (tokenizer mismatch D, BOS/EOS E), ``normalisation`` (K);
+- ``core``: :class:`Finding`, :class:`AlignmentReport`, :class:`RowLag`, what a detector is
+  (:class:`~iwopd_kit.alignment.core.Detector`, its ``needs`` and ``run(context)``), re-exporting
+  ``kinds`` (:data:`KINDS`), ``tolerances`` (:class:`Tolerances`) and ``context`` (:class:`Context`, the
+  explanation map, groups, the trainer series);
+- ``lags``: the segment-aware lag scan and the offset rule (``fit_shifts``; ``shifted_rows`` per row);
+- the detectors, by family: ``gap_rows`` (offset A, ordering L, padding F; 0.0 values: ``zeros``),
+  ``gap_batch`` (temperature H, processed I, staleness J, fitted per group), ``numerics`` (M),
+  ``coverage`` (missing values B, teacher coverage C, truncation G), ``tokens`` (tokenizer mismatch D,
+  BOS/EOS E; "stop" rows: ``stops``), ``normalisation`` (K);
 - ``check``: the ordered ``REGISTRY`` and ``check_alignment``;
 - ``wrappers``: ``detect_offset(batch, tol, exclude)`` and the other ``detect_*`` functions, thin
   wrappers with the call signatures the kit has always had.
@@ -32,9 +42,10 @@ Detectors compare *series*; they never recompute them. Thresholds live in :class
   detectors look for (a better lag, a sign, growth with the pad amount, a match with another row);
 - a stale rollout policy shows a small gap of consistent sign in every row (the rollout policy
   prefers its own samples: E[log pi_old - log pi_new] = KL >= 0); ``stale_t`` is the pooled
-  t-statistic the batch mean must reach so that rounding noise never qualifies.
+  t-statistic a group's mean must reach so that rounding noise never qualifies.
 
-Meta keys read (all optional, per row in ``batch.meta``): ``policy_version`` (the weights vLLM
+Meta keys read (all optional, per row in ``batch.meta``): ``stop`` / ``stop_reason`` (what stopped a
+"stop" row, for E), ``policy_version`` (the weights vLLM
 sampled with) and ``trainer_version`` (the weights being trained) for J; ``teacher_prompt_length``,
 ``teacher_completion_length``, ``student_prompt_length``, ``student_completion_length`` (what the
 other side saw) for G; ``grad_accum_steps`` for K.
@@ -46,7 +57,7 @@ from .check import REGISTRY, check_alignment, detector, run_detectors, run_order
 from .core import (
     KINDS, REDUCTIONS, SEVERITIES, AlignmentReport, Context, Detector, Finding, Need, RowLag, Tolerances,
 )
-from .lags import ShiftedRows, best_lags, lag_scan, prompt_length_lags, row_lag_error, shifted_rows
+from .lags import ShiftedRows, Shifts, best_lags, fit_shifts, lag_scan, prompt_length_lags, row_lag_error, segment_ids, shifted_rows
 from .tokens import SAMPLE_TEXTS
 from .wrappers import (
     detect_bos_eos, detect_missing, detect_normalisation, detect_numerics, detect_offset, detect_ordering,
@@ -57,7 +68,8 @@ from .wrappers import (
 __all__ = [
     "KINDS", "SEVERITIES", "REDUCTIONS", "SAMPLE_TEXTS", "Finding", "Tolerances", "RowLag", "AlignmentReport",
     "Context", "Need", "Detector", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment",
-    "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows",
+    "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows", "Shifts", "fit_shifts",
+    "segment_ids",
     "detect_offset", "detect_missing", "detect_teacher_coverage", "detect_temperature", "detect_processed",
     "detect_numerics", "detect_ordering", "detect_padding", "detect_truncation", "detect_staleness",
     "detect_normalisation", "detect_bos_eos", "detect_tokenizer_mismatch",

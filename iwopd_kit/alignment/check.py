@@ -5,11 +5,12 @@ the report lists their findings. The driver runs them in that order, except that
 ``runs_before`` runs just before the one it names (ordering before offsets); a detector whose
 ``needs`` are not all met is not run, and the first missing need is the report's reason.
 
-Why this order: missing ids (B), ordering (L) before offsets (A), then padding (F), temperature
-(H) / processed (I), staleness (J) and only then numerics (M) for the gap nothing else explains;
-every row a detector with ``explains_gap`` reports is left out of the later gap detectors, so one
-cause gives one finding per row. Teacher coverage (C), truncation (G), BOS/EOS (E), tokenizers (D)
-and normalisation (K) are independent of the gap.
+Why this order: missing values (B), ordering (L) before offsets (A), then padding (F), temperature
+(H) / processed (I), staleness (J) and last numerics (M), which judges every open token nothing else
+explained (always: a batch- or group-level finding removes only the tokens it explains). Each
+detector with ``explains_gap`` marks the tokens it accounts for in ``ctx.explained`` [B, L] (and
+``ctx.token_kinds``), so one cause gives one finding per token set. Teacher coverage (C), truncation
+(G), BOS/EOS (E), tokenizers (D) and normalisation (K) are independent of the gap.
 
 To add a detector: write ``find_x(ctx) -> list[Finding]`` in the module of its family, add its
 kind to ``core.KINDS``, and add one ``Detector(...)`` line here.
@@ -25,11 +26,12 @@ from ..batch import Batch
 from ..mismatch import batch_delta, metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
-    VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
+    NO_GROUP, VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
 )
-from .tensors import masked
+from .tensors import masked, row_mask
 from .coverage import find_missing, find_teacher_coverage, find_truncation
-from .gap_batch import find_numerics, find_processed, find_staleness, find_temperature
+from .gap_batch import find_processed, find_staleness, find_temperature
+from .numerics import find_numerics
 from .gap_rows import find_offset, find_ordering, find_padding
 from .normalisation import find_normalisation
 from .tokens import find_bos_eos, find_tokenizer_mismatch
@@ -75,8 +77,9 @@ def run_detectors(ctx: Context, registry: tuple[Detector, ...] = REGISTRY) -> tu
     """Run ``registry`` on ``ctx``; return the findings in registry order and the reasons for the
     detectors that could not run (kind -> the first missing need).
 
-    After each detector that ``explains_gap``, its row-level findings add their rows to
-    ``ctx.explained_rows`` and a batch-level one sets ``ctx.gap_explained``.
+    A detector with ``explains_gap`` marks the tokens it explains (``ctx.mark``). One that marks none
+    has its row-level findings explain their rows' open tokens and its group-level findings their group's;
+    a batch-level finding that marks nothing explains nothing (it never silences numerics by itself).
     """
     found: dict[str, list[Finding]] = {}
     reasons: dict[str, str] = {}
@@ -85,10 +88,14 @@ def run_detectors(ctx: Context, registry: tuple[Detector, ...] = REGISTRY) -> tu
         if why is not None:
             reasons[det.kind] = why
             continue
+        before = ctx.explained.clone() if det.explains_gap else None
         found[det.kind] = det.run(ctx)
-        if det.explains_gap:
-            ctx.explained_rows |= {f.row for f in found[det.kind] if f.row is not None}
-            ctx.gap_explained = ctx.gap_explained or any(f.row is None for f in found[det.kind])
+        if before is not None and found[det.kind] and torch.equal(before, ctx.explained):
+            rows = row_mask(ctx.batch.size, {f.row for f in found[det.kind] if f.row is not None})
+            for name, members in ctx.groups():
+                if any(f.group == name and f.row is None for f in found[det.kind]) and name is not None:
+                    rows |= members
+            ctx.mark(det.kind, ctx.open() & rows[:, None])
     return [f for det in registry for f in found.get(det.kind, [])], reasons
 
 
@@ -96,19 +103,19 @@ MISMATCH = "mismatch"
 """The name under which the report's ``unchecked`` lists the mismatch metrics when they could not be computed."""
 
 
-def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str | None]:
-    """The report's gap ``stats``, the pooled mismatch metrics (trainer = student recompute), and why
-    there are no metrics (None when there are), from one flat Δ over the batch's valid tokens."""
-    if not ctx.has_pair:
-        return {}, {}, "needs rollout_logprobs and student_logprobs"
-    flat = batch_delta(ctx.batch, finite_only=False)            # student - rollout where both have a value
+def _gap_summary(batch: Batch) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, float]], str | None]:
+    """The report's gap ``stats``, the pooled mismatch metrics (trainer = student recompute) of the batch and of
+    each group, and why there are no metrics (None when there are), over the batch's policy tokens."""
+    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+        return {}, {}, {}, "needs rollout_logprobs and student_logprobs"
+    flat = batch_delta(batch, finite_only=False)            # student - rollout where both have a value
     if flat.numel() == 0:
-        return {}, {}, "no valid token has both a finite rollout and a finite student log-prob"
+        return {}, {}, {}, "no policy token has both a finite rollout and a finite student log-prob"
     finite = torch.isfinite(flat)
     delta = flat if bool(finite.all()) else masked(flat, finite)
     if delta.numel() == 0:
-        return ({"max_abs_gap": float("inf"), "mean_abs_gap": float("inf"), "tokens": float(flat.numel())}, {},
-                "no valid token has both a finite rollout and a finite student log-prob")
+        return ({"max_abs_gap": float("inf"), "mean_abs_gap": float("inf"), "tokens": float(flat.numel())}, {}, {},
+                "no policy token has both a finite rollout and a finite student log-prob")
     metrics = metrics_from_delta(delta)
     if delta.numel() == flat.numel():                  # every gap finite: its stats are the metrics' |Δ| ones
         stats = {"max_abs_gap": metrics["mismatch/logp_abs_diff_max"],
@@ -116,7 +123,13 @@ def _gap_summary(ctx: Context) -> tuple[dict[str, float], dict[str, float], str 
     else:
         a = flat.abs_()
         stats = {"max_abs_gap": float(a.max()), "mean_abs_gap": float(a.mean()), "tokens": float(a.numel())}
-    return stats, metrics, None
+    groups: dict[str, dict[str, float]] = {}
+    if batch.groups is not None:
+        names = [NO_GROUP if g is None else g for g in batch.groups]
+        for name in dict.fromkeys(names):
+            d = batch_delta(batch, rows=[n == name for n in names])
+            groups[name] = (metrics_from_delta(d) if d.numel() else {}) | {"tokens": float(d.numel())}
+    return stats, metrics, groups, None
 
 
 def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, student_tokenizer: Any = None,
@@ -128,21 +141,21 @@ def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, stud
     side) and, when available, ``teacher_logprobs``; ``batch.sampling`` / ``batch.scoring`` enable
     the config-aware temperature rule and ``batch.meta`` the version / length rules. Tokenizers
     enable D (both) and E (either; the student's first), ``num_items`` / ``reduction`` enable K.
-    Ordering is tried before offsets, and every explained row is left out of the later gap
-    detectors, so one cause gives one finding per row.
+    Ordering is tried before offsets, and every explained token is left out of the later gap
+    detectors, so one cause gives one finding per token set; numerics judges what is left.
     """
     ctx = Context(batch, tolerances, student_tokenizer=student_tokenizer, teacher_tokenizer=teacher_tokenizer,
                   num_items=num_items, reduction=reduction)
     with one_thread():
         findings, reasons = run_detectors(ctx)
-        stats, metrics, why = _gap_summary(ctx)
+        stats, metrics, groups, why = _gap_summary(batch)
         if why is not None:
             reasons[MISMATCH] = why
     kinds = (*KINDS, MISMATCH)
     return AlignmentReport(findings=findings, stats=stats, unchecked=[k for k in kinds if k in reasons],
                            unchecked_reasons={k: reasons[k] for k in kinds if k in reasons}, metrics=metrics,
-                           row_lags=ctx.row_lags, explained_rows=tuple(sorted(ctx.explained_rows)),
-                           gap_explained=ctx.gap_explained)
+                           group_metrics=groups, row_lags=ctx.row_lags, token_kinds=ctx.token_kinds,
+                           explained=ctx.explained, checked=ctx.checked)
 
 
 __all__ = ["MISMATCH", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment"]

@@ -7,39 +7,67 @@ student or the teacher saw a shorter sequence). Independent of the rollout-stude
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .core import SIDES, Context, Finding, value_text
-from .tensors import first_true, last_true
+from .tensors import first_position, first_true, last_true
 
 
 def find_missing(ctx: Context) -> list[Finding]:
-    """Class B: conversion-time findings, and rollout values missing on valid tokens (a masked-out
-    token never reaches the loss, so it needs no rollout log-prob)."""
+    """Class B: conversion-time findings, and missing (null) values, never dropped without a word.
+
+    A rollout log-prob is required on every loss-masked policy token (``batch.policy_mask()``), a student
+    (trainer) log-prob on every loss-masked token (``batch.valid()``: the trainer trains on all of them):
+    a null there is an error per row, naming the series, the first position and the count, and the token
+    is flagged in the explanation map (the gap checks and the metrics cannot read it). A null on any other
+    completion token (masked out, or sampled by another model / context) is one info per series.
+    """
     batch = ctx.batch
     out = [Finding(**f) for f in batch.findings]
-    if batch.has("rollout_logprobs"):
-        miss = batch.valid() & batch.series("rollout_logprobs", torch.float64).isnan()
+    reported = {f.row for f in out if f.kind == "missing_token_ids"}
+    pad = batch.padding_mask()
+    for name, side, required in (("rollout_logprobs", "rollout", ctx.policy), ("student_logprobs", "student", batch.valid())):
+        if not batch.has(name):
+            continue
+        nan = pad & batch.series(name).isnan()
+        miss = required & nan
+        ctx.mark("missing_token_ids", miss, explains=False)
         counts, first = miss.sum(1), first_true(miss)
-        reported = {f.row for f in out if f.kind == "missing_token_ids"}
         for b in (counts > 0).nonzero().flatten().tolist():
-            if b in reported:
+            if side == "rollout" and b in reported:
                 continue
             j = int(first[b])
-            out.append(Finding(
-                "missing_token_ids", b, j, "error",
-                f"{int(counts[b])} rollout log-prob(s) missing (first at position {j}); the engine returned no "
-                "log-prob for the sampled token id: request logprobs with the sampled token (logprobs=0) and keep "
-                "the token ids (return_token_ids / logprob_token_ids)",
-            ))
+            fix = ("the engine returned no log-prob for the sampled token id: request logprobs with the sampled token "
+                   "(logprobs=0) and keep the token ids (return_token_ids / logprob_token_ids)" if side == "rollout" else
+                   "the trainer returned no log-prob for a token it trains on: rescore the row so that every loss-masked "
+                   "token has one (these tokens are left out of every gap check and of the mismatch metrics)")
+            what = "rollout log-prob(s)" if side == "rollout" else "student (trainer) log-prob(s) on loss-masked tokens"
+            out.append(Finding("missing_token_ids", b, j, "error",
+                               f"{int(counts[b])} {what} missing (first at position {j}); {fix}"))
+        out += _masked_nulls("missing_token_ids", side, nan & ~required)
     return out
 
 
+def _masked_nulls(kind: str, side: str, nulls: Tensor) -> list[Finding]:
+    """One info for the null values of a series outside the tokens that need one (``nulls`` [B, L])."""
+    if not bool(nulls.any()):
+        return []
+    rows = nulls.any(1)
+    b, j = first_position(nulls)
+    return [Finding(kind, b, j, "info",
+                    f"{int(nulls.sum())} {side} value(s) are null on {int(rows.sum())} row(s) outside the tokens that need "
+                    f"one (first: row {b}, position {j}): tokens masked out of the loss, or not sampled by the policy; "
+                    "they are not checked and no metric counts them")]
+
+
 def find_teacher_coverage(ctx: Context) -> list[Finding]:
-    """Class C: every valid token needs a finite teacher log-prob."""
+    """Class C: every loss-masked policy token needs a finite teacher log-prob (an error per row); a null on
+    any other completion token is one info (a -inf sentinel there is not reported)."""
     batch = ctx.batch
     t = batch.series("teacher_logprobs", torch.float64)
-    valid = batch.valid()
+    valid = ctx.policy
     bad = valid & ~torch.isfinite(t)
+    ctx.mark("teacher_coverage", bad, explains=False)
     n_bad, n_valid, first = bad.sum(1), valid.sum(1), first_true(bad)
     out = []
     for b in (n_bad > 0).nonzero().flatten().tolist():
@@ -50,20 +78,20 @@ def find_teacher_coverage(ctx: Context) -> list[Finding]:
             f"position {j}, value {value_text(t[b, j].item())}); the teacher must score every completion token (check the teacher "
             "server's window and the -inf padding sentinels)",
         ))
-    return out
+    return out + _masked_nulls("teacher_coverage", "teacher", batch.padding_mask() & ~valid & t.isnan())
 
 
 def find_truncation(ctx: Context) -> list[Finding]:
     """Class G: the student or teacher saw a shorter sequence than the rollout.
 
-    From the series: a row whose finite values stop before its last valid token (a tail of
+    From the series, over the loss-masked policy tokens: a row whose finite values stop before its last one (a tail of
     non-finite values after at least one finite one) — the other side's max length cut the
     completion. From ``meta``: ``{side}_prompt_length`` / ``{side}_completion_length`` differing
     from this batch's lengths (prompt or completion truncated differently on the two sides).
     """
     batch = ctx.batch
     out: list[Finding] = []
-    valid = batch.valid()
+    valid = ctx.policy
     cols = torch.arange(batch.width)[None, :]
     last_valid, n_valid = last_true(valid), valid.sum(1)
     for side, name in SIDES:

@@ -1,9 +1,12 @@
-"""Gap-based detectors over the whole batch: what the pattern of rollout - student says.
+"""Gap-based detectors over groups of rows: what the pattern of rollout - trainer says.
 
-Class H (temperature on one side only), I (top-p / top-k renormalised rollout log-probs),
-J (a stale rollout policy) and M (numerics: a gap nothing else explains). They run after the
-row-level detectors and leave out the rows those explained; a batch-level finding of H, I or J
-explains the gap of the whole batch, so I runs only when H found nothing and M only when none did.
+Class H (temperature on one side only), I (top-p / top-k renormalised rollout log-probs) and J (a
+stale rollout policy). Each reads the open policy tokens (``ctx.open()``) and fits its cause per
+*scope*: each group of ``batch.groups`` (when the batch has groups), then the batch's remaining open
+tokens as one pool (a batch without groups is one scope). A finding explains the tokens of its scope
+that the cause accounts for (``ctx.mark``); a scope it does not name keeps its tokens open for the
+later detectors and for numerics (:mod:`~iwopd_kit.alignment.numerics`), which judges whatever is left.
+A group-level finding names its group (``Finding.group`` and the message).
 """
 
 from __future__ import annotations
@@ -13,17 +16,28 @@ import math
 import torch
 from torch import Tensor
 
-from ..mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
 from ..objective import iw_opd_loss
-from .core import FULL_PRECISION, Context, Finding
-from .tensors import first_position, masked, stored_series
+from .core import Context, Finding
+from .numerics import find_numerics, judge_pool
+from .tensors import first_position, first_true, masked
+from .zeros import group_floor
+
+
+def scopes(ctx: Context) -> list[tuple[str | None, Tensor]]:
+    """``(group name, rows [B] bool)``: each group when the batch has groups, then ``(None, every row)``."""
+    out = ctx.groups() if ctx.batch.groups is not None else []
+    return out + [(None, torch.ones(ctx.batch.size, dtype=torch.bool))]
+
+
+def _in(name: str | None) -> str:
+    return f"in group {name!r}: " if name is not None else ""
 
 
 def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
-    """Classify the large gaps d = rollout - student (data only, no settings).
+    """Classify the large gaps d = rollout - trainer (data only, no settings).
 
-    ``processed``: rollout above student almost everywhere (top-p/top-k renormalisation);
-    ``temperature``: rollout below student almost everywhere (a 1/T sharpening on the student side
+    ``processed``: rollout above trainer almost everywhere (top-p/top-k renormalisation);
+    ``temperature``: rollout below trainer almost everywhere (a 1/T sharpening on the trainer side
     lifts the confident sampled tokens), or both signs with |d| growing with |log-prob|;
     ``noise``: anything else (rounding, or too few tokens to say).
     """
@@ -39,20 +53,25 @@ def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
 
 
 def find_temperature(ctx: Context) -> list[Finding]:
-    """Class H: rollout log-probs and student log-probs computed at different temperatures.
+    """Class H: rollout log-probs and trainer log-probs computed at different temperatures.
 
     Uses the recorded settings when present (raw-mode rollout log-probs are at T = 1, processed
     ones at the sampling T; ``batch.scoring`` says what the student was scored at) and confirms on
-    the data: the gap must exceed ``tol.same``. Without settings, the data signature decides
-    (:func:`_gap_pattern`): rollout below student almost everywhere, or both signs with |gap|
-    growing with |log-prob|; top-p renormalisation instead puts the rollout above the student.
+    the data: the gap must exceed ``tol.same``; the batch-level error explains every open token.
+    Without settings, the data signature decides (:func:`_gap_pattern`: rollout below trainer almost
+    everywhere, or both signs with |gap| growing with |log-prob|; top-p renormalisation instead puts
+    the rollout above), per scope (each group, then the rest of the batch), and only where the scope's
+    mismatch is beyond the numerics bounds (:func:`~iwopd_kit.alignment.numerics.judge_pool`): healthy
+    bf16 rounding also grows with |log-prob|, so without settings the pattern alone is no evidence (a
+    healthy bf16 dump without its settings was a false alarm); then per remaining row, on the same
+    condition (a row's handful of tokens shows a sign pattern by chance).
     """
     batch, tol = ctx.batch, ctx.tol
-    valid = ctx.valid()
-    if not bool(valid.any()):
+    opened = ctx.open()
+    if not bool(opened.any()):
         return []
-    gap = ctx.gap(valid)
-    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off valid tokens), no float copy
+    gap = ctx.gap(opened)
+    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off the open tokens)
     if not bool(big.any()):
         return []
     roll_T = batch.sampling.logprob_temperature if batch.sampling is not None else None
@@ -62,22 +81,47 @@ def find_temperature(ctx: Context) -> list[Finding]:
             b, j = first_position(big)
             how = ("raw (untempered, logprobs_mode=raw_logprobs)" if batch.sampling.logprobs_mode == "raw_logprobs"
                    else f"processed at T={roll_T:g}")
+            ctx.mark("temperature", opened)
             return [Finding(
                 "temperature", None, None, "error",
                 f"rollout log-probs are {how} but the student was scored at T={score_T:g}: "
-                f"{int(big.sum())} of {int(valid.sum())} tokens differ by more than {tol.same:g} (first: row {b}, "
+                f"{int(big.sum())} of {int(opened.sum())} tokens differ by more than {tol.same:g} (first: row {b}, "
                 f"position {j}); score at T={roll_T:g} or sample with logprobs_mode='processed_logprobs'",
             )]
         return []
-    n_big = int(big.sum())
-    if _gap_pattern(masked(gap, big), masked(stored_series(batch, "student_logprobs"), big).double()) != "temperature":
-        return []
-    return [Finding(
-        "temperature", None, None, "error",
-        f"rollout and student log-probs differ in a temperature-like pattern on {n_big} of {int(valid.sum())} tokens "
-        f"(the gap has a consistent sign or grows with |log-prob|): apply the same temperature on both sides "
-        "(vLLM's raw_logprobs ignore temperature); a stale rollout policy can look alike",
-    )]
+    t = ctx.trainer()
+    out = []
+    for name, rows in scopes(ctx):
+        tokens = ctx.open() & rows[:, None]
+        hit = tokens & big
+        if not bool(hit.any()) or _gap_pattern(masked(gap, hit), masked(t, hit), tol.min_tokens_for_pattern) != "temperature":
+            continue
+        if judge_pool(ctx, masked(gap, tokens).neg_())["severity"] != "error":
+            continue                   # bf16 rounding also grows with |log-prob|: only a mismatch beyond the bounds
+        ctx.mark("temperature", tokens)
+        n_rows = int((tokens.any(1)).sum())
+        out.append(Finding(
+            "temperature", None, None, "error",
+            f"{_in(name)}rollout and trainer log-probs differ in a temperature-like pattern on {int(hit.sum())} of "
+            f"{int(tokens.sum())} tokens{f' of its {n_rows} rows' if name is not None else ''} (the gap has a consistent "
+            "sign or grows with |log-prob|): apply the same temperature on both sides (vLLM's raw_logprobs ignore "
+            "temperature)" + (f"; check the sampling settings of group {name!r}" if name is not None else "")
+            + "; a stale rollout policy can look alike", group=name))
+    left = ctx.open()
+    for b in ((left & big).sum(1) >= tol.min_tokens_for_pattern).nonzero().flatten().tolist():
+        row = left[b]
+        hit = row & big[b]
+        if _gap_pattern(gap[b][hit], t[b][hit], tol.min_tokens_for_pattern) != "temperature":
+            continue
+        if judge_pool(ctx, -gap[b][row])["severity"] != "error":
+            continue
+        ctx.mark("temperature", row[None, :] & (torch.arange(batch.size) == b)[:, None])
+        out.append(Finding(
+            "temperature", b, int(first_true(hit[None, :])[0]), "error",
+            f"row {b}'s rollout and trainer log-probs differ in a temperature-like pattern on {int(hit.sum())} of "
+            f"{int(row.sum())} tokens, beyond the numerics bounds: this row was sampled or scored at another "
+            "temperature than the rest; apply the same temperature on both sides"))
+    return out
 
 
 def find_processed(ctx: Context) -> list[Finding]:
@@ -85,39 +129,73 @@ def find_processed(ctx: Context) -> list[Finding]:
 
     vLLM's processed log-prob of a kept token is log(p_t / S_t), S_t the kept mass at step t, so
     A_t = teacher - rollout = (teacher - log p_t) + log S_t: every advantage moves *down* by |log S_t|.
-    The finding measures it (:func:`processed_bias`): mean log S (= mean of student - rollout), its share
-    of mean |A|, and the IW-OPD loss and mean prefix weight with the full-distribution log-probs (the
-    trainer's recompute) in place of the rollout's. Skipped when an earlier finding (temperature)
-    already explained the batch's gap.
+    Per scope (each group, then the rest), the floor rule of :func:`~iwopd_kit.alignment.zeros.group_floor`
+    (recorded top_p / top_k, or, without settings, the top_p the data bounds: a nucleus of one at exactly
+    0.0 and every other token above the trainer by -log S <= -log top_p) names the tokens it explains:
+    trainer - rollout in [floor, ``tol.same``]. The finding (a warning) measures the bias
+    (:func:`processed_bias`): mean log S, its share of mean |A|, and the IW-OPD loss and mean prefix weight
+    with the full-distribution log-probs in place of the rollout's; without settings also the estimated
+    top_p (an upper bound). Where ``kept_logmass`` is recorded the trainer series already is
+    student - kept_logmass (``ctx.trainer``): an info says the renormalisation was accounted for exactly.
     """
-    if ctx.gap_explained:
+    tol = ctx.tol
+    out = _kept_info(ctx)
+    gap = ctx.full_gap()
+    rollout = ctx.batch.series("rollout_logprobs", torch.float64)
+    for name, rows in scopes(ctx):
+        tokens = ctx.open() & rows[:, None]
+        if not bool(tokens.any()):
+            continue
+        floor = group_floor(ctx, tokens)
+        if floor.top_p is None:
+            continue
+        delta = -gap
+        expl = tokens & (delta >= floor.explain) & (delta <= tol.same)
+        big = expl & (gap.abs() > tol.same)
+        if not bool(big.any()):
+            continue
+        ctx.mark("processed_logprobs", expl)
+        b, j = first_position(big)
+        zeros = expl & (rollout == 0.0) & (delta < -tol.same)
+        if floor.estimated:
+            top_p = math.exp(float(masked(delta, expl).min()))
+            how = (f"no settings recorded; rollout above the trainer on {int(big.sum())} of {int(tokens.sum())} tokens"
+                   + (f", {int(zeros.sum())} of them at exactly 0.0 where the trainer's probability is at least "
+                      f"{math.exp(float(masked(delta, zeros).min())):.4g} (a nucleus of one)" if bool(zeros.any()) else "")
+                   + f": estimated top_p <= {top_p:.4g} (the smallest kept mass S = exp(trainer - rollout), an upper bound)")
+        else:
+            s = ctx.batch.sampling
+            how = ", ".join(x for x in (f"top_p={s.top_p:g}" if s.top_p < 1 else "",
+                                        f"top_k={s.top_k}" if s.top_k else "") if x) + ", processed_logprobs"
+        q = processed_bias(ctx, expl)
+        text = (f"{_in(name)}rollout log-probs are renormalised over a top-p/top-k set ({how}): they sit above the "
+                f"trainer's full-distribution log-probs on {int(big.sum())} of {int(tokens.sum())} tokens (first: row {b}, "
+                f"position {j}). A kept token's rollout value is log(p/S), S the kept mass: mean log S = {q['mean_log_s']:.4g} "
+                f"(mean kept mass {q['kept']:.4f}), so every advantage A = teacher - rollout is shifted down by |log S|")
+        if "mean_abs_a" in q:
+            text += (f", {q['share']:.1%} of mean |A| ({q['mean_abs_a']:.4g}); with the full-distribution log-probs (the "
+                     f"trainer's recompute) as rollout log-probs the IW-OPD loss would be {q['loss_full']:.4g} instead of "
+                     f"{q['loss']:.4g} ({q['loss_full'] - q['loss']:+.3g}) and the mean prefix weight "
+                     f"{q['weight_full']:.4f} instead of {q['weight']:.4f} (gamma {q['gamma']:g})")
+        text += "; sample with top_p=1, top_k=0 (the paper's setting) or use logprobs_mode='raw_logprobs' at T=1"
+        out.append(Finding("processed_logprobs", None, None, "warning", text, group=name))
+    return out
+
+
+def _kept_info(ctx: Context) -> list[Finding]:
+    """An info when ``kept_logmass`` turned renormalised rollout log-probs into exact comparisons."""
+    adj = ctx.kept_adjusted() & ctx.checked
+    if not bool(adj.any()):
         return []
-    batch, tol = ctx.batch, ctx.tol
-    valid = ctx.valid()
-    gap = ctx.gap(valid)
-    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off valid tokens), no float copy
-    if not bool(big.any()):
+    log_s = masked(ctx.batch.series("kept_logmass", torch.float64), adj)
+    if not bool((log_s < -ctx.tol.same).any()):
         return []
-    sampling = batch.sampling
-    recorded = sampling is not None and sampling.truncates and sampling.logprobs_mode == "processed_logprobs"
-    if not recorded and _gap_pattern(masked(gap, big), masked(stored_series(batch, "student_logprobs"), big).double()) != "processed":
-        return []
-    b, j = first_position(big)
-    how = (", ".join(x for x in (f"top_p={sampling.top_p:g}" if sampling.top_p < 1 else "",
-                                 f"top_k={sampling.top_k}" if sampling.top_k else "") if x) + ", processed_logprobs"
-           if recorded else "no settings recorded; rollout above the student on almost every differing token")
-    q = processed_bias(ctx, valid)
-    text = (f"rollout log-probs are renormalised over a top-p/top-k set ({how}): they sit above the trainer's "
-            f"full-distribution log-probs on {int(big.sum())} of {int(valid.sum())} tokens (first: row {b}, position {j}). "
-            f"A kept token's rollout value is log(p/S), S the kept mass: mean log S = {q['mean_log_s']:.4g} (mean kept "
-            f"mass {q['kept']:.4f}), so every advantage A = teacher - rollout is shifted down by |log S|")
-    if "mean_abs_a" in q:
-        text += (f", {q['share']:.1%} of mean |A| ({q['mean_abs_a']:.4g}); with the full-distribution log-probs (the "
-                 f"trainer's recompute) as rollout log-probs the IW-OPD loss would be {q['loss_full']:.4g} instead of "
-                 f"{q['loss']:.4g} ({q['loss_full'] - q['loss']:+.3g}) and the mean prefix weight "
-                 f"{q['weight_full']:.4f} instead of {q['weight']:.4f} (gamma {q['gamma']:g})")
-    text += "; sample with top_p=1, top_k=0 (the paper's setting) or use logprobs_mode='raw_logprobs' at T=1"
-    return [Finding("processed_logprobs", None, None, "warning", text)]
+    return [Finding(
+        "processed_logprobs", None, None, "info",
+        f"{int(adj.sum())} tokens carry kept_logmass (the trainer's log-mass over the engine's kept set, mean log S = "
+        f"{float(log_s.mean()):.4g}): their rollout log-probs are compared with student - kept_logmass exactly and judged "
+        "as at top_p 1; the advantage A = teacher - rollout is still shifted down by |log S| on them unless the "
+        "trainer renormalises the same way")]
 
 
 def processed_bias(ctx: Context, valid: Tensor) -> dict[str, float]:
@@ -155,9 +233,10 @@ def find_staleness(ctx: Context) -> list[Finding]:
 
     Recorded versions decide when present: ``meta[b]["policy_version"]`` (vLLM's weights) differing
     from ``meta[b]["trainer_version"]`` is an error (one batch-level finding when every row has the
-    same pair, else one per row). Without them, the data: a gap of the *same sign in every row*
-    (at least ``tol.stale_min_rows`` rows) whose pooled t-statistic reaches ``tol.stale_t`` and
-    that no offset / temperature / processed pattern explained (``ctx.gap_explained``) is a warning.
+    same pair, else one per row); it explains those rows' open tokens. Without them, the data, per
+    scope (each group, then the rest): a gap of the *same sign in every row* of the scope (at least
+    ``tol.stale_min_rows`` rows with ``tol.min_tokens_for_lag`` open tokens each) whose pooled
+    t-statistic reaches ``tol.stale_t`` is a warning that explains the scope's open tokens.
     """
     batch, tol = ctx.batch, ctx.tol
     pv, tv = ctx.meta("policy_version"), ctx.meta("trainer_version")
@@ -166,6 +245,7 @@ def find_staleness(ctx: Context) -> list[Finding]:
         stale = [b for b in both if pv[b] != tv[b]]
         if not stale:
             return []
+        ctx.mark("staleness", ctx.open() & torch.isin(torch.arange(batch.size), torch.tensor(stale))[:, None])
         pairs = {(str(pv[b]), str(tv[b])) for b in stale}
         fix = ("sync the vLLM weights every step (IW-OPD is fully on-policy), or keep the old policy's log-probs "
                "as rollout_logprobs and importance-correct")
@@ -176,117 +256,43 @@ def find_staleness(ctx: Context) -> list[Finding]:
         return [Finding("staleness", b, None, "error",
                         f"row {b} was sampled with policy_version {pv[b]} but the trainer is at version {tv[b]}: {fix}")
                 for b in stale]
-    if ctx.gap_explained:
-        return []
-    gap = ctx.gap(ctx.valid())
+    out = []
+    for name, scope in scopes(ctx):
+        tokens = ctx.open() & scope[:, None]
+        found = _stale(ctx, tokens)
+        if found is None:
+            continue
+        mu, t, n_rows = found
+        ctx.mark("staleness", tokens)
+        side = "above" if mu > 0 else "below"
+        out.append(Finding(
+            "staleness", None, None, "warning",
+            f"{_in(name)}rollout log-probs sit {side} the trainer's in every one of the {n_rows} rows (mean gap "
+            f"{mu:+.3g}, t = {t:.1f}) with no offset, temperature or top-p pattern: rollout policy older than the trained "
+            "policy? Sync the vLLM weights every step, and record meta policy_version / trainer_version to confirm",
+            group=name))
+    return out
+
+
+def _stale(ctx: Context, tokens: Tensor) -> tuple[float, float, int] | None:
+    """(mean gap, t, rows) when the ``tokens`` [B, L] show the staleness signature, else None."""
+    tol = ctx.tol
+    gap = ctx.gap(tokens)
     has = ~gap.isnan()
     n_b = has.sum(1)
     rows = n_b >= tol.min_tokens_for_lag
     if int(rows.sum()) < tol.stale_min_rows:
-        return []
+        return None
     has &= rows[:, None]
     vals = masked(gap, has)
     if float(torch.linalg.vector_norm(vals, 1)) / vals.numel() <= tol.same:      # mean |gap|, no float copy
-        return []
-    means = (gap.nan_to_num_(0.0).sum(1) / n_b)[rows]      # the row means (gap is not needed beyond this)
-    del gap, has
+        return None
+    means = (gap.nan_to_num_(0.0).sum(1) / n_b)[rows]
     if not (bool((means > 0).all()) or bool((means < 0).all())):
-        return []
+        return None
     mu, sd = float(vals.mean()), float(vals.std())
     t = abs(mu) / (sd / math.sqrt(vals.numel())) if sd > 0 else math.inf
-    if t < tol.stale_t:
-        return []
-    side = "above" if mu > 0 else "below"
-    return [Finding(
-        "staleness", None, None, "warning",
-        f"rollout log-probs sit {side} the student's in every one of the {int(rows.sum())} rows (mean gap {mu:+.3g}, "
-        f"t = {t:.1f}) with no offset, temperature or top-p pattern: rollout policy older than the trained policy? "
-        "Sync the vLLM weights every step, and record meta policy_version / trainer_version to confirm",
-    )]
+    return (mu, t, int(rows.sum())) if t >= tol.stale_t else None
 
 
-_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
-
-
-def find_numerics(ctx: Context) -> list[Finding]:
-    """Class M: a gap with no structure, judged on its distribution, not on its largest token.
-
-    With Δ = student - rollout on the valid tokens nothing else explained: a batch is *low-precision*
-    when the recorded dtypes (meta ``rollout_dtype`` / ``trainer_dtype``, e.g. a bf16 vLLM engine vs a
-    float32 trainer) say so, or when its bulk (the ``tol.bulk_quantile`` quantile of |Δ|) exceeds
-    ``tol.same``. There, healthy rounding has long tails (a few tokens of 0.1-0.3 nats on the tiny
-    models, several nats on rare tokens of large vocabularies): the finding is an error only when the
-    pooled mismatch is beyond the field's healthy range (``mismatch/token_mult_prob_error`` above
-    ``tol.mult_prob_error``, or ``mismatch/k3_kl`` above ``tol.k3_kl``, by more than ``tol.metric_se``
-    standard errors of the mean: a handful of tokens cannot establish it), else a warning that names
-    the cause. In a batch whose bulk agrees to float32, a token off by more than ``tol.rounding`` is an
-    error: it is not rounding. Redo the comparison in float64 on both sides: a gap that stays the same
-    size is a bug, one that shrinks by orders of magnitude was rounding.
-
-    Skipped when a batch-level finding explained the gap; explained rows are left out.
-    """
-    if ctx.gap_explained:
-        return []
-    tol = ctx.tol
-    valid = ctx.valid()
-    gap = ctx.gap(valid)
-    ok = torch.isfinite(gap)                   # NaN off the valid tokens
-    delta = masked(gap, ok).neg_()
-    if delta.numel() == 0:
-        return []
-    m = metrics_from_delta(delta)
-    if m["mismatch/logp_abs_diff_max"] <= tol.same:
-        return []
-    worst = gap.abs_().masked_fill_(~ok, -1.0)   # gap is not needed beyond this point
-    b, j = divmod(int(worst.argmax()), worst.shape[1])
-    del gap, worst, ok
-    q = abs_delta_quantiles(delta, (*QUANTILES, tol.bulk_quantile))
-    bulk = q[f"p{100 * tol.bulk_quantile:g}"]
-    rd, td = ctx.recorded_dtype("rollout_dtype"), ctx.recorded_dtype("trainer_dtype")
-    low = any(d is not None and d not in FULL_PRECISION for d in (rd, td)) or bulk > tol.same   # = ctx.low_precision
-    tmpe, k3, mx = m["mismatch/token_mult_prob_error"], m["mismatch/k3_kl"], m["mismatch/logp_abs_diff_max"]
-    stats = (f"|trainer - rollout| p50 {q['p50']:.3g}, p90 {q['p90']:.3g}, p99 {q['p99']:.3g}, max {mx:.3g} (row {b}, "
-             f"position {j}) over {delta.numel()} tokens; mismatch/token_mult_prob_error {tmpe:.4f}, mismatch/k3_kl {k3:.3g}")
-    short = lambda d: _SHORT.get(d, d)  # noqa: E731
-    if rd is not None and td is not None and rd != td:
-        cause = f"rollout {short(rd)} vs trainer {short(td)}"
-    elif rd is not None and td is not None:
-        cause = f"rollout and trainer both {short(rd)}"
-    elif rd is not None or td is not None:
-        cause = (f"rollout {short(rd)}, trainer dtype not recorded" if td is None
-                 else f"trainer {short(td)}, rollout dtype not recorded")
-    else:
-        cause = None
-    if low:
-        se_tmpe = mean_standard_error(delta, lambda d: torch.exp(d.abs()))
-        se_k3 = mean_standard_error(delta, lambda d: torch.expm1(d) - d)
-        over = [(f"mismatch/token_mult_prob_error {tmpe:.4f} > {tol.mult_prob_error:g} (NeMo-RL's healthy bound)",
-                 tmpe - tol.mult_prob_error, se_tmpe), (f"mismatch/k3_kl {k3:.3g} > {tol.k3_kl:g}", k3 - tol.k3_kl, se_k3)]
-        beyond = [f"{text} by more than {tol.metric_se:g} standard errors ({s_e:.2g})"
-                  for text, x, s_e in over if x > tol.metric_se * s_e]
-        noisy = [f"{text}, but within {tol.metric_se:g} standard errors ({s_e:.2g}) over {delta.numel()} tokens"
-                 for text, x, s_e in over if 0 < x <= tol.metric_se * s_e]
-        sev = "error" if beyond else "warning"
-        healthy = (f"within the healthy range (token_mult_prob_error <= {tol.mult_prob_error:g})" if not noisy
-                   else "at the edge of the healthy range")
-        if beyond:
-            what = (f"too wide for low-precision rounding{f' ({cause})' if cause else ''}: {'; '.join(beyond)}, with no "
-                    "offset, temperature, top-p or staleness pattern; compare in float64 on both sides (rounding shrinks, "
-                    "a bug stays) and check that both sides run the same weights")
-        elif cause is not None:
-            what = (f"{cause}: low-precision rounding, {healthy}; roll out in the trainer's dtype to remove it (TRL: build the engine with "
-                    "iwopd_kit.integrations.trl.vllm_engine_kwargs(dtype='float32'), or train in the engine's dtype)")
-        else:
-            what = (f"looks like low-precision rounding (bf16 on one side?), {healthy}; record meta "
-                    "rollout_dtype / trainer_dtype to name the cause, or compare in float32 or float64 on both sides")
-        if noisy:
-            what += f"; {'; '.join(noisy)}: too few tokens to call it, check a larger batch"
-    else:
-        sev = "error" if mx > tol.rounding else "warning"
-        what = (f"while the bulk agrees to float32 (p{100 * tol.bulk_quantile:g} {bulk:.2g}): "
-                + ("not rounding; find what changes this token's value on one side only" if sev == "error"
-                   else "a small disagreement on a few tokens (batch-variant kernels?); compare in float64 on both sides"))
-    return [Finding("numerics", b, j, sev, f"{stats}: {what}")]
-
-
-__all__ = ["find_temperature", "find_processed", "processed_bias", "find_staleness", "find_numerics"]
+__all__ = ["scopes", "find_temperature", "find_processed", "processed_bias", "find_staleness", "find_numerics"]

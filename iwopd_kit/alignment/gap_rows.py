@@ -2,8 +2,9 @@
 
 Class A (offset: the values are shifted by d tokens), L (ordering: they are another row's) and
 F (padding: the student was scored under left padding with the wrong positions). Each is a
-``find_*(ctx)`` over a :class:`~iwopd_kit.alignment.core.Context`; all three explain the gap of
-the rows they report, so the later gap detectors leave those rows out.
+``find_*(ctx)`` over a :class:`~iwopd_kit.alignment.core.Context`; each reads the open policy tokens
+(``ctx.open()``) and explains the tokens it reports (a shifted segment, a re-ordered or padded row's
+tokens, a 0.0 padding value), so the later gap detectors leave those tokens out.
 """
 
 from __future__ import annotations
@@ -12,41 +13,50 @@ import torch
 from torch import Tensor
 
 from .core import Context, Finding, gap_text
-from .lags import shifted_rows
-from .tensors import first_true, nanmean_rows, row_mask, stored_series
-from .zeros import lone_final_eos, placeholder_text, zero_placeholders
+from .lags import fit_shifts
+from .tensors import first_true, nanmean_rows, row_mask
+from .zeros import lone_final_eos, placeholder_text, zero_ambiguous, zero_floors, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
-    """Class A: per row, the shift d that best matches rollout to student log-probs; healthy rows have d = 0.
+    """Class A: per segment of the policy mask, the shift d that best matches rollout to trainer log-probs.
 
-    A row shifted by d has token j carrying the log-prob of token j + d (the lag scan's internal lag
-    is k = -d). Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its prompt length
-    suggests (``prompt_length_lags``), which catch slicing bugs of any size. The rule is
-    :func:`~iwopd_kit.alignment.lags.shifted_rows`; its per-row decisions go to ``ctx.row_lags``
-    (the report's ``row_lags``, which the diff view shows).
+    A segment shifted by d has token j carrying the log-prob of token j + d (the lag scan's internal lag
+    is k = -d). Reads the open policy tokens; pairs never cross a masked hole (a multi-turn row's turns
+    are fitted one by one). Candidates: every k in [-K, K] (``tol.max_lag``) and, per row, the shifts its
+    prompt length suggests (``prompt_length_lags``), which catch slicing bugs of any size. The rule is
+    :func:`~iwopd_kit.alignment.lags.fit_shifts`; its per-row summary goes to ``ctx.row_lags`` (the
+    report's ``row_lags``, which the diff view shows). A flagged segment's tokens are explained.
 
-    Vectorised over rows (one ``lag_scan``); Python work only for the rows it reports. Rows
-    already explained (e.g. re-ordered) are skipped.
-
-    A row the scan leaves alone is still reported when a valid token carries a rollout log-prob of
-    exactly 0.0 that no certain or nucleus-of-one token explains
-    (:func:`~iwopd_kit.alignment.zeros.zero_placeholders`): the padding value of a rollout series that
-    is shorter than, or shifted against, its completion (TRL pads rollout log-probs with 0.0). A row's
-    final EOS is left to the BOS/EOS check when a tokenizer names it (an EOS appended by hand).
+    Tokens the scan leaves alone are still reported when they carry a rollout log-prob of exactly 0.0 that
+    no certain or nucleus-of-one token explains (:func:`~iwopd_kit.alignment.zeros.zero_placeholders`,
+    with the group's recorded or estimated top_p): the padding value of a rollout series that is shorter
+    than, or shifted against, its completion (TRL pads rollout log-probs with 0.0); those tokens are
+    explained as offsets. A row's final EOS is left to the BOS/EOS check when a tokenizer names it (an
+    EOS appended by hand).
     """
-    shifted = shifted_rows(ctx.batch, ctx.tol, ctx.exclude)
-    ctx.row_lags = shifted.row_lags()
-    out = []
+    shifts = fit_shifts(ctx)
+    ctx.row_lags = shifts.row_lags()
     p = ctx.batch.prompt_lengths
-    for b in shifted.flagged.nonzero().flatten().tolist():
-        d, e0, e_best = -int(shifted.best_k[b]), float(shifted.e0[b]), float(shifted.e_best[b])
+    turns: dict[int, list[int]] = {}
+    for i, (b, _, _) in enumerate(shifts.segments):
+        turns.setdefault(b, []).append(i)
+    cols = torch.arange(ctx.batch.width)[None, :]
+    out = []
+    for i in shifts.seg_flagged.nonzero().flatten().tolist():
+        b, start, end = shifts.segments[i]
+        d, e0, e_best = -int(shifts.seg_best_k[i]), float(shifts.seg_e0[i]), float(shifts.seg_e_best[i])
+        where = ""
+        if len(turns[b]) > 1:
+            where = f" in turn {turns[b].index(i) + 1} of {len(turns[b])} (positions {start}-{end - 1}; pairs stay inside the turn)"
+        tokens = ctx.policy & (torch.arange(ctx.batch.size)[:, None] == b) & (cols >= start) & (cols < end)
+        ctx.mark("offset", tokens)
         out.append(Finding(
-            "offset", b, 0, "error",
-            f"rollout log-probs are shifted by {d:+d} token(s): token j carries the log-prob of token j{d:+d} "
+            "offset", b, start, "error",
+            f"rollout log-probs are shifted by {d:+d} token(s){where}: token j carries the log-prob of token j{d:+d} "
             f"(mean gap {gap_text(e0)} as stored, {gap_text(e_best)} with the shift undone); {offset_fix(d, p[b], min(p), max(p))}",
         ))
-    return sorted(out + _zero_padded_rows(ctx, shifted.flagged), key=lambda f: f.row)
+    return sorted(out + _zero_padded_rows(ctx), key=lambda f: (f.row, f.position))
 
 
 def offset_fix(d: int, prompt: int, shortest: int, longest: int) -> str:
@@ -73,30 +83,40 @@ def offset_fix(d: int, prompt: int, shortest: int, longest: int) -> str:
     return f"{fix}, and check how each row's completion span is found (prompt length, padding side, BOS/EOS)"
 
 
-def _zero_padded_rows(ctx: Context, flagged: Tensor) -> list[Finding]:
-    """Offset findings for the rows not otherwise flagged that carry 0.0 padding values on valid tokens."""
+def _zero_padded_rows(ctx: Context) -> list[Finding]:
+    """Offset findings for the open tokens that carry 0.0 padding values (errors) or a 0.0 that no recorded setting
+    tells from a nucleus of one (warnings); those tokens are explained."""
     batch = ctx.batch
-    valid = ctx.valid()
-    valid[flagged] = False
-    zero = zero_placeholders(batch, ctx.tol, valid)
+    zero = zero_placeholders(batch, ctx.tol, ctx=ctx)
+    doubt = zero_ambiguous(ctx) & ~zero
     eos = getattr(ctx.tokenizer, "eos_token_id", None)
     if eos is not None:               # a lone 0.0 on the final EOS is the BOS/EOS check's (appended by hand)
-        zero &= ~lone_final_eos(batch, zero, eos)[:, None]
-    if not bool(zero.any()):
+        lone = zero & lone_final_eos(batch, zero, eos)[:, None]
+        ctx.mark("bos_eos", lone)
+        zero &= ~lone
+    if not bool((zero | doubt).any()):
         return []
-    s = batch.series("student_logprobs", torch.float64)
-    first, count = first_true(zero), zero.sum(1)
+    _, floors = zero_floors(ctx)
+    group = {}
+    for name, rows in ctx.groups():
+        group.update({b: name for b in rows.nonzero().flatten().tolist()})
+    ctx.mark("offset", zero | doubt)
+    t = ctx.trainer()
     out = []
-    for b in (count > 0).nonzero().flatten().tolist():
-        j = int(first[b])
-        out.append(Finding(
-            "offset", b, j, "error",
-            f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where the "
-            f"student gives {float(s[b, j]):.3g}; {placeholder_text(batch)}): padding values on real tokens, as when "
-            "a rollout series shorter than its completion, or shifted against it, is padded with 0.0 (TRL pads rollout "
-            "log-probs with 0.0); index the rollout log-probs by completion position per row and check each row's "
-            "length against its completion",
-        ))
+    for mask, sev in ((zero, "error"), (doubt, "warning")):
+        first, count = first_true(mask), mask.sum(1)
+        for b in (count > 0).nonzero().flatten().tolist():
+            j = int(first[b])
+            head = (f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where "
+                    f"the trainer gives {float(t[b, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
+            if sev == "error":
+                text = (f"{head}: padding values on real tokens, as when a rollout series shorter than its completion, or "
+                        "shifted against it, is padded with 0.0 (TRL pads rollout log-probs with 0.0); index the rollout "
+                        "log-probs by completion position per row and check each row's length against its completion")
+            else:
+                text = (f"{head}: a nucleus of one under top-p (healthy: p >= top_p) or a 0.0 padding value on a likely "
+                        "token; record the sampling settings (top_p, top_k, logprobs_mode) with the dump to tell")
+            out.append(Finding("offset", b, j, sev, text))
     return out
 
 
@@ -123,7 +143,8 @@ def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tu
 def find_ordering(ctx: Context) -> list[Finding]:
     """Class L: rows re-ordered or regrouped between the rollout and the trainer.
 
-    Candidates are the rows whose rollout series disagrees with their own student series at lag 0
+    Reads the open policy tokens. Candidates are the rows whose rollout series disagrees with their own
+    trainer series at lag 0
     (mean |gap| > ``tol.same``). A candidate is explained when the student series of *another* row
     matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding`` on every token) over at
     least 90% of its values. Reported when at least two rows are explained (a re-order moves two
@@ -132,15 +153,16 @@ def find_ordering(ctx: Context) -> list[Finding]:
     [C, L] comparison confirms it (nothing on a healthy batch).
     """
     batch, tol = ctx.batch, ctx.tol
-    r32 = stored_series(batch, "rollout_logprobs")
-    n_r = (~r32.isnan()).sum(1)
-    del r32
-    e0 = nanmean_rows(ctx.gap(batch.padding_mask()).abs_())
-    cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag) & ~row_mask(batch.size, ctx.exclude)
+    opened = ctx.open()
+    n_r = opened.sum(1)
+    e0 = nanmean_rows(ctx.gap(opened).abs_())
+    cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag)
     idx = cand.nonzero().flatten()
     if idx.numel() < 2:
         return []
-    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    r = torch.where(opened, batch.series("rollout_logprobs", torch.float64), nan)
+    s = torch.where(ctx.checked, ctx.trainer(), nan)
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
     probe = min(r.shape[1], 256)
     err, _ = _pairwise_gap(r[idx, :probe], s[:, :probe])
@@ -158,6 +180,7 @@ def find_ordering(ctx: Context) -> list[Finding]:
     if int(matched.sum()) < 2:
         return []
     pairs = [(int(idx[i]), int(best[i]), float(e0[idx[i]]), float(best_err[i])) for i in matched.nonzero().flatten().tolist()]
+    ctx.mark("ordering", opened & row_mask(batch.size, {b for b, _, _, _ in pairs})[:, None])
     targets = [c for _, c, _, _ in pairs]
     how = "a permutation" if len(set(targets)) == len(targets) else "regrouped: several rows map to one"
     mapping = ", ".join(f"{b}->{c}" for b, c, _, _ in pairs[:12]) + (", ..." if len(pairs) > 12 else "")
@@ -184,12 +207,13 @@ def find_padding(ctx: Context) -> list[Finding]:
     padded row disagrees beyond ``tol.same``; under bf16 rounding every row has a gap of its own, so a
     padded row must exceed ``tol.lag_gain`` times the unpadded rows' mean gap (and ``tol.lag_gain *
     tol.same``): without that, a batch whose one unpadded row happens to hold near-certain tokens looks
-    padded (seen on 4-row bf16 rollouts of the tiny student). Rows already explained are left out.
+    padded (seen on 4-row bf16 rollouts of the tiny student). Reads the open policy tokens; explains the
+    padded rows' open tokens.
     """
     batch, tol = ctx.batch, ctx.tol
     P = torch.tensor(batch.prompt_lengths)
     pad_amt = P.max() - P
-    valid = ctx.valid()
+    valid = ctx.open()
     a = ctx.gap(valid).abs()
     row_gap = nanmean_rows(a)
     has = ~row_gap.isnan()
@@ -210,6 +234,7 @@ def find_padding(ctx: Context) -> list[Finding]:
             return []
     first = first_true(valid & (a > tol.same))
     n_zero = int(zero.sum())
+    ctx.mark("padding", valid & padded[:, None])
     return [Finding(
         "padding", b, int(first[b]), "error",
         f"row {b} is left-padded by {int(pad_amt[b])} token(s) and its student log-probs differ from the rollout's "

@@ -1,36 +1,43 @@
-"""Lags: how well rollout log-probs match student log-probs when shifted by k tokens.
+"""Lags: how well rollout log-probs match trainer log-probs when shifted by k tokens, per segment.
 
-``lag_scan`` scores every lag in a window, ``row_lag_error`` a per-row lag, ``lag_pairs`` how many
-token pairs a lag compares, ``prompt_length_lags`` the shifts a batch-wide prompt-length slicing bug
-produces, ``best_lags`` the best lag k != 0 per row, and ``shifted_rows`` the offset decision (the rule
-class A reports and the views show).
+``lag_scan`` scores every lag in a window per row, ``row_lag_error`` a per-row lag, ``lag_pairs`` how
+many token pairs a lag compares, ``prompt_length_lags`` the shifts a batch-wide prompt-length slicing
+bug produces, ``segment_ids`` numbers the contiguous runs of a mask, ``segment_scan`` scores lags per
+segment, ``fit_shifts`` is the offset decision per segment (the rule class A reports and the views
+show), ``best_lags`` / ``shifted_rows`` its per-row summary.
 
-Coordinate frame: ``[B, L]`` completion coordinates; lag k pairs rollout[j + k] with student[j].
+Which tokens: the open policy tokens of :class:`~iwopd_kit.alignment.core.Context` (``batch.policy_mask()``
+with a finite rollout and trainer value, not yet explained); a pair (rollout[j + k], trainer[j]) counts
+only when both tokens lie in the same contiguous segment of the policy mask (``batch.segments()``: one
+per assistant turn of a multi-turn row), so pairs never cross a masked hole.
+
+Coordinate frame: ``[B, L]`` completion coordinates; lag k pairs rollout[j + k] with trainer[j].
 The lag k is this module's internal convention only. What a reader sees (findings, the report's
-``RowLag.shift`` and ``row_shifts``, the diff view, the notebooks) is the shift d = -k: a row shifted
+``RowLag.shift`` and ``row_shifts``, the diff view, the notebooks) is the shift d = -k: a segment shifted
 by d has token j carrying the rollout log-prob of token j + d.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import RowLag, Tolerances, one_thread
-from .tensors import nanmean_rows, row_mask, stored_series
+from .core import Context, RowLag, Tolerances, one_thread
+from .tensors import nanmean_rows
 
 
 @one_thread()
-def lag_scan(rollout: Tensor, student: Tensor, valid: Tensor, max_lag: int = 4) -> tuple[Tensor, Tensor]:
+def lag_scan(rollout: Tensor, student: Tensor, valid: Tensor, max_lag: int = 4,
+             segments: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean |rollout[j + k] - student[j]| per row for k in [-K, K].
 
-    ``rollout``, ``student`` [B, L] and ``valid`` [B, L] bool, in completion coordinates. Fully
-    vectorised over rows and tokens: one Python step per lag (2K+1 of them), none per row.
-    Returns ``(lags [2K+1], err [B, 2K+1])``; err is NaN where a row has no overlapping values.
+    ``rollout``, ``student`` [B, L] and ``valid`` [B, L] bool, in completion coordinates; ``segments``
+    [B, L] long (``segment_ids``): when given, a pair counts only inside one segment. One Python step per
+    lag (2K+1 of them), none per row. Returns ``(lags [2K+1], err [B, 2K+1])``; err is NaN where a row
+    has no overlapping values.
     """
     lags = torch.arange(-max_lag, max_lag + 1)
     dtype = torch.promote_types(rollout.dtype, student.dtype)
@@ -44,6 +51,9 @@ def lag_scan(rollout: Tensor, student: Tensor, valid: Tensor, max_lag: int = 4) 
             continue
         # pairs (rollout[j + k], student[j]) for every j with both indices inside [0, L)
         d = (r[:, k:] - s[:, : L - k]) if k >= 0 else (r[:, : L + k] - s[:, -k:])
+        if segments is not None:
+            same = (segments[:, k:] == segments[:, : L - k]) if k >= 0 else (segments[:, : L + k] == segments[:, -k:])
+            d = d.masked_fill(~same, float("nan"))
         err[:, i] = nanmean_rows(d.abs())
     return lags, err
 
@@ -86,8 +96,41 @@ def prompt_length_lags(prompt_lengths: list[int]) -> Tensor:
     return torch.stack([-d_min, d_min, -d_max, d_max], dim=1)
 
 
+def segment_ids(mask: Tensor) -> Tensor:
+    """LongTensor [B, L]: the number of the contiguous True run of ``mask`` each token is in (row-major, from 0),
+    -1 where ``mask`` is False."""
+    m = mask.to(torch.bool)
+    prev = torch.zeros_like(m)
+    prev[:, 1:] = m[:, :-1]
+    ids = torch.cumsum((m & ~prev).reshape(-1).to(torch.long), 0).reshape(m.shape) - 1
+    return ids.masked_fill_(~m, -1)
+
+
+def segment_scan(r: Tensor, s: Tensor, ok: Tensor, seg: Tensor, lags: Tensor, n_seg: int) -> tuple[Tensor, Tensor]:
+    """Sum of |r[j + k] - s[j]| and the number of pairs, per segment and lag column.
+
+    ``r``, ``s`` [b, L] float64, ``ok`` [b, L] bool (the tokens that may pair), ``seg`` [b, L] segment
+    numbers 0..n_seg-1 (-1 none), ``lags`` [b, n] per-row lags. A pair needs both tokens ``ok`` and in one
+    segment. Returns ``(sum [n_seg, n], count [n_seg, n])``.
+    """
+    b, L = r.shape
+    n = lags.shape[1]
+    j = torch.arange(L)[None, :]
+    total = torch.zeros(n_seg, n, dtype=torch.float64)
+    count = torch.zeros(n_seg, n, dtype=torch.float64)
+    for i in range(n):
+        idx = j + lags[:, i:i + 1]
+        inside = (idx >= 0) & (idx < L)
+        idc = idx.clamp(0, L - 1)
+        pair = ok & ok.gather(1, idc) & inside & (seg.gather(1, idc) == seg) & (seg >= 0)
+        where = seg[pair]
+        total[:, i].index_add_(0, where, (r.gather(1, idc) - s)[pair].abs())
+        count[:, i].index_add_(0, where, torch.ones_like(where, dtype=torch.float64))
+    return total, count
+
+
 BLOCK_ELEMENTS = 1 << 16
-"""Tokens per block of rows in :func:`best_lags`: the scan's float64 temporaries stay O(block)."""
+"""Tokens per block of rows in :func:`fit_shifts`: the scan's float64 temporaries stay O(block)."""
 
 
 def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
@@ -96,41 +139,120 @@ def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[sl
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
+@dataclass(frozen=True)
+class Shifts:
+    """The offset decision per segment and its per-row summary.
+
+    ``segments``: (row, start, end) per segment of the policy mask (end exclusive); ``seg_best_k``,
+    ``seg_e0``, ``seg_e_best``, ``seg_flagged`` per segment (best lag k != 0, mean |gap| at 0 and there).
+    Per row (over the pairs of all its segments): ``best_k``, ``e0``, ``e_best``; ``flagged`` rows have
+    a flagged segment, ``row_k`` is then the lag of the row's largest flagged segment, ``e_row`` the
+    row's mean |gap| at that lag.
+    """
+
+    segments: list[tuple[int, int, int]]
+    seg_best_k: Tensor
+    seg_e0: Tensor
+    seg_e_best: Tensor
+    seg_flagged: Tensor
+    best_k: Tensor
+    e0: Tensor
+    e_best: Tensor
+    flagged: Tensor
+    row_k: Tensor
+    e_row: Tensor
+
+    def row_lags(self) -> tuple[RowLag, ...]:
+        """One :class:`RowLag` per row: the flagged lag where flagged, else 0 (and the gap there)."""
+        rows = zip(self.flagged.tolist(), self.row_k.tolist(), self.e0.tolist(), self.e_row.tolist())
+        return tuple(RowLag(b, int(k), e0, e) if hit else RowLag(b, 0, e0, e0) for b, (hit, k, e0, e) in enumerate(rows))
+
+
+def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
+    """Fit a shift per segment of the policy mask on the open tokens (needs rollout and student log-probs).
+
+    Candidates: every k in [-K, K] (``tol.max_lag``) and the row's prompt-length lags. A segment is
+    flagged when it has at least ``tol.min_tokens_for_lag`` open tokens, its mean |gap| at lag 0 exceeds
+    ``tol.same``, and its best lag k != 0 among those that pair at least ``min_pairs`` (default
+    ``tol.min_tokens_for_lag``) tokens fits at least ``tol.lag_gain`` times better than lag 0.
+    """
+    tol, batch = ctx.tol, ctx.batch
+    min_pairs = tol.min_tokens_for_lag if min_pairs is None else min_pairs
+    ok = ctx.open()
+    seg_all = segment_ids(ctx.policy)
+    segs = batch.segments(ctx.policy)
+    S, B = len(segs), batch.size
+    lags = torch.cat([torch.arange(-tol.max_lag, tol.max_lag + 1)[None, :].expand(B, -1),
+                      prompt_length_lags(batch.prompt_lengths)], dim=1)                     # [B, n]
+    col0 = tol.max_lag
+    total = torch.zeros(S, lags.shape[1], dtype=torch.float64)
+    count = torch.zeros_like(total)
+    r, t = batch.series("rollout_logprobs", torch.float64), ctx.trainer()
+    for rows in row_blocks(B, batch.width):
+        seg = seg_all[rows]
+        first = int(seg[seg >= 0].min()) if bool((seg >= 0).any()) else 0
+        n_here = int(seg.max()) + 1 - first if bool((seg >= 0).any()) else 0
+        if n_here == 0:
+            continue
+        local = torch.where(seg >= 0, seg - first, seg)
+        tb, cb = segment_scan(r[rows], t[rows], ok[rows], local, lags[rows], n_here)
+        total[first:first + n_here] += tb
+        count[first:first + n_here] += cb
+    seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
+    seg_open = torch.zeros(S, dtype=torch.long)
+    if S:
+        ids = seg_all[ok & (seg_all >= 0)]
+        seg_open.index_add_(0, ids, torch.ones_like(ids))
+    seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)
+    # per row, over all its segments' pairs
+    row_total = torch.zeros(B, lags.shape[1], dtype=torch.float64).index_add_(0, seg_rows, total)
+    row_count = torch.zeros_like(row_total).index_add_(0, seg_rows, count)
+    row_open = torch.zeros(B, dtype=torch.long).index_add_(0, seg_rows, seg_open)
+    best_k, e0, e_best, _ = _decide(row_total, row_count, lags, col0, min_pairs, row_open, tol)
+    flagged = torch.zeros(B, dtype=torch.bool)
+    row_k = torch.zeros(B, dtype=torch.long)
+    e_row = e0.clone()
+    size = torch.tensor([e - s for _, s, e in segs], dtype=torch.long)
+    for i in sorted(seg_flag.nonzero().flatten().tolist(), key=lambda i: -int(size[i])):
+        b = int(seg_rows[i])
+        if not bool(flagged[b]):
+            flagged[b], row_k[b] = True, seg_k[i]
+            col = int((lags[b] == seg_k[i]).nonzero()[0])
+            e_row[b] = row_total[b, col] / row_count[b, col] if row_count[b, col] > 0 else float("nan")
+    return Shifts(segs, seg_k, seg_e0, seg_eb, seg_flag, best_k, e0, e_best, flagged, row_k, e_row)
+
+
+def _decide(total: Tensor, count: Tensor, lags: Tensor, col0: int, min_pairs: int, n_open: Tensor,
+            tol: Tolerances) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Best lag k != 0 per unit (segment or row) from pair sums: ``(best_k, e0, e_best, flagged)``."""
+    err = total / count                                                  # NaN where no pairs
+    e0 = err[:, col0] if err.shape[0] else err[:, :1].squeeze(1)
+    e_all = torch.nan_to_num(err.masked_fill((lags == 0) | (count < min_pairs), float("inf")), nan=float("inf"))
+    best = e_all.argmin(dim=1) if e_all.shape[0] else torch.zeros(0, dtype=torch.long)
+    best_k = lags.gather(1, best[:, None]).squeeze(1) if e_all.shape[0] else torch.zeros(0, dtype=torch.long)
+    e_best = e_all.gather(1, best[:, None]).squeeze(1) if e_all.shape[0] else torch.zeros(0, dtype=torch.float64)
+    flagged = (n_open >= tol.min_tokens_for_lag) & ~e0.isnan() & (e0 > tol.same) & (e_best * tol.lag_gain <= e0)
+    return best_k, e0, e_best, flagged
+
+
 def best_lags(batch: Batch, max_lag: int = 4, min_pairs: int = 1) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row, the lag k != 0 that best matches rollout to student log-probs.
+    """Per row, the lag k != 0 that best matches rollout to trainer log-probs, over the pairs of all its
+    segments (a row of one segment: the row itself).
 
     Candidates: every k in [-max_lag, max_lag] and the row's prompt-length lags that compare at least
     ``min_pairs`` token pairs in the row (a lag that pairs one token of a 4-token row with another
     matches by chance: two near-certain tokens agree at any lag). Returns
     ``(best_k [B] long, err_at_0 [B], err_at_best [B])`` (mean |gap|; NaN / inf where undefined).
-    Works over blocks of rows (:func:`row_blocks`), in float64 per block.
     """
-    r, s = stored_series(batch, "rollout_logprobs"), stored_series(batch, "student_logprobs")
-    pad = batch.padding_mask()
-    extra = prompt_length_lags(batch.prompt_lengths)                                  # [B, 4]
-    best_k, e0, e_best = (torch.empty(batch.size, dtype=torch.long), torch.empty(batch.size, dtype=torch.float64),
-                          torch.empty(batch.size, dtype=torch.float64))
-    for rows in row_blocks(batch.size, batch.width):
-        rb, sb = r[rows].to(torch.float64), s[rows].to(torch.float64)
-        valid_pairs = pad[rows] & ~rb.isnan() & ~sb.isnan()
-        lags, err = lag_scan(rb, sb, valid_pairs, max_lag)
-        e0[rows] = err[:, int((lags == 0).nonzero())]
-        ex = extra[rows]
-        extra_err = torch.stack([row_lag_error(rb, sb, valid_pairs, ex[:, i]) for i in range(ex.shape[1])], 1)
-        all_lags = torch.cat([lags[None, :].expand(ex.shape[0], -1), ex], dim=1)       # [b, 2K+1+4]
-        few = lag_pairs(valid_pairs, all_lags) < min_pairs
-        e_all = torch.nan_to_num(torch.cat([err, extra_err], dim=1).masked_fill((all_lags == 0) | few, float("inf")),
-                                 nan=float("inf"))
-        best = e_all.argmin(dim=1)
-        best_k[rows] = all_lags.gather(1, best[:, None]).squeeze(1)
-        e_best[rows] = e_all.gather(1, best[:, None]).squeeze(1)
-    return best_k, e0, e_best
+    ctx = Context(batch, Tolerances(max_lag=max_lag))
+    s = fit_shifts(ctx, min_pairs=min_pairs)
+    return s.best_k, s.e0, s.e_best
 
 
 @dataclass(frozen=True)
 class ShiftedRows:
-    """The offset decision for a batch: ``flagged`` [B] bool, and ``best_k``, ``e0``, ``e_best`` [B]
-    from :func:`best_lags` (mean |gap| at lag 0 and at the best lag k != 0)."""
+    """The offset decision per row: ``flagged`` [B] bool (a segment of the row is shifted), and
+    ``best_k``, ``e0``, ``e_best`` [B] (the row's flagged lag and mean |gap| at lag 0 and there)."""
 
     flagged: Tensor
     best_k: Tensor
@@ -145,21 +267,11 @@ class ShiftedRows:
 
 
 def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> ShiftedRows:
-    """Which rows carry shifted rollout log-probs (class A's rule).
-
-    A row is flagged when it has at least ``tol.min_tokens_for_lag`` tokens and a rollout value,
-    its mean |gap| at lag 0 exceeds ``tol.same``, it is not in ``exclude`` (already explained), and
-    its best lag k != 0 among those that compare at least ``tol.min_tokens_for_lag`` token pairs fits
-    at least ``tol.lag_gain`` times better than lag 0. Needs rollout and student log-probs.
-    """
-    r = stored_series(batch, "rollout_logprobs")
-    has_value = (batch.padding_mask() & ~r.isnan() & (r != math.inf)).any(1)
-    del r
-    best_k, e0, e_best = best_lags(batch, tol.max_lag, min_pairs=tol.min_tokens_for_lag)
-    cand = ((torch.tensor(batch.lengths) >= tol.min_tokens_for_lag) & has_value & ~e0.isnan()
-            & (e0 > tol.same) & ~row_mask(batch.size, exclude))
-    return ShiftedRows(cand & (e_best * tol.lag_gain <= e0), best_k, e0, e_best)
+    """Which rows carry shifted rollout log-probs (class A's rule, :func:`fit_shifts`, summarised per row);
+    rows in ``exclude`` are left out. Needs rollout and student log-probs."""
+    s = fit_shifts(Context(batch, tol, explained_rows=exclude))
+    return ShiftedRows(s.flagged, torch.where(s.flagged, s.row_k, s.best_k), s.e0, torch.where(s.flagged, s.e_row, s.e_best))
 
 
-__all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "best_lags", "ShiftedRows",
-           "shifted_rows"]
+__all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
+           "Shifts", "fit_shifts", "best_lags", "ShiftedRows", "shifted_rows"]

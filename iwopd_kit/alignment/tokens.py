@@ -14,6 +14,7 @@ import torch
 
 from .core import Context, Finding
 from .prompts import dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings
+from .stops import stop_findings
 from .tensors import at, first_true
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders
 
@@ -154,8 +155,9 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
     exactly 0.0 where the student's log-prob rules out a certain or nucleus-of-one token
     (:func:`~iwopd_kit.alignment.zeros.zero_placeholders`: under processed top-p a token with
     p >= top_p is alone in the nucleus and gets exactly 0.0, healthy), or when ``finish_reason`` is
-    'length' (vLLM reports 'stop' for a sampled EOS). Reads ``ctx.tokenizer`` (the student's, else the
-    teacher's).
+    'length' (vLLM reports 'stop' for a sampled EOS). A 'stop' row that ends in no stop token with no
+    stop string recorded is a warning (:func:`~iwopd_kit.alignment.stops.stop_findings`). Reads
+    ``ctx.tokenizer`` (the student's, else the teacher's).
     """
     batch, tokenizer, tol = ctx.batch, ctx.tokenizer, ctx.tol
     bos, eos, pad = (getattr(tokenizer, n, None) for n in ("bos_token_id", "eos_token_id", "pad_token_id"))
@@ -176,7 +178,7 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
                     "trainer may have tokenized it differently; tokenize once and send the same ids to vLLM, the student "
                     "and the teacher",
                 ))
-    out += dropped_special_findings(ctx) + thinking_mode_findings(ctx)
+    out += dropped_special_findings(ctx) + thinking_mode_findings(ctx) + stop_findings(ctx)
     if eos is None:
         return out
     tok, padm, valid = batch.tokens(pad_id=-1), batch.padding_mask(), batch.valid()
