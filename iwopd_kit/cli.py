@@ -332,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dst", help="the JSONL file to write")
     _input_args(v)
     v.set_defaults(func=_convert)
+    from .replay_io import add_replay_command
+
+    add_replay_command(sub, _input_args)            # replay: one row on vLLM and transformers
     return p
 
 
