@@ -104,14 +104,13 @@ class ReplayResult:
         """The per-token table: position, token, stored rollout / trainer, the replays, the drift."""
         extra = [n for n in self.at_recorded]
         header = ["pos", "token", "rollout", "trainer", "vLLM", "transformers", "drift"]
-        header += [f"tf@{_settings_text(self.recorded[n])} ({n})" for n in extra] + [""]
-        rows = []
-        for j in self.positions:
-            mark = "<- first divergence" if j == self.first_divergence else ("" if self.counted[j] else "(not counted)")
-            rows.append([j, repr(self.tokens[j]), _f(self.rollout, j), _f(self.trainer, j), _f(self.vllm, j),
-                         _f(self.transformers, j), f"{self.drift[j]:+.2e}"]
-                        + [_f(self.at_recorded[n], j) for n in extra] + [mark])
-        return text_table(header, rows)
+        header += [f"tf@{_settings_text(self.recorded[n])} ({n})" for n in extra]
+        marks = ["<- first divergence" if j == self.first_divergence else "" if self.counted[j] else "(not counted)"
+                 for j in self.positions]
+        rows = [[j, repr(self.tokens[j]), _f(self.rollout, j), _f(self.trainer, j), _f(self.vllm, j),
+                 _f(self.transformers, j), f"{self.drift[j]:+.2e}"] + [_f(self.at_recorded[n], j) for n in extra]
+                + ([marks[j]] if any(marks) else []) for j in self.positions]
+        return text_table(header + ([""] if any(marks) else []), rows)
 
     def __str__(self) -> str:
         return f"{self.table_text()}\n\n{self.verdict}"
