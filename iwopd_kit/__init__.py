@@ -29,16 +29,28 @@ from .objective import (
 from .replay import ReplayResult, replay_row
 from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
+from .check_result import CheckResult, DirCheckResult
+from .service import check_dump
 
 from . import views
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``scan_run``, ``open_store``, ``ScanResult``, ``simulate_gates``: the run commands' API (iwopd_kit.run),
+    loaded on first use (they need pyarrow and duckdb, the ``run`` extra; ``import iwopd_kit`` does not)."""
+    if name in ("ScanResult", "open_store", "scan_run", "simulate_gates"):
+        from . import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
-    "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
-    "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment",
+    "AlignmentReport", "Batch", "MISMATCH_KEYS", "BatchError", "CheckResult", "DirCheckResult", "Finding", "ObjectiveResult", "Sampling", "SamplingSettings",
+    "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment", "check_dump",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
     "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "mismatch_metrics", "opd_loss",
-    "position_mask", "prefix_weights", "read_jsonl", "ReplayResult", "replay_row", "rollout", "sampled_logprobs", "score", "score_batch",
-    "to_trl_batch", "write_jsonl",
+    "position_mask", "prefix_weights", "read_jsonl", "ReplayResult", "replay_row", "rollout", "sampled_logprobs", "score",
+    "score_batch", "to_trl_batch", "write_jsonl", "ScanResult", "open_store", "scan_run", "simulate_gates",
 ]

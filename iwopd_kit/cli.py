@@ -4,9 +4,11 @@
 prints a per-token table and a summary, writes a self-contained HTML report.
 ``iwopd-kit check`` — the alignment check on a dump or a directory of dumps (JSONL, prime-rl
 token export, TRL or verl torch file, OpenAI / TRL-client JSON; pickles only with
-``--allow-pickle``); scores missing student / teacher series with local models; exit 1 on an
-error finding, 2 on unreadable input.
+``--allow-pickle``; a directory's layout and steps found by themselves); scores missing student /
+teacher series with local models; exit 1 on an error finding, 2 on unreadable input. It parses its
+arguments, calls :func:`iwopd_kit.check_dump` and prints the result.
 ``iwopd-kit convert IN OUT`` — any readable dump -> the kit's JSONL.
+``iwopd-kit scan RUN`` / ``sql STORE QUERY`` / ``gates STORE|DUMP`` — a whole run (:mod:`iwopd_kit.run`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ import os
 import sys
 from pathlib import Path
 
-from .formats.registry import FORMATS as FORMAT_CHOICES  # the readers' table (the old name, kept)
-from .rescore import DTYPES, device_error, recompute  # scoring a dump's missing series
-
-JSON_SCHEMA = 1
-"""Version of the ``check --json`` object."""
+from .check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
+from .formats.registry import FORMATS as FORMAT_CHOICES  # noqa: F401  (the readers' table, the old name)
+from .rescore import DTYPES  # the scoring dtypes
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -44,10 +44,13 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A tqdm bar on stderr, shown only when stderr is a terminal or the dump has > 1000 rows."""
+    """A tqdm bar on stderr over one file's rows, shown only when stderr is a terminal or the dump has > 1000 rows
+    (:func:`iwopd_kit.check_dump` calls ``start`` once the file is read, ``step`` per pass, ``close`` at the end)."""
 
-    def __init__(self, total: int, rows: int) -> None:
+    def __init__(self) -> None:
         self.bar = None
+
+    def start(self, total: int, rows: int) -> None:
         if sys.stderr.isatty() or rows > 1000:
             try:
                 from tqdm import tqdm
@@ -64,49 +67,32 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
-_recompute = recompute   # the old private name, kept
+class _FileBar:
+    """A tqdm bar over the files of a directory, on stderr when it is a terminal (no per-row bar inside)."""
 
+    def __init__(self) -> None:
+        self.bar = None
 
-def _unchecked(report) -> dict[str, str]:
-    """``{kind: reason}`` for the classes the report could not check."""
-    if isinstance(report.unchecked, dict):
-        return dict(report.unchecked)
-    reasons = getattr(report, "unchecked_reasons", {}) or {}
-    return {k: reasons.get(k, "inputs missing") for k in report.unchecked}
+    def file(self, name: str) -> None:
+        if self.bar is None and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(file=sys.stderr, unit="file", leave=False, desc="check")
+        if self.bar is not None:
+            self.bar.set_description(name[-40:])
+            self.bar.update(1)
 
+    def step(self, n: int, desc: str | None = None) -> None:
+        pass
 
-def check_object(report) -> dict:
-    """One file's ``--json`` object: ``{"schema": 1, "findings", "metrics", "unchecked"}``."""
-    return {"schema": JSON_SCHEMA, "findings": report.to_dicts(), "metrics": dict(getattr(report, "metrics", {}) or {}),
-            "unchecked": _unchecked(report)}
-
-
-def _check_file(path, args: argparse.Namespace, progress: _Progress | None, models: dict):
-    """Read, rescore and check one dump: ``(exit code, batch, report, tokenizer, notes, error)``."""
-    from .alignment import check_alignment
-    from .batch import BatchError
-    from .formats.load import load_any
-
-    try:
-        batch = load_any(path, args.format, allow_pickle=args.allow_pickle)
-    except (BatchError, OSError) as e:
-        return 2, None, None, None, [], str(e)
-    passes = int(not batch.has("student_logprobs")) + int(not batch.has("teacher_logprobs"))
-    own = progress is None
-    progress = _Progress(total=batch.size * (passes + 1), rows=batch.size) if own else progress
-    try:
-        batch, student_tok, teacher_tok, notes = _recompute(batch, args, progress, models)
-    except (BatchError, OSError, ValueError, RuntimeError) as e:
-        if own:
-            progress.close()
-        return 2, batch, None, None, [], str(e)
-    report = check_alignment(batch, student_tokenizer=student_tok, teacher_tokenizer=teacher_tok)
-    if own:
-        progress.step(batch.size, "checked")
-        progress.close()
-    return (0 if report.ok else 1), batch, report, student_tok or teacher_tok, notes, None
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _write_outputs(args: argparse.Namespace, obj: dict, html: str | None) -> int:
@@ -141,120 +127,100 @@ def _lean_malloc() -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    error = device_error(args.device)
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
+    """Parse -> :func:`iwopd_kit.check_dump` -> print (a file: findings, metrics, notes; a directory: per file and step)."""
+    from .service import READ_ERRORS, check_dump
+
+    is_dir = Path(args.path).is_dir()
+    try:
+        result = check_dump(args.path, student=args.student, teacher=args.teacher,
+                            student_tokenizer=args.student_tokenizer, teacher_tokenizer=args.teacher_tokenizer,
+                            group_by=args.group_by, format=args.format, allow_pickle=args.allow_pickle,
+                            device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                            progress=_FileBar() if is_dir else _Progress())
+    except READ_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    if Path(args.path).is_dir():
-        return _check_dir(args)
+    return _print_dir(args, result) if is_dir else _print_file(args, result)
+
+
+def _print_file(args: argparse.Namespace, result) -> int:
     from .views.alignment import finding_counts
     from .views.mismatch import batch_delta, mismatch_text
     from .views.report import text_table
 
-    code, batch, report, tokenizer, notes, error = _check_file(args.path, args, None, {})
-    if error is not None:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    batch, report = result.batch, result.report
     print(f"{args.path}: {batch.size} rows, {int(batch.valid().sum())} valid tokens")
-    for note in notes:
+    for note in result.notes:
         print(f"note: {note}")
     if report.findings:
         header, rows = finding_counts(report)
         print(text_table(header, rows))
         print()
-        shown = report.findings[: args.max_findings]
-        print(text_table(["severity", "kind", "row", "position", "message"],
-                         [[f.severity, f.kind, f.row, f.position, f.message] for f in shown]))
+        shown = result.finding_dicts()[: args.max_findings]
+        grouped = any("group" in f for f in shown)
+        print(text_table(["severity", "kind", "row", "position"] + (["group"] if grouped else []) + ["message"],
+                         [[f["severity"], f["kind"], f["row"], f["position"]] + ([f.get("group")] if grouped else [])
+                          + [f["message"]] for f in shown]))
         if len(report.findings) > len(shown):
             print(f"... {len(report.findings) - len(shown)} more finding(s); write them all with --json")
     else:
         print("no findings")
     print()
     print(mismatch_text(report.metrics, batch_delta(batch), report.unchecked_reasons.get("mismatch")))
+    if result.groups:
+        print()
+        print(_group_table(result.groups))
     print()
     if report.unchecked:
         print("not checked (inputs missing): " + report.unchecked_text())
         if {"tokenizer_mismatch", "bos_eos"} & set(report.unchecked):
             print("(pass --student DIR and --teacher DIR, or --student-tokenizer DIR and --teacher-tokenizer DIR, "
                   "to check the tokenizers and BOS/EOS)")
-    html = _check_html(args.path, batch, report, tokenizer, notes=notes) if args.html else None
-    return _write_outputs(args, check_object(report), html) or code
+    html = _check_html(args.path, batch, report, result.tokenizer, notes=result.notes) if args.html else None
+    return _write_outputs(args, result.to_dict(), html) or result.exit_code
 
 
-def _check_dir(args: argparse.Namespace) -> int:
-    """Every dump under a directory (many ranks and steps): one summary row per file, the worst exit code."""
-    from .batch import BatchError
-    from .formats.registry import dump_files
+_GROUP_KEYS = ("rows", "tokens", "mismatch/k3_kl", "mismatch/token_mult_prob_error", "mismatch/logp_abs_diff_max")
+
+
+def _group_table(groups: dict) -> str:
+    """Per-group metrics (``--group-by`` or the reader's groups): the main ones when present, else all."""
+    from .views.mismatch import metric_text
+    from .views.report import text_table
+
+    present = list(dict.fromkeys(k for m in groups.values() for k in m))
+    keys = [k for k in _GROUP_KEYS if k in present] or present
+    cell = lambda v: metric_text(v) if isinstance(v, float) else v  # noqa: E731
+    return "per group:\n" + text_table(["group", *(k.removeprefix("mismatch/") for k in keys)],
+                                        [[g, *(cell(m.get(k)) for k in keys)] for g, m in groups.items()])
+
+
+def _print_dir(args: argparse.Namespace, result) -> int:
+    """One summary row per file, one per step when the paths name steps; the worst exit code."""
     from .views.report import html_page, html_table, text_table
 
-    try:
-        paths = dump_files(args.path)
-    except BatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bar = _FileBar(len(paths))
-    inner = _Progress(total=0, rows=0)            # no per-row bar inside a directory run
-    models: dict = {}
-    rows, objs, worst = [], {}, 0
-    noted: dict[str, list[str]] = {}
-    for p in paths:
-        name = str(p.relative_to(args.path))
-        bar.step(name)
-        code, batch, report, _, notes, error = _check_file(p, args, inner, models)
-        worst = max(worst, code)
-        if error is not None:
-            objs[name] = {"schema": JSON_SCHEMA, "error": error, "findings": [], "metrics": {}, "unchecked": {}}
-            rows.append([name, "-", "-", "-", "-", None, None, "unreadable", code])
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        objs[name] = check_object(report)
-        errors = sum(f.severity == "error" for f in report.findings)
-        kinds = sorted({f.kind for f in report.findings})
-        m = report.metrics
-        rows.append([name, batch.size, int(batch.valid().sum()), errors, len(report.findings) - errors,
-                     _sci(m.get("mismatch/k3_kl")), _sci(m.get("mismatch/token_mult_prob_error")),
-                     ", ".join(kinds) or "-", code])
-        for note in notes:
-            noted.setdefault(note, []).append(name)
-    bar.close()
-    header = ["file", "rows", "tokens", "errors", "warnings", "k3_kl", "token_mult_prob_error", "kinds", "exit"]
-    print(f"{args.path}: {len(paths)} dump file(s)")
-    print(text_table(header, rows))
-    for note, names in noted.items():            # once per distinct note, not once per rank and step
+    for f in result.files:
+        if f.error is not None:
+            print(f"error: {f.error}", file=sys.stderr)
+    layouts = f" ({', '.join(result.layouts)} layout)" if result.layouts else ""
+    print(f"{args.path}: {len(result.files)} dump file(s){layouts}")
+    files = result.file_table()
+    print(text_table(*files))
+    sections = [("files", html_table(*files))]
+    if result.has_steps:
+        steps = result.step_table()
+        print()
+        print(f"per step ({len(result.steps)}; metrics pooled over each step's files):")
+        print(text_table(*steps))
+        sections.append(("steps", html_table(*steps)))
+    for note in result.notes:
+        print(f"note: {note}")
+    for note, names in result.file_notes().items():     # once per distinct note, not once per rank and step
         where = names[0] if len(names) == 1 else f"{len(names)} files, first {names[0]}"
         print(f"note ({where}): {note}")
     print("per-file findings: iwopd-kit check FILE, or all of them with --json")
-    html = html_page(f"alignment check: {Path(args.path).name}", [("files", html_table(header, rows))]) if args.html else None
-    return _write_outputs(args, {"schema": JSON_SCHEMA, "files": objs}, html) or worst
-
-
-def _sci(x: float | None) -> str | None:
-    """A metric cell as the single-file table writes it; None (drawn —) when not computed."""
-    from .views.mismatch import metric_text
-
-    return None if x is None else metric_text(x)
-
-
-class _FileBar:
-    """A tqdm bar over the files of a directory, on stderr when it is a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.bar = None
-        if sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-            except ImportError:
-                return
-            self.bar = tqdm(total=total, file=sys.stderr, unit="file", leave=False, desc="check")
-
-    def step(self, desc: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description(desc[-40:])
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    html = html_page(f"alignment check: {Path(args.path).name}", sections) if args.html else None
+    return _write_outputs(args, result.to_dict(), html) or result.exit_code
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -289,7 +255,9 @@ def _input_args(p: argparse.ArgumentParser) -> None:
     from .formats.registry import FORMATS, formats_help
 
     p.add_argument("--format", default="auto", choices=FORMATS,
-                   help="input layout (default: from the file suffix, then its keys / first record): " + formats_help())
+                   help="input layout (default: from the file suffix, then its keys / first record; a directory: "
+                        "its framework's layout, else each file so; a format given reads every file of its "
+                        "suffixes with it): " + formats_help())
     p.add_argument("--allow-pickle", action="store_true",
                    help="read pickles (vLLM RequestOutputs, verl DataProto) and torch files beyond plain tensors: "
                         "this RUNS CODE FROM THE FILE; only for files you trust (default: refused)")
@@ -308,7 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
     c = sub.add_parser("check", help="check a dump, or every dump under a directory, for token misalignment; exit 1 "
                                       "on an error finding, 2 on unreadable input (a directory: the worst file's code)")
-    c.add_argument("path", help="a dump file, or a directory of them (e.g. prime-rl's token_exports/: one row per file)")
+    c.add_argument("path", help="a dump file, or a directory of them: a step directory or a run's export root (prime-rl "
+                                "token_exports/step_N/rank_R.jsonl, the kit's step_N.jsonl, ...; one row per file and "
+                                "per step)")
     _input_args(c)
     c.add_argument("--student", help="model dir that scores missing student log-probs and gives the student "
                                      "tokenizer (default for a missing series: the bundled tiny student)")
@@ -322,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="cpu", help="device for --student/--teacher scoring (default cpu; e.g. cuda:0)")
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the scoring models (default float32)")
     c.add_argument("--batch-size", type=_positive_int, default=32, help="rows per scoring forward pass (default 32)")
-    c.add_argument("--json", help='write {"schema": 1, "findings": [...], "metrics": {...}, "unchecked": {kind: '
-                                  'reason}}; for a directory {"schema": 1, "files": {path: that object}}')
+    c.add_argument("--group-by", metavar="KEY", help="group rows by meta[KEY] (per-group metrics, each finding's group); "
+                                                      "default: the reader's groups (e.g. prime-rl's env_name)")
+    c.add_argument("--json", help='write iwopd_kit.CheckResult.to_dict(): {"schema": 2, "format", "findings": [...], '
+                                  '"metrics": {...}, "groups": {group: {...}}, "unchecked": {kind: reason}, "provenance": '
+                                  '{series: source}, ...}; for a directory {"schema": 2, "steps": {...}, "files": '
+                                  '{path: that object}}')
     c.add_argument("--html", help="write a self-contained HTML report with the per-token diff at each finding")
     c.add_argument("--max-findings", type=int, default=50, help="findings printed in the terminal (default 50)")
     c.set_defaults(func=_check)
@@ -332,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("dst", help="the JSONL file to write")
     _input_args(v)
     v.set_defaults(func=_convert)
+    from .run.cli import add_run_commands
+
+    add_run_commands(sub, _input_args)              # scan, sql, gates
     from .replay_io import add_replay_command
 
     add_replay_command(sub, _input_args)            # replay: one row on vLLM and transformers

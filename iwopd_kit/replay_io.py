@@ -2,13 +2,17 @@
 
 ``iwopd-kit replay DUMP_OR_RUN --step S --row R --model DIR`` reads the row's fixed tokens from
 
-- a dump file (any layout :func:`iwopd_kit.formats.load_any` reads): ``--row`` indexes its rows;
-- a run directory: ``--step S`` picks the step's files, found by the step number in a file's name
-  or, failing that, in the nearest folder's name (``step_N``, ``step-N``, ``stepN``): prime-rl's
-  ``token_exports/step_S/rank_*.jsonl``, NeMo-RL's ``train_data_step{S}.jsonl``, the kit's JSONL
-  named with its step; ``--row`` indexes the rows of the step in file order (natural order:
-  rank_2 before rank_10), as the step's concatenated batch has them;
-- a store written by ``iwopd-kit scan``: not readable by this install (a clear error says so).
+- a dump file (any layout the readers know; a slime rollout dump is joined with its train dump as
+  :func:`iwopd_kit.formats.dirs.dump_of` finds it): ``--row`` indexes its rows;
+- a run directory: ``--step S`` picks the step's dumps as ``iwopd-kit scan`` finds them
+  (:func:`iwopd_kit.run.steps.find_steps`: prime-rl's ``token_exports/step_S/rank_*.jsonl``, NeMo-RL's
+  ``train_data_step{S}.jsonl``, the kit's JSONL named with its step, ...); ``--row`` indexes the rows of the
+  step's batch, its dumps read and concatenated in order (:func:`iwopd_kit.run.batches.read_step`), so it
+  is the store's ``step_row``;
+- a store written by ``iwopd-kit scan``: ``--step S --row R`` is the store's ``(step, step_row)``; its
+  ``rows`` table names the file and the file's own row, read again from the run the store was made from
+  (``manifest.json``'s ``run``, else the store's parent folder), with the store's ``format`` and
+  ``allow_pickle``; a run that changed since the scan is an error.
 
 and replays it (:func:`iwopd_kit.replay.replay_row`). Exit code: 0 when the engines and the stored
 series agree, 1 when something parts, 2 on unreadable input.
@@ -18,60 +22,30 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from .batch import Batch, BatchError
-from .formats.load import load_any
-from .formats.registry import SUFFIXES
+from .formats.dirs import dump_of
 from .replay import DTYPES, ReplayResult, replay_row
 from .rescore import device_error
-
-STEP_RE = re.compile(r"step[_-]?(\d+)", re.IGNORECASE)
-
-
-def _natural(path: Path) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def step_number(path: Path, root: Path | None = None) -> int | None:
-    """The step a file belongs to: the last step number in its name, else in the nearest folder's name
-    (folders up to ``root``)."""
-    path = Path(path)
-    parts = path.relative_to(root).parts if root is not None else path.parts
-    for name in [Path(parts[-1]).stem, *reversed(parts[:-1])]:
-        found = STEP_RE.findall(name)
-        if found:
-            return int(found[-1])
-    return None
+from .run.batches import read_step
+from .run.steps import find_steps
 
 
 def is_store(path: Path) -> bool:
-    """A directory ``iwopd-kit scan`` wrote (its ``manifest.json`` beside a ``tokens/`` dataset)."""
-    return (path / "manifest.json").is_file() and (path / "tokens").is_dir()
-
-
-def step_files(run: Path) -> dict[int, list[Path]]:
-    """The dump files under ``run`` by step number (each list in natural order); hidden folders left out."""
-    by_step: dict[int, list[Path]] = {}
-    for p in run.rglob("*"):
-        rel = p.relative_to(run)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file() or p.suffix.lower() not in SUFFIXES:
-            continue
-        n = step_number(p, run)
-        if n is not None:
-            by_step.setdefault(n, []).append(p)
-    return {n: sorted(fs, key=_natural) for n, fs in sorted(by_step.items())}
+    """A directory ``iwopd-kit scan`` wrote (its ``manifest.json`` beside ``steps.parquet`` or ``tokens/``)."""
+    return (path / "manifest.json").is_file() and ((path / "steps.parquet").is_file() or (path / "tokens").is_dir())
 
 
 def load_row(path: str | Path, row: int, step: int | None = None, format: str = "auto",
              allow_pickle: bool = False) -> tuple[Batch, int, str]:
-    """``(batch, r, where)``: the batch of the file that holds the row, its index there, and a description.
+    """``(batch, r, where)``: a batch that holds the row, its index there, and where it came from.
 
-    ``path``: a dump file (``row`` indexes its rows; ``step``, when given, must be the one its path names)
-    or a run directory (``step`` required; ``row`` indexes the step's rows over its files in order).
-    Errors (:class:`BatchError`) name the file, the step and the rows there are.
+    ``path``: a dump file (``row`` indexes its rows; ``step``, when given, must be the one its path names),
+    a run directory (``step`` required; ``row`` indexes the step's concatenated batch) or a scan store
+    (``step`` and ``row`` = the store's ``step`` and ``step_row``). Errors (:class:`BatchError`) name the
+    file, the step and the rows there are.
     """
     path = Path(path)
     if row < 0:
@@ -79,38 +53,78 @@ def load_row(path: str | Path, row: int, step: int | None = None, format: str = 
     if not path.exists():
         raise BatchError(f"{path}: no such file or directory")
     if path.is_file():
-        named = step_number(path)
-        if step is not None and named is not None and named != step:
-            raise BatchError(f"{path} is step {named} (from its path), not step {step}; pass the run directory to "
+        dump = dump_of(path, format)
+        if step is not None and dump.step is not None and dump.step != step:
+            raise BatchError(f"{path} is step {dump.step} (from its path), not step {step}; pass the run directory to "
                              "pick a step, or drop --step")
-        batch = load_any(path, format, allow_pickle=allow_pickle)
+        batch, _ = dump.read(allow_pickle)
         if row >= batch.size:
             raise BatchError(f"{path}: row {row} is out of range: the file has {batch.size} rows (0..{batch.size - 1})")
-        return batch, row, f"{path} row {row}"
+        joined = f" (+ {dump.companion.name})" if dump.companion is not None else ""
+        return batch, row, f"{path}{joined} row {row}"
     if is_store(path):
-        raise BatchError(f"{path} is a store of iwopd-kit scan: STORE input needs iwopd-kit scan's store "
-                         "(iwopd_kit.run), which this install does not have; pass the run directory and --step instead")
-    steps = step_files(path)
+        return _store_row(path, row, step)
+    return _run_row(path, row, step, format, allow_pickle)
+
+
+def _run_row(run: Path, row: int, step: int | None, format: str, allow_pickle: bool) -> tuple[Batch, int, str]:
+    steps, _ = find_steps(run, format=format)
     if not steps:
-        raise BatchError(f"{path}: no dump file with a step number in its name or folders (step_N, stepN; suffixes "
-                         f"{list(SUFFIXES)}); pass a dump file instead")
+        raise BatchError(f"{run}: no dump with a step in its path (step_N, stepN, or a framework's layout); pass a dump "
+                         "file instead")
+    numbers = [s.step for s in steps]
     if step is None:
-        raise BatchError(f"{path} is a run directory: pass --step (its steps: {_steps_text(steps)})")
-    if step not in steps:
-        raise BatchError(f"{path}: no step {step} (its steps: {_steps_text(steps)})")
-    seen = 0
-    for f in steps[step]:
-        batch = load_any(f, format, allow_pickle=allow_pickle)
-        if row < seen + batch.size:
-            r = row - seen
-            return batch, r, f"{f} row {r} (step {step} row {row})"
-        seen += batch.size
-    raise BatchError(f"{path}: step {step} has {seen} rows in {len(steps[step])} file(s) (0..{seen - 1}); row {row} is "
-                     "out of range")
+        raise BatchError(f"{run} is a run directory: pass --step (its steps: {_steps_text(numbers)})")
+    if step not in numbers:
+        raise BatchError(f"{run}: no step {step} (its steps: {_steps_text(numbers)})")
+    dumps = list(steps[numbers.index(step)].dumps)
+    names = [d.path.relative_to(run).as_posix() for d in dumps]
+    batch, files, rows, _, unread = read_step(dumps, names, allow_pickle)
+    skipped = "".join(f"; not read: {n} ({why})" for n, why in unread.items())
+    if batch is None:
+        raise BatchError(f"{run}: step {step} has no readable dump{skipped}")
+    if row >= batch.size:
+        raise BatchError(f"{run}: step {step} has {batch.size} rows in {len(set(files))} file(s) "
+                         f"(0..{batch.size - 1}); row {row} is out of range{skipped}")
+    return batch, row, f"{run / files[row]} row {rows[row]} (step {step} row {row}){skipped}"
 
 
-def _steps_text(steps: dict[int, list[Path]]) -> str:
-    keys = list(steps)
+def _store_row(store: Path, row: int, step: int | None) -> tuple[Batch, int, str]:
+    """The row ``(step, step_row)`` of a scan store, read again from its run."""
+    try:
+        import pyarrow.parquet as pq
+
+        from .run.store import read_manifest
+    except ImportError as e:
+        raise BatchError(f"{store} is a store of iwopd-kit scan; reading it needs pyarrow (the 'run' extra: pip install "
+                         f"'iwopd-kit[run]'): {e}") from None
+    manifest = read_manifest(store)
+    steps = sorted(int(s) for s in manifest.get("steps", {}))
+    if step is None:
+        raise BatchError(f"{store} is a scan store: pass --step (its steps: {_steps_text(steps)})")
+    table = pq.read_table(store / "rows.parquet", columns=["step", "step_row", "file", "row"],
+                          filters=[("step", "=", step), ("step_row", "=", row)]) if (store / "rows.parquet").exists() else None
+    if table is None or table.num_rows == 0:
+        raise BatchError(f"{store}: the store has no row {row} of step {step} (its steps: {_steps_text(steps)})")
+    file, own = table.column("file")[0].as_py(), table.column("row")[0].as_py()
+    runs = [Path(manifest["run"])] if manifest.get("run") else []
+    runs += [store.parent] if store.name == "iwopd_scan" and store.parent not in runs else []
+    run = next((r for r in runs if (r / file).is_file()), None)
+    if run is None:
+        raise BatchError(f"{store}: step {step} row {row} is {file} row {own}, but that file is not under the run the store "
+                         f"was made from ({', '.join(map(str, runs)) or 'not recorded'}); pass the run directory and --step")
+    options = manifest.get("options", {})
+    changed = f"{store}: step {step} row {row} is {file} row {own} in the store, but the run now gives"
+    try:
+        batch, r, where = _run_row(run, row, step, options.get("format", "auto"), bool(options.get("allow_pickle", False)))
+    except BatchError as e:
+        raise BatchError(f"{changed} no such row ({e}): the run changed since the scan; run iwopd-kit scan again") from None
+    if not where.startswith(f"{run / file} row {own} "):
+        raise BatchError(f"{changed} {where}: the run changed since the scan; run iwopd-kit scan again")
+    return batch, r, f"{where} from the store {store}"
+
+
+def _steps_text(keys: list[int]) -> str:
     return ", ".join(map(str, keys)) if len(keys) <= 12 else f"{keys[0]}..{keys[-1]} ({len(keys)} steps)"
 
 
@@ -162,4 +176,4 @@ def _header(result: ReplayResult) -> str:
             f"{result.tolerance:g}\n")
 
 
-__all__ = ["add_replay_command", "is_store", "load_row", "run_replay", "step_files", "step_number"]
+__all__ = ["add_replay_command", "is_store", "load_row", "run_replay"]

@@ -22,10 +22,11 @@ FLOORS: dict[str, int] = {
     "iwopd_kit.ragged": 0, "iwopd_kit.fields": 0, "iwopd_kit.chromium": 0, "iwopd_kit.sampling": 0, "iwopd_kit.random_models": 0,
     "iwopd_kit.alignment.core": 1, "iwopd_kit.results": 1, "iwopd_kit.formats": 1, "iwopd_kit.scoring": 1,
     "iwopd_kit.study": 1, "iwopd_kit.study_stats": 1, "iwopd_kit.mismatch": 1,
-    "iwopd_kit.alignment": 2, "iwopd_kit.views": 2, "iwopd_kit.rescore": 2,
+    "iwopd_kit.alignment": 2, "iwopd_kit.views": 2, "iwopd_kit.rescore": 2, "iwopd_kit.check_result": 2,
     "iwopd_kit.rollout": 3, "iwopd_kit.exercises": 3, "iwopd_kit.exercise_base": 3,
-    "iwopd_kit.exercises_pairing": 3, "iwopd_kit.solutions": 4, "iwopd_kit.integrations": 3,
-    "iwopd_kit.server": 4, "iwopd_kit.replay": 4, "iwopd_kit.replay_io": 4, "iwopd_kit.pipeline": 4, "iwopd_kit.train": 4, "iwopd_kit.chat": 4,
+    "iwopd_kit.exercises_pairing": 3, "iwopd_kit.run": 3, "iwopd_kit.solutions": 4, "iwopd_kit.integrations": 3,
+    "iwopd_kit.server": 4, "iwopd_kit.pipeline": 4, "iwopd_kit.service": 4, "iwopd_kit.train": 4, "iwopd_kit.chat": 4,
+    "iwopd_kit.replay": 4, "iwopd_kit.replay_io": 4,
     "iwopd_kit.browser": 5, "iwopd_kit.cli": 5,
     "iwopd_kit": 6,                       # the package's __init__: re-exports only
 }

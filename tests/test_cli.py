@@ -35,21 +35,26 @@ def _dump(tmp_path, shift: bool) -> Path:
     return K.write_jsonl(b, tmp_path / ("shifted.jsonl" if shift else "clean.jsonl"))
 
 
-def test_check_clean_and_broken_dumps(tmp_path):
-    clean = subprocess.run([SCRIPT, "check", str(_dump(tmp_path, False))], capture_output=True, text=True)
+def test_check_clean_and_broken_dumps(tmp_path, check_cli):
+    clean = check_cli(_dump(tmp_path, False))
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "no findings" in clean.stdout
     findings = tmp_path / "f.json"
-    broken = subprocess.run([SCRIPT, "check", str(_dump(tmp_path, True)), "--json", str(findings)],
-                            capture_output=True, text=True)
+    broken_path = _dump(tmp_path, True)
+    broken = check_cli(broken_path, "--json", findings)
     assert broken.returncode == 1, broken.stdout + broken.stderr
     obj = json.loads(findings.read_text())
-    assert set(obj) == {"schema", "findings", "metrics", "unchecked"} and obj["schema"] == 1
+    assert set(obj) == {"schema", "path", "format", "step", "rows", "tokens", "ok", "exit_code", "findings", "metrics",
+                        "groups", "unchecked", "provenance", "notes"}
+    assert obj["schema"] == 2 and obj["format"] == "jsonl" and obj["path"] == str(broken_path)
+    assert (obj["rows"], obj["tokens"], obj["ok"], obj["exit_code"]) == (2, 10, False, 1)
     rows = obj["findings"]
     assert [(f["kind"], f["row"], f["position"], f["severity"]) for f in rows] == [("offset", 1, 0, "error")]
-    assert set(rows[0]) == {"kind", "row", "position", "severity", "message"}
-    assert isinstance(obj["metrics"], dict)
+    assert set(rows[0]) == {"kind", "row", "position", "severity", "message"}       # no group: the dump names none
+    assert obj["metrics"]["mismatch/logp_abs_diff_max"] > 0.1 and obj["groups"] == {}
     assert isinstance(obj["unchecked"], dict) and all(isinstance(v, str) and v for v in obj["unchecked"].values())
+    assert obj["provenance"] == {s: "dump" for s in ("rollout_logprobs", "student_logprobs", "teacher_logprobs")}
+    assert obj == K.check_dump(broken_path).to_dict()                              # the CLI writes the library's object
 
 
 def test_check_truncated_file_is_a_clear_error_not_a_traceback(tmp_path):

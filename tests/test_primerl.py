@@ -216,8 +216,12 @@ def test_check_a_directory_of_steps(tmp_path, capsys):
     code = main(["check", str(out_dir), "--json", str(out)])
     printed = capsys.readouterr().out
     assert code == 1, printed
-    files = json.loads(out.read_text())["files"]
+    obj = json.loads(out.read_text())
+    files = obj["files"]
+    assert obj["schema"] == 2 and obj["layouts"] == ["primerl"] and list(obj["steps"]) == ["2", "3", "10"]
+    assert obj["steps"]["10"]["exit_code"] == 1 and obj["steps"]["2"]["exit_code"] == 0
     assert list(files) == ["step_2/rank_0.jsonl", "step_3/rank_0.jsonl", "step_10/rank_0.jsonl"]
+    assert all(f["format"] == "primerl" and f["step"] == int(n.split("/")[0][5:]) for n, f in files.items())
     errors = {n: {(f["row"], f["position"]) for f in v["findings"] if f["severity"] == "error"} for n, v in files.items()}
     assert errors["step_2/rank_0.jsonl"] == set() and errors["step_3/rank_0.jsonl"] == set()
     assert errors["step_10/rank_0.jsonl"] >= {tuple(x) for x in MANIFEST["nulls"]["expect"]}

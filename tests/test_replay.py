@@ -124,6 +124,11 @@ def test_cli_replays_a_row_of_a_run_step_and_writes_json(healthy, tmp_path, caps
     obj = json.loads(out.read_text())
     assert obj["cause"] == "agree" and obj["first_divergence"] is None
     assert obj["token_ids"] == healthy.completion_ids[1] and len(obj["vllm"]) == healthy.lengths[1]
+    K.scan_run(tmp_path / "run", workers=1, html=False, progress=False)
+    code = main(["replay", str(tmp_path / "run" / "iwopd_scan"), "--step", "3", "--row", "1", "--model",
+                 str(toy.STUDENT_DIR)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "rank_1.jsonl row 0 (step 3 row 1) from the store" in printed, printed
     shifted = _with_row0(healthy, "rollout_logprobs", healthy.rollout_logprobs[0][1:] + [None])
     write_jsonl(shifted, tmp_path / "bad.jsonl")
     assert main(["replay", str(tmp_path / "bad.jsonl"), "--row", "0", "--model", str(toy.STUDENT_DIR)]) == 1
@@ -136,24 +141,45 @@ def test_load_row_reads_a_step_of_a_run_in_file_order(tmp_path):
     step = tmp_path / "token_exports" / "step_10"
     write_jsonl(src.select([0, 1]), step / "rank_2.jsonl")
     write_jsonl(src.select([2]), step / "rank_10.jsonl")                  # natural order: rank_2 before rank_10
+    (step / "STABLE").touch()
     write_jsonl(src.select([3]), tmp_path / "token_exports" / "step_9" / "rank_0.jsonl")
     batch, r, where = load_row(tmp_path, 2, step=10)
-    assert r == 0 and batch.completion_ids[0] == src.completion_ids[2] and "rank_10.jsonl" in where
+    assert r == 2 and batch.completion_ids[r] == src.completion_ids[2] and "rank_10.jsonl row 0 (step 10 row 2)" in where
     with pytest.raises(BatchError, match=r"pass --step \(its steps: 9, 10\)"):
         load_row(tmp_path, 0)
     with pytest.raises(BatchError, match="no step 11"):
         load_row(tmp_path, 0, step=11)
-    with pytest.raises(BatchError, match="step 10 has 3 rows in 2 file"):
+    with pytest.raises(BatchError, match=r"step 10 has 3 rows in 2 file\(s\) \(0..2\); row 3 is out of range"):
         load_row(tmp_path, 3, step=10)
     with pytest.raises(BatchError, match="is step 10 .*not step 9"):
         load_row(step / "rank_2.jsonl", 0, step=9)
     with pytest.raises(BatchError, match="row 5 is out of range: the file has 2 rows"):
         load_row(step / "rank_2.jsonl", 5)
-    store = tmp_path / "iwopd_scan"
-    (store / "tokens").mkdir(parents=True)
-    (store / "manifest.json").write_text("{}")
-    with pytest.raises(BatchError, match="STORE input needs iwopd-kit scan's store"):
-        load_row(store, 0, step=10)
+
+
+def test_load_row_reads_a_scan_store_from_its_run(tmp_path):
+    src = K.load_any(FIXTURES / "healthy_fp32_t1.jsonl")
+    run = tmp_path / "run"
+    write_jsonl(src.select([0, 1]), run / "step_4" / "a.jsonl")
+    write_jsonl(src.select([2, 3]), run / "step_4" / "b.jsonl")
+    write_jsonl(src.select([4]), run / "step_5" / "a.jsonl")
+    K.scan_run(run, workers=1, html=False, progress=False)
+    store = run / "iwopd_scan"
+    batch, r, where = load_row(store, 3, step=4)
+    assert batch.completion_ids[r] == src.completion_ids[3] and "b.jsonl row 1 (step 4 row 3) from the store" in where
+    assert load_row(run, 3, step=4)[0].completion_ids[3] == src.completion_ids[3]
+    with pytest.raises(BatchError, match=r"pass --step \(its steps: 4, 5\)"):
+        load_row(store, 0)
+    with pytest.raises(BatchError, match="no row 4 of step 4"):
+        load_row(store, 4, step=4)
+    write_jsonl(src.select([5]), run / "step_4" / "0.jsonl")             # the run changed since the scan
+    with pytest.raises(BatchError, match="the run now gives .*b.jsonl row 0 .*the run changed since the scan"):
+        load_row(store, 3, step=4)
+    (run / "step_4" / "a.jsonl").unlink()
+    with pytest.raises(BatchError, match="a.jsonl row 1, but that file is not under the run"):
+        load_row(store, 1, step=4)
+    with pytest.raises(BatchError, match="b.jsonl row 1 in the store, but the run now gives no such row"):
+        load_row(store, 3, step=4)
 
 
 def test_load_row_reads_prime_rl_and_nemo_rl_runs_by_step():

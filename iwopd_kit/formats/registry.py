@@ -15,6 +15,11 @@ A reader's *container* says how its file is opened (:mod:`iwopd_kit.formats.file
 With ``format="auto"`` the suffix picks the container, then the first reader of that suffix
 whose ``sniff`` accepts the file's first record / keys / pickled names; if none does, the first
 reader listed for the suffix reads it and says what is wrong (torch files: the keys it found).
+
+A run's directory of dumps is read through a second table, :data:`LAYOUTS`: one :class:`Layout`
+line per framework's on-disk layout (which files are its dumps, the step of each, a step's
+finished-marker, a companion file its reader joins); :mod:`iwopd_kit.formats.dirs` walks it. A
+new reader adds its :class:`Reader` line and, for a run directory, its :class:`Layout` line.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from ..batch import Batch, BatchError, read_jsonl
 from . import files
 from .nemorl import from_nemorl_records, is_nemorl_record
 from .primerl import from_primerl_records, is_primerl_record
-from .slime import from_slime_rollout, from_slime_train, is_slime_rollout, is_slime_train
+from .slime import from_slime_rollout, from_slime_train, is_slime_rollout, is_slime_train, load_slime
 from .trl import from_trl_batch
 from .verl import from_verl_batch
 from .vllm import from_openai_json, from_trl_vllm_output, from_vllm_object
@@ -107,6 +112,54 @@ FORMATS: tuple[str, ...] = ("auto", *BY_NAME)
 SUFFIXES: tuple[str, ...] = tuple(sorted({s for r in READERS for s in r.suffixes}))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How one framework lays a run's dumps out on disk (``iwopd-kit check DIR``, :mod:`iwopd_kit.formats.dirs`).
+
+    ``pattern`` is searched in a file's path relative to the parent of the directory given (posix,
+    so ``step_3/rank_0.jsonl`` matches when the directory is ``step_3/`` itself); its ``step`` group
+    is the training step. ``reader`` reads each matching file (a :data:`READERS` name). ``confirm``:
+    also require the reader's ``sniff`` of the first record (cheap for JSONL only). ``marker``: a file
+    every finished step directory holds (a step without it is noted). ``companion``: the file beside
+    a dump that its reader joins, formatted from the pattern's groups; ``read(dump, companion or
+    None, allow_pickle)`` then reads the pair (None: the dump alone, with ``reader``).
+    """
+
+    name: str
+    reader: str
+    pattern: str
+    help: str
+    confirm: bool = False
+    marker: str | None = None
+    companion: str | None = None
+    read: Callable[[Path, Path | None, bool], Batch] | None = None
+
+    @property
+    def active(self) -> bool:
+        """True once its reader is in :data:`READERS` (a pending layout's files are read file by file)."""
+        return self.reader in BY_NAME
+
+
+# One line per framework's on-disk layout, tried in this order; a file goes to the first that claims it.
+# Files no layout claims are read one by one by their suffix and keys (their step from a ``step_N`` in the path).
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("primerl", "primerl", r"(?:^|/)step_(?P<step>\d+)/rank_(?P<rank>\d+)\.jsonl$",
+           "prime-rl: <run>/token_exports/step_N/rank_R.jsonl, STABLE in each finished step", confirm=True,
+           marker="STABLE"),
+    # NeMo-RL's logger writes one train_data_step{N}.jsonl per step into the run's log dir (exp_NNN/).
+    Layout("nemorl", "nemorl", r"(?:^|/)train_data_step(?P<step>\d+)\.jsonl$",
+           "NeMo-RL: <log_dir>/train_data_step{N}.jsonl", confirm=True),
+    # slime: the rollout dump data_{id}.pt joined with the train dump train_{id}.pt beside it (load_slime).
+    Layout("slime", "slime", r"(?:^|/)data_(?P<step>\d+)\.pt$",
+           "slime: --save-debug-rollout-data data_{id}.pt (+ --save-debug-train-data train_{id}.pt)",
+           companion="train_{step}.pt", read=lambda dump, comp, allow_pickle: load_slime(dump, comp, allow_pickle=allow_pickle)),
+    Layout("trl_callback", "trl", r"(?:^|/)step(?P<step>\d+)_mb(?P<micro>\d+)\.pt$",
+           "the kit's TRL callback: <dump_dir>/step{N:06d}_mb{k}.pt"),
+    Layout("jsonl", "jsonl", r"(?:^|/)step_?(?P<step>\d+)(?:\.jsonl|/[^/]+\.jsonl)$",
+           "the kit's own JSONL per step: step_N.jsonl or step_N/*.jsonl", confirm=True),
+)
+
+
 def _candidates(path: Path) -> list[Reader]:
     suffix = path.suffix.lower()
     found = [r for r in READERS if suffix in r.suffixes]
@@ -165,6 +218,11 @@ def load_any(path: str | Path, format: str = "auto", allow_pickle: bool = False)
     (vLLM ``RequestOutput`` lists, verl ``DataProto``) and loads torch files without
     ``weights_only``: that runs code named in the file; pass it only for files you trust.
     """
+    return read_dump(path, format, allow_pickle)[0]
+
+
+def read_dump(path: str | Path, format: str = "auto", allow_pickle: bool = False) -> tuple[Batch, str]:
+    """:func:`load_any` that also says which reader read the file: ``(batch, reader name)``."""
     if format not in FORMATS:
         raise BatchError(f"unknown format {format!r}; expected one of {FORMATS}")
     path = files.existing(path)
@@ -175,7 +233,7 @@ def load_any(path: str | Path, format: str = "auto", allow_pickle: bool = False)
         peek = None if reader.container in ("jsonl", "pickle") else _peek(path, reader.container, allow_pickle)
     loaded = _load(path, reader, peek, allow_pickle)
     try:
-        return reader.read(path, loaded)
+        return reader.read(path, loaded), reader.name
     except BatchError as e:
         msg = str(e)
         raise BatchError(_with_hints(path, msg if msg.startswith(str(path)) else f"{path}: {msg}")) from None
