@@ -220,6 +220,8 @@ def replay_row(batch: Batch, row: int, model_dir: str | Path, *, dtype: str = "f
     model_dir = Path(model_dir)
     one = batch.select([row])
     prompt, completion = one.prompt_ids[0], one.completion_ids[0]
+    if not prompt:
+        raise BatchError(f"row {row}: empty prompt; the first completion token needs a preceding position to be scored")
     vocab = _vocab(model_dir)
     for where, ids in (("prompt", prompt), ("completion", completion)):
         bad = next(((j, t) for j, t in enumerate(ids) if not 0 <= t < vocab), None)
@@ -260,7 +262,10 @@ def _vocab(model_dir: Path) -> int:
     if not cfg_path.exists():
         raise FileNotFoundError(f"{model_dir}: no config.json; expected a local model directory")
     cfg = json.loads(cfg_path.read_text())
-    return int(cfg.get("vocab_size") or cfg.get("text_config", {}).get("vocab_size"))
+    vocab = cfg.get("vocab_size") or (cfg.get("text_config") or {}).get("vocab_size")
+    if not isinstance(vocab, int):
+        raise ValueError(f"{cfg_path}: no vocab_size; expected a causal LM's config")
+    return vocab
 
 
 # ----------------------------------------------------------------------------------- the decision

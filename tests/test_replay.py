@@ -224,3 +224,21 @@ def test_diagnose_names_the_side_that_moved():
     d = diagnose(h.clone(), raw, {"rollout": moved, "trainer": None}, uncounted, {"rollout": RAW, "trainer": RAW},
                  TOL.same)
     assert d["cause"] == "agree" and d["first_divergence"] is None
+
+
+def test_bad_input_is_a_clear_error_before_any_engine_starts(tmp_path, capsys):
+    src = K.load_any(FIXTURES / "healthy_fp32_t1.jsonl")
+    with pytest.raises(BatchError, match=r"row 12 is out of range: the batch has 12 rows \(0..11\)"):
+        K.replay_row(src, 12, toy.STUDENT_DIR)
+    wide = src.replace(completion_ids=[[99] + c[1:] for c in src.completion_ids])
+    with pytest.raises(BatchError, match="row 0: completion token 0 has id 99, outside the vocabulary .* \\(16 ids\\)"):
+        K.replay_row(wide, 0, toy.STUDENT_DIR)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        K.replay_row(src, 0, toy.STUDENT_DIR, dtype="float16")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        K.replay_row(src, 0, tmp_path)
+    dump = FIXTURES / "healthy_fp32_t1.jsonl"
+    assert main(["replay", str(dump), "--row", "0", "--model", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["replay", str(dump), "--row", "0", "--model", str(toy.STUDENT_DIR), "--device", "cuda:7"]) == 2
+    assert "--device cuda:7" in capsys.readouterr().err
