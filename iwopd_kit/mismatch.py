@@ -49,7 +49,7 @@ USUAL_THRESHOLDS: dict[str, tuple[str, float | None, float | None]] = {
     "mismatch/is_ess": ("warn below 0.3", 0.3, None),
     "mismatch/chi2_token": ("warn above 1", None, 1.0),
 }
-"""Per key of :data:`MISMATCH_KEYS`: ``(usual threshold as the README's table words it, low, high)``;
+"""Per key of :data:`MISMATCH_KEYS`: ``(usual threshold as the table of docs/check.md words it, low, high)``;
 ``low`` / ``high`` are the bounds :func:`beyond_usual` compares with (None: no single bound: the max
 |Δ| of a healthy bf16-vs-fp32 run reaches ~0.1, and a min or mean ratio is read with the max)."""
 

@@ -3,7 +3,7 @@
 Pure torch on [B, L] tensors in completion coordinates (token j = the j-th generated token of the
 row; right-padded; ``mask`` bool [B, L] marks the tokens that count). Knows nothing of models.
 
-Math (SPEC sections 4-6):
+Math (docs/method.md, sections 5-7: advantage, prefix weights, loss):
     A_j = sg(log pi_T(y_j) - log pi_roll(y_j))                 on valid tokens, 0 elsewhere
     w_j = 1 + gamma * (1 - S_<j / max(S, eps)),  S_<j = sum_{k<j} |A_k|,  S = sum_k |A_k|
     loss = -(1/N) sum_{b,j} m_bj * w_bj * A_bj * log pi_theta(y_bj)
@@ -211,7 +211,8 @@ def iw_opd_loss(
         teacher_logprobs: [B, L]; ``-inf``/NaN allowed only where ``mask`` is False.
         mask: [B, L] bool, tokens that count.
         rollout_logprobs: [B, L] from the rollout engine; None -> the detached student stands in.
-        gamma, eps: prefix-weight strength and guard (gamma = 0 is plain OPD).
+        gamma: prefix-weight strength (gamma = 0 is plain OPD).
+        eps: guard of the weights' denominator, max(S, eps).
         num_items: N for ``token_mean`` (TRL's ``num_items_in_batch`` under grad accumulation);
             default the number of valid tokens.
         reduction: ``token_mean`` (TRL) or ``sequence_mean`` (mean over rows of per-row token

@@ -96,6 +96,19 @@ def test_diff_view_shows_a_lag_only_where_the_check_reported_an_offset():
     assert {row[0]: row[1] for row in view.shift_rows if row[1] != 0} == {1: 3, 4: 3}
 
 
+
+def test_diff_view_links_a_finding_only_to_a_row_it_draws():
+    import re
+
+    batch = _shifted_batch(shifted=(1, 4), k=2)
+    report = K.check_alignment(batch)
+    assert {f.row for f in report.by_kind("offset")} == {1, 4}
+    html = K.views.alignment_view(batch, report, rows=[1]).to_html()
+    targets = re.findall(r'href="#([^"]+)"', html)
+    ids = set(re.findall(r"id='([^']+)'", html))
+    assert targets and set(targets) <= ids, f"links to rows not drawn: {set(targets) - ids}"
+    assert "row 4" in html                                          # still named, as text
+
 def test_an_added_detector_runs_in_its_place_and_its_rows_are_left_out_of_later_gap_detectors():
     batch = _shifted_batch(shifted=(1, 4), k=2)
     seen: list[frozenset[int]] = []

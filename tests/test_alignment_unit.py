@@ -51,7 +51,7 @@ def test_offset_rows_found_exactly():
     hits = report.by_kind("offset")
     assert sorted(f.row for f in hits) == shifted
     assert all(f.position == 0 and f.severity == "error" for f in hits)
-    # SPEC class A: the bug pairs token j with log-prob j + d; the message must say so (d = +2)
+    # class A (docs/method.md#class-a): the bug pairs token j with log-prob j + d; the message must say so (d = +2)
     assert all("token j carries the log-prob of token j+2" in f.message for f in hits), [f.message for f in hits]
     # undone, the shift leaves only rounding, which the message does not print as a number (it varies by CPU)
     assert all("< 1e-05 with the shift undone" in f.message for f in hits), [f.message for f in hits]

@@ -398,6 +398,7 @@ def test_server_engine_refused_connection_names_the_server_and_retries():
         K.rollout(engine, [[1, 2]], max_tokens=2)
 
 
+@pytest.mark.slow                   # waits out real timeouts and retries
 def test_server_engine_http_error_timeout_and_retry_are_worded_for_what_they_mean():
     from iwopd_kit.rollout import VLLMServerError
 

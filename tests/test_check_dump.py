@@ -51,6 +51,7 @@ def test_healthy_fixtures_are_ok(name):
     _same_findings(res.report, K.check_alignment(K.read_jsonl(FIX / f"{name}.jsonl")))
 
 
+@pytest.mark.slow                   # loads and runs the tiny models
 def test_student_dir_rescores_and_provenance_names_the_model(tmp_path):
     dump = _rollout_only(tmp_path)
     res = K.check_dump(dump, student=toy.STUDENT_DIR, batch_size=2)
@@ -202,6 +203,7 @@ def _write_primerl_step(run, step: int, rank: int, batch: K.Batch, stable: bool)
         (d / "STABLE").touch()
 
 
+@pytest.mark.slow                   # rescores a directory of dumps with the tiny models
 def test_a_primerl_export_root_step_dir_and_missing_marker(tmp_path):
     healthy = K.read_jsonl(FIX / "healthy_fp32_t1.jsonl")
     for step in (3, 4):

@@ -100,6 +100,7 @@ def test_finding_strips_window_long_rows_and_anchor_each_row_once():
     assert len(SPAN.findall(strips[0])) == 97
 
 
+@pytest.mark.slow                   # headless Chromium
 def test_flagged_token_is_outlined_in_the_png_copy():
     static = pytest.importorskip("iwopd_kit.views.static")
     import io
@@ -188,10 +189,10 @@ def test_the_text_table_has_one_line_per_metric_with_its_threshold(tmp_path, run
     assert q == ["3", "0.693147", "0.693147", "0.693147", "0.693147", "0.693147"]
 
 
-def test_thresholds_are_the_readmes():
+def test_thresholds_are_the_check_pages():
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "check.md").read_text()
     rows = [re.split(r"(?<!\\)\|", line) for line in readme.splitlines() if line.startswith("| `mismatch/")]
     cell = {}
     for r in rows:
@@ -300,3 +301,17 @@ def test_bad_rescoring_options_are_clear_errors(tmp_path, run, capsys):
     if not torch.cuda.is_available():
         r = run(dump, "--device", "cuda:0")
         assert r.returncode == 2 and "no CUDA device is available here" in r.stderr
+
+
+def test_every_link_of_the_check_page_lands_on_a_strip_it_draws(tmp_path):
+    from iwopd_kit.views.check_page import check_html
+
+    batch = K.read_jsonl(toy.FIXTURES_DIR / "offset.jsonl")
+    report = K.check_alignment(batch)
+    rows = sorted({f.row for f in report.findings if f.row is not None})
+    assert len(rows) > 3
+    page = check_html(tmp_path / "offset.jsonl", batch, report, max_strips=3)
+    targets = set(re.findall(r'href="#([^"]+)"', page))
+    ids = set(re.findall(r"""id=["']([^"']+)["']""", page))
+    assert targets and targets <= ids, f"links to strips not on the page: {sorted(targets - ids)}"
+    assert f"row {rows[-1]}" in page                                       # the rest still named, as text

@@ -7,12 +7,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 import iwopd_kit as K
 from iwopd_kit.cli import main
 
 SCRIPT = shutil.which("iwopd-kit") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "iwopd-kit")
 
 
+@pytest.mark.slow                   # real vLLM rollouts
 def test_demo_writes_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "demo.html"
     code = main(["demo", "--n", "4", "--html", str(out)])
@@ -188,6 +191,7 @@ def test_check_html_report_and_summary_table(tmp_path, run):
     assert page.count('<a href="#iwopd-align-row-1"') >= 1
 
 
+@pytest.mark.slow                   # five fresh processes of the console script
 def test_check_exit_codes_for_unreadable_inputs(tmp_path):
     paths = _write_all_formats(tmp_path, _shifted_batch())
     data = paths["trl"].read_bytes()

@@ -1,40 +1,245 @@
-"""The docs speak of the repository only: every link into docs/method.md lands on an anchor that
-exists, no file cites a reference outside the repository, and what README says scripts/env.sh sets
-is what it sets."""
+"""The docs speak of the repository, and of the code as it is (doc drift is a test failure).
+
+- every link into docs/method.md lands on an anchor that exists, and every relative link of the
+  README, CONTRIBUTING.md, docs/ and the notebooks resolves: the file, and the ``#anchor`` in it;
+- no file in the repository cites a document that is not in the repository;
+- every flag of every ``iwopd-kit`` subcommand, and each of its choices (read from the argparse parser), is in docs/check.md,
+  and every name of ``iwopd_kit.__all__`` is on the API page;
+- the floor table of docs/ARCHITECTURE.md is the one tests/test_architecture.py enforces;
+- docs/index.md links every page of the site, in the site's order; the README is a front door
+  (at most 150 lines, its first Python block on the first screen, and that block runs);
+- what docs/environment.md says scripts/env.sh sets is what it sets.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
+import io
 import json
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import unquote
 
+import yaml
+
+import iwopd_kit
+from iwopd_kit.cli import build_parser
 from iwopd_kit.envdefaults import RUN_ENV_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
+DOC_FILES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)|<a [^>]*href=\"([^\"]+)\"")
+# Citations of documents that are not in the repository (split so that this file does not cite them).
+OUTSIDE = re.compile(r"\bSPEC(\.md|\s+(sections?|golden|class|table|§))|/wo" r"rk/|\.\./shared/|\bshared/(SPEC|STYLE|DESIGN)"
+                     r"|\b(STYLE|DESIGN)\.md")
+
+
+def _rel(p: Path) -> str:
+    return p.relative_to(ROOT).as_posix()
+
+
+def _markdown(path: Path) -> str:
+    """The Markdown of a doc, or of a notebook's markdown cells."""
+    if path.suffix == ".ipynb":
+        cells = json.loads(path.read_text())["cells"]
+        return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return path.read_text()
 
 
 def _texts() -> dict[str, str]:
-    out = {"README.md": (ROOT / "README.md").read_text()}
-    for p in sorted((ROOT / "docs").glob("*.md")):
-        out[f"docs/{p.name}"] = p.read_text()
-    for p in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        cells = json.loads(p.read_text())["cells"]
-        out[f"notebooks/{p.name}"] = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return {_rel(p): _markdown(p) for p in [*DOC_FILES, *NOTEBOOKS]}
+
+
+def github_slug(heading: str) -> str:
+    """GitHub's heading anchor (and the docs site's: mkdocs.yml's toc uses pymdownx.slugs.slugify, case lower)."""
+    text = re.sub(r"<[^>]+>", "", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = FENCE.sub("", _markdown(path))
+    out: set[str] = set(re.findall(r"""<a\s+(?:id|name)=["']([^"']+)["']""", text))
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M):
+        slug = github_slug(heading)
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
     return out
 
 
 def test_every_method_anchor_linked_exists():
-    anchors = set(re.findall(r'<a id="([^"]+)"></a>', METHOD.read_text()))
-    assert {"failure-classes", "trl-review-bugs", "mismatch-metrics", "top-p-bias", "position-bias"} <= anchors
-    assert {f"class-{c}" for c in "abcdefghijklm"} <= anchors
+    found = anchors(METHOD)
+    assert {"failure-classes", "trl-review-bugs", "mismatch-metrics", "top-p-bias", "position-bias"} <= found
+    assert {f"class-{c}" for c in "abcdefghijklm"} <= found
     linked = 0
     for name, text in _texts().items():
         for anchor in re.findall(r"method\.md#([A-Za-z0-9_-]+)", text):
-            assert anchor in anchors, f"{name} links to docs/method.md#{anchor}, which does not exist"
+            assert anchor in found, f"{name} links to docs/method.md#{anchor}, which does not exist"
             linked += 1
     assert linked >= 15
+
+
+def test_every_relative_link_resolves():
+    checked, broken = 0, []
+    for path in [*DOC_FILES, *NOTEBOOKS]:
+        text = FENCE.sub("", _markdown(path))
+        for m in LINK.finditer(text):
+            href = m.group(1) or m.group(2)
+            if re.match(r"^[a-z][a-z0-9+.-]*:", href):          # http:, https:, mailto:
+                continue
+            target, _, anchor = href.partition("#")
+            file = (path.parent / unquote(target)).resolve() if target else path
+            checked += 1
+            if not file.exists():
+                broken.append(f"{_rel(path)}: {href} (no such file)")
+            elif anchor and file.suffix in (".md", ".ipynb") and unquote(anchor) not in anchors(file):
+                broken.append(f"{_rel(path)}: {href} (no #{anchor} in {_rel(file)})")
+    assert broken == [], "broken links:\n" + "\n".join(broken)
+    assert checked > 100
+
+
+def test_the_link_check_sees_a_broken_link_and_anchor(tmp_path):
+    page = tmp_path / "a.md"
+    page.write_text("# Top\n\n## Some `code` (here)\n\n<a id=\"x\"></a>\n")
+    assert anchors(page) == {"top", "some-code-here", "x"}
+    assert LINK.findall("[t](b.md#top) ![i](img/p.png) <a href=\"c.md\">c</a>") == [("b.md#top", ""), ("img/p.png", ""), ("", "c.md")]
+
+
+def _tracked_text_files() -> list[Path]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
+    keep = (".py", ".md", ".ipynb", ".sh", ".toml", ".txt", ".cfg", ".yml", ".yaml", ".html", ".js", ".css")
+    return [ROOT / p for p in out if (p.endswith(keep) or p in ("Makefile",)) and (ROOT / p).is_file()
+            and not p.startswith("data/")]                     # data/: third-party tokenizer files, model folders
+
+
+def test_no_file_cites_a_document_outside_the_repository():
+    files = _tracked_text_files()
+    assert len(files) > 100 and ROOT / "iwopd_kit" / "objective.py" in files
+    cites = []
+    for path in files:
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if OUTSIDE.search(line):
+                cites.append(f"{_rel(path)}:{n}: {line.strip()[:120]}")
+    assert cites == [], "cites a document that is not in the repository:\n" + "\n".join(cites)
+    assert OUTSIDE.search("see SPEC" + " section 4") and OUTSIDE.search("/wo" "rk/shared/notes")
+    assert not OUTSIDE.search("SPECIAL_TOKENS, SPEC_FILE, SPEC = RandomModelSpec()")
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading) + len(heading)
+    nxt = re.search(r"^#{1,3} ", text[start:], re.M)
+    return text[start: start + nxt.start()] if nxt else text[start:]
+
+
+def test_every_cli_flag_is_in_the_check_reference():
+    check = (ROOT / "docs" / "check.md").read_text()
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = 0
+    for name, sub in subparsers.choices.items():
+        heading = f"### `iwopd-kit {name}`"
+        assert heading in check, f"docs/check.md has no section {heading!r}"
+        section = _section(check, heading)
+        for action in sub._actions:
+            for opt in action.option_strings:
+                if opt.startswith("--") and opt != "--help":
+                    assert f"`{opt}" in section, f"`iwopd-kit {name} {opt}` is not in docs/check.md's {heading} section"
+                    flags += 1
+                    for choice in action.choices or ():
+                        assert f"`{choice}`" in section, f"`iwopd-kit {name} {opt} {choice}` is not in docs/check.md's {heading} section"
+    assert flags >= 20
+
+
+def test_every_public_name_is_on_the_api_page():
+    api = (ROOT / "docs" / "api.md").read_text()
+    missing = [n for n in iwopd_kit.__all__ if f"::: iwopd_kit.{n}\n" not in api]
+    assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md: {missing}"
+
+
+def _floors_from_table() -> dict[str, int]:
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    table = _section(text, "## The floors")
+    floors = {}
+    for line in table.splitlines():
+        m = re.match(r"\|\s*(\d+)[^|]*\|([^|]*)\|", line)
+        if not m:
+            continue
+        for path in re.findall(r"`([\w/]+(?:\.py|/))`", m.group(2)):
+            name = "iwopd_kit" if path == "iwopd_kit/__init__.py" else \
+                "iwopd_kit." + path.removesuffix(".py").removesuffix("/").replace("/", ".")
+            floors[name] = int(m.group(1))
+    return floors
+
+
+def test_the_architecture_floor_table_is_the_one_the_test_enforces():
+    spec = importlib.util.spec_from_file_location("_arch", ROOT / "tests" / "test_architecture.py")
+    arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arch)
+    table = _floors_from_table()
+    assert len(table) >= 20
+    assert table == arch.FLOORS, (f"docs/ARCHITECTURE.md only: {sorted(set(table.items()) - set(arch.FLOORS.items()))}; "
+                                  f"tests/test_architecture.py only: {sorted(set(arch.FLOORS.items()) - set(table.items()))}")
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
+def _nav_pages() -> list[str]:
+    """The site's pages in order, as repository paths (mkdocs.yml's nav; docs_dir is docs/)."""
+    nav = yaml.load((ROOT / "mkdocs.yml").read_text(), Loader=_Loader)["nav"]
+
+    def walk(items):
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            if isinstance(value, list):
+                yield from walk(value)
+            else:
+                yield value
+    out = []
+    for page in walk(nav):
+        repo = page if page.startswith("notebooks/") or page == "CONTRIBUTING.md" else f"docs/{page}"
+        out.append(repo)
+    return out
+
+
+def test_the_index_links_every_page_in_the_sites_order():
+    pages = _nav_pages()
+    docs = sorted(_rel(p) for p in (ROOT / "docs").rglob("*.md"))
+    assert sorted(p for p in pages if p.startswith("docs/")) == docs, "every page of docs/ is in mkdocs.yml's nav, once"
+    assert {p for p in pages if p.startswith("notebooks/")} == {_rel(p) for p in NOTEBOOKS}
+    index = ROOT / "docs" / "index.md"
+    linked = []
+    for m in LINK.finditer(FENCE.sub("", index.read_text())):
+        href = (m.group(1) or m.group(2)).partition("#")[0]
+        if href and not re.match(r"^[a-z]+:", href):
+            target = _rel((index.parent / href).resolve())
+            if target not in linked:
+                linked.append(target)
+    assert linked == [p for p in pages if p != "docs/index.md"], "docs/index.md links the pages in mkdocs.yml's nav order"
+
+
+def test_the_readme_is_a_front_door_whose_code_runs():
+    readme = (ROOT / "README.md").read_text()
+    lines = readme.splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150: the rest belongs in docs/)"
+    start = next(i for i, line in enumerate(lines) if line.startswith("```python"))
+    assert start < 40, "the README's first Python block is on its first screen"
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {})
+    assert out.getvalue().startswith("False Finding(kind='offset'"), out.getvalue()[:200]
 
 
 def test_failure_classes_table_names_every_detector_kind():
@@ -45,16 +250,11 @@ def test_failure_classes_table_names_every_detector_kind():
         assert f"`{kind}`" in table, f"docs/method.md's failure-class table lacks the kind {kind!r}"
 
 
-def test_no_reference_outside_the_repository():
-    for name, text in _texts().items():
-        assert "SPEC" not in text, f"{name} cites SPEC, which is not in the repository"
-        assert "/work/" not in text, f"{name} cites a path outside the repository"
-
-
-def test_readme_env_matches_env_sh():
+def test_environment_notes_match_env_sh():
     script = f'unset {" ".join(RUN_ENV_DEFAULTS)}; source "{ROOT / "scripts" / "env.sh"}"; env'
     env = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Environment notes", 1)[1]
-    for var in re.findall(r"`(VLLM_[A-Z_0-9]+|PYTHONHASHSEED)=", section):
-        assert re.search(rf"^{var}=", env, re.M), f"README says scripts/env.sh sets {var}; it does not"
+    section = (ROOT / "docs" / "environment.md").read_text()
+    named = re.findall(r"`(VLLM_[A-Z_0-9]+|PYTHONHASHSEED)=", section)
+    assert len(named) >= 4
+    for var in named:
+        assert re.search(rf"^{var}=", env, re.M), f"docs/environment.md says scripts/env.sh sets {var}; it does not"

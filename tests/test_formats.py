@@ -52,7 +52,7 @@ def test_verl_round_trip_keeps_each_tokens_values():
 
 
 def test_verl_hand_built_golden_bug1_layout():
-    """SPEC golden 3 in verl's layout: each token keeps its own log-prob."""
+    """Golden case 3 (tests/test_golden.py) in verl's layout: each token keeps its own log-prob."""
     d = {
         "prompts": torch.tensor([[0, 5], [6, 7]]),
         "responses": torch.tensor([[11, 12, 13], [14, 0, 0]]),

@@ -66,7 +66,7 @@ def _trainer(tmp_path, trainer_cls=IWOPDTrainer, steps=STEPS, count_items=False)
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trl")
     trainer = _trainer(tmp)
-    checker = IWOPDCheckCallback(every=1, dump_dir=tmp / "dumps").attach(trainer)
+    checker = IWOPDCheckCallback(every=1, run_dir=tmp / "dumps").attach(trainer)
     sparse = IWOPDCheckCallback(every=2, check=False).attach(trainer)     # a second one, on the same trainer
     trainer.train()
     logged = {h["step"]: h for h in trainer.state.log_history if "iw_opd/mean_weight" in h}
@@ -120,6 +120,26 @@ def test_dumps_load_and_cli_checks_them(run, capsys):
     out = tmp / "findings.json"
     assert cli_main(["check", str(cap.path), "--json", str(out)]) == 0
     assert all(f["severity"] != "error" for f in json.loads(out.read_text())["findings"])
+
+
+def test_run_dir_is_a_run_that_scan_reads(run, tmp_path):
+    """run_dir's dumps are the TRL-callback layout: scan finds every captured step, and its per-step metrics
+    are the ones check gives each dump."""
+    import pyarrow.parquet as pq
+
+    from iwopd_kit import check_dump, scan_run
+
+    _, checker, _, tmp = run
+    store = tmp_path / "store"
+    scan_run(tmp / "dumps", out=store, workers=1)
+    steps = pq.read_table(store / "steps.parquet").to_pylist()
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    for s, cap in zip(steps, checker.captures):
+        one = check_dump(cap.path)
+        assert s["errors"] == 0 and s["policy_tokens"] == int(one.batch.policy_mask().sum())
+        assert s["k3_kl"] == pytest.approx(one.metrics["mismatch/k3_kl"], abs=1e-12)
+    with pytest.raises(ValueError, match="name the same place"):
+        IWOPDCheckCallback(run_dir=tmp_path / "a", dump_dir=tmp_path / "b")
 
 
 class _PreFixSliceTrainer(IWOPDTrainer):

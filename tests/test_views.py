@@ -94,6 +94,7 @@ def test_html_deterministic_and_self_contained():
     assert page.startswith("<!doctype html>")
 
 
+@pytest.mark.slow                   # fresh Python processes
 def test_html_identical_across_processes():
     code = (
         "import sys\n"

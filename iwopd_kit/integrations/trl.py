@@ -17,10 +17,11 @@ Usage::
     from iwopd_kit.integrations.trl import IWOPDCheckCallback
 
     trainer = IWOPDTrainer(model=..., teacher_model=..., args=IWOPDConfig(...), train_dataset=...)
-    checker = IWOPDCheckCallback(every=10, dump_dir="iwopd_dumps").attach(trainer)
+    checker = IWOPDCheckCallback(every=10, run_dir="iwopd_run").attach(trainer)
     trainer.train()
     checker.captures[-1].report          # AlignmentReport of the last checked micro-batch
-    # shell: iwopd-kit check iwopd_dumps/step000011_mb0.pt --html report.html
+    # shell: iwopd-kit check iwopd_run/step000011_mb0.pt --html report.html
+    #        iwopd-kit scan iwopd_run     # every captured step: the per-token store and report.html
 
 Choices, written down:
 
@@ -118,7 +119,9 @@ class IWOPDCheckCallback(TrainerCallback):
 
     Args:
         every: capture steps 1, 1 + every, 1 + 2 * every, ...
-        dump_dir: where to write ``step{step:06d}_mb{k}.pt`` dumps (None: keep them in memory only).
+        run_dir: the run directory: each captured micro-batch is written there as ``step{step:06d}_mb{k}.pt``,
+            the layout ``iwopd-kit check DIR`` and ``iwopd-kit scan DIR`` read step by step (None: keep the
+            captures in memory only). ``dump_dir`` is its older name.
         check: run :func:`~iwopd_kit.check_alignment` on each capture and log its counts.
         tolerances: thresholds for the check.
         keep: how many captures to keep in :attr:`captures` (the oldest are dropped from memory;
@@ -128,7 +131,11 @@ class IWOPDCheckCallback(TrainerCallback):
     """
 
     def __init__(self, every: int = 1, dump_dir: str | Path | None = None, check: bool = True,
-                 tolerances: Tolerances = Tolerances(), keep: int = 16, teacher_tokenizer: Any = None) -> None:
+                 tolerances: Tolerances = Tolerances(), keep: int = 16, teacher_tokenizer: Any = None, *,
+                 run_dir: str | Path | None = None) -> None:
+        if run_dir is not None and dump_dir is not None and Path(run_dir) != Path(dump_dir):
+            raise ValueError(f"run_dir ({run_dir}) and dump_dir ({dump_dir}) name the same place; pass one of them")
+        dump_dir = run_dir if run_dir is not None else dump_dir
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every!r}")
         if keep < 1:

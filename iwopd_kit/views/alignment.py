@@ -42,6 +42,7 @@ class AlignmentView:
     strips_html: tuple[str, ...]
     rows: tuple[int, ...]
     ok: bool
+    linked_rows: tuple[int, ...] | None = None     # rows whose anchors exist where the view is shown; None: ``rows``
 
     @property
     def lag_rows(self) -> tuple[tuple, ...]:
@@ -64,7 +65,9 @@ class AlignmentView:
         def link(row, pos):
             if row is None:
                 return "—"
-            return f'<a href="#{_anchor(row)}">row {row}{"" if pos is None else f", position {pos}"}</a>'
+            label = f'row {row}{"" if pos is None else f", position {pos}"}'
+            drawn = self.rows if self.linked_rows is None else self.linked_rows
+            return f'<a href="#{_anchor(row)}">{label}</a>' if row in drawn else label   # no link to a row not drawn
 
         items = "".join(
             f"<li><b>[{html.escape(sev)}] {html.escape(kind)}</b> {link(row, pos)}: {html.escape(msg)}</li>"
@@ -109,8 +112,12 @@ def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[st
 
 
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
-                   rows: list[int] | None = None, tolerances: Tolerances = Tolerances()) -> AlignmentView:
+                   rows: list[int] | None = None, tolerances: Tolerances = Tolerances(),
+                   linked_rows: list[int] | None = None) -> AlignmentView:
     """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3).
+
+    A finding links to its row's strip (``#iwopd-align-row-<row>``) only where that strip exists: the
+    rows the view draws, or ``linked_rows`` when the page around the view draws the strips itself.
 
     The shift table is ``report.row_lags`` (empty when the check could not scan for shifts);
     ``tolerances`` is accepted for compatibility and not used: the check already applied its own.
@@ -127,4 +134,5 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
         for b in rows
     )
     findings = tuple((f.severity, f.kind, f.row, f.position, f.message) for f in report.findings)
-    return AlignmentView(findings=findings, shift_rows=shift_rows, strips_html=strips, rows=tuple(rows), ok=report.ok)
+    return AlignmentView(findings=findings, shift_rows=shift_rows, strips_html=strips, rows=tuple(rows), ok=report.ok,
+                         linked_rows=None if linked_rows is None else tuple(linked_rows))

@@ -45,7 +45,8 @@ def check_html(path: str, batch: Batch, report: AlignmentReport, tokenizer: Any 
             if n_row > max_strips else "")
     ids = "" if tokens is not None else ("<p>no tokenizer given (pass --student/--teacher DIR): tokens are shown "
                                         "as their ids</p>")
-    view = alignment_view(batch, report, rows=[]).to_html()      # the findings list (linked) and the lag table
+    anchored = [f.row for f in report.findings if f.row is not None][:max_strips]     # the rows finding_strips draws
+    view = alignment_view(batch, report, rows=[], linked_rows=anchored).to_html()   # the findings list (linked), the lag table
     metrics = mismatch_html(report.metrics, batch_delta(batch), report.unchecked_reasons.get("mismatch"))
     return html_page(f"alignment check: {Path(path).name}", [
         ("summary", _CSS + head + note_html + summary + unchecked),

@@ -9,7 +9,7 @@ whose random uid breaks notebook comparison) with a fixed size, data as rounded 
 binary ``bdata``) and no random parts, so the same input gives the same JSON. Embed one in HTML
 with :func:`figure_html`, which uses a fixed div id and no ``<script src=...>``.
 
-Conventions shared by the figures, from SPEC sections 4-5:
+Conventions shared by the figures (docs/method.md, sections 5-6: advantage, prefix weights):
 
 * ``T_b``: the row's number of valid tokens; ``r_j``: the rank of token ``j`` among them
   (``r_j = j`` when the row has no masked tokens before ``j``).
