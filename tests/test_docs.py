@@ -139,27 +139,34 @@ def _section(text: str, heading: str) -> str:
     return text[start: start + nxt.start()] if nxt else text[start:]
 
 
+FLAG_PAGES = ("check.md", "run_scan.md", "replay.md")
+"""The pages with a flag reference: each subcommand's flags sit under its ``### `iwopd-kit NAME` `` heading in one of them."""
+
+
 def test_every_cli_flag_is_in_the_check_reference():
-    check = (ROOT / "docs" / "check.md").read_text()
+    pages = {p: (ROOT / "docs" / p).read_text() for p in FLAG_PAGES if (ROOT / "docs" / p).exists()}
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     flags = 0
     for name, sub in subparsers.choices.items():
         heading = f"### `iwopd-kit {name}`"
-        assert heading in check, f"docs/check.md has no section {heading!r}"
-        section = _section(check, heading)
+        found = [p for p, text in pages.items() if heading in text]
+        assert len(found) == 1, f"the section {heading!r} is in {found}; expected exactly one of docs/{FLAG_PAGES}"
+        section = _section(pages[found[0]], heading)
         for action in sub._actions:
             for opt in action.option_strings:
                 if opt.startswith("--") and opt != "--help":
-                    assert f"`{opt}" in section, f"`iwopd-kit {name} {opt}` is not in docs/check.md's {heading} section"
+                    assert f"`{opt}" in section, f"`iwopd-kit {name} {opt}` is not in docs/{found[0]}'s {heading} section"
                     flags += 1
                     for choice in action.choices or ():
-                        assert f"`{choice}`" in section, f"`iwopd-kit {name} {opt} {choice}` is not in docs/check.md's {heading} section"
+                        assert f"`{choice}`" in section or f"`{choice}`" in _section(pages[found[0]], "## The flags"), \
+                            f"`iwopd-kit {name} {opt} {choice}` is not in docs/{found[0]}'s {heading} section"
     assert flags >= 20
 
 
 def test_every_public_name_is_on_the_api_page():
     api = (ROOT / "docs" / "api.md").read_text()
-    missing = [n for n in iwopd_kit.__all__ if f"::: iwopd_kit.{n}\n" not in api]
+    # a name iwopd_kit loads on first use (the run extra) is documented at its home module
+    missing = [n for n in iwopd_kit.__all__ if not re.search(rf"^::: iwopd_kit(\.\w+)*\.{n}\n", api, re.M)]
     assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md: {missing}"
 
 

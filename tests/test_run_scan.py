@@ -126,6 +126,7 @@ def test_rescan_reads_only_new_or_changed_steps(tmp_path):
     assert scan_run(run, workers=1, progress=False, gamma=0.3).scanned == [1, 2, 3, 4]   # other options: all again
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_store(tmp_path):
     run = write_primerl_run(tmp_path / "run", steps=range(1, 6), n_rows=4)
     one = scan_run(run, tmp_path / "one", workers=1, progress=False, html=False)
@@ -138,6 +139,7 @@ def test_workers_give_the_same_store(tmp_path):
         assert a.read_bytes() == b.read_bytes()
 
 
+@pytest.mark.slow
 def test_follow_reads_a_step_once_its_marker_appears(tmp_path):
     run = tmp_path / "run"
     write_primerl_step(run, 1)
