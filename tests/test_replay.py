@@ -135,6 +135,24 @@ def test_cli_replays_a_row_of_a_run_step_and_writes_json(healthy, tmp_path, caps
     assert "<- first divergence" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_the_example_run_replayed_from_its_store(tmp_path):
+    from iwopd_kit.run.example import write_example_run
+
+    run = write_example_run(tmp_path / "run", steps=5, rows=4)           # "carry" (odd rows) hot from step 3,
+    K.scan_run(run, workers=1, html=False, progress=False)               # "add" (even rows) shifted +1 from step 5
+    store = run / "iwopd_scan"
+    verdicts = {}
+    for step, row in ((2, 0), (2, 1), (3, 1), (5, 0), (5, 1)):
+        batch, r, where = load_row(store, row, step)
+        verdicts[step, row] = K.replay_row(batch, r, toy.STUDENT_DIR, source=where)
+    assert verdicts[2, 0].cause == verdicts[2, 1].cause == "agree"
+    hot = verdicts[3, 1]
+    assert (hot.cause, hot.side) == ("plumbing:temperature", "stored rollout") and "T=0.700 (fitted" in hot.verdict
+    assert verdicts[5, 0].cause == "plumbing:shift +1" and verdicts[5, 1].cause == "plumbing:temperature"
+    assert all(v.max_drift < 1e-4 for v in verdicts.values())
+
+
 # ----------------------------------------------------------------------------- no engine: input and rules
 def test_load_row_reads_a_step_of_a_run_in_file_order(tmp_path):
     src = K.load_any(FIXTURES / "healthy_fp32_t1.jsonl")
@@ -219,6 +237,16 @@ def test_diagnose_names_the_side_that_moved():
     pad[4:] = -1.0                                                        # a repeated constant fills the tail
     d = diagnose(h.clone(), raw, {"rollout": pad, "trainer": None}, counted, {"rollout": RAW, "trainer": RAW}, TOL.same)
     assert (d["cause"], d["first_divergence"]) == ("plumbing:padding", 4)
+    z = torch.randn(12, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    y = torch.arange(12) % 16
+    at = lambda T, pos=torch.arange(12): torch.log_softmax(z[pos] / T, -1)[torch.arange(len(pos)), y[pos]]  # noqa: E731
+    hot = at(0.7)                                                         # sampled hot, recorded as T=1 (nothing recorded)
+    d = diagnose(at(1.0), {RAW: at(1.0)}, {"rollout": hot, "trainer": None}, torch.ones(12, dtype=torch.bool),
+                 {"rollout": RAW, "trainer": RAW}, TOL.same, replay_at=at)
+    assert (d["cause"], d["side"]) == ("plumbing:temperature", "stored rollout") and "T=0.700 (fitted" in d["verdict"]
+    d = diagnose(at(1.0), {RAW: at(1.0)}, {"rollout": hot + 0.01, "trainer": None}, torch.ones(12, dtype=torch.bool),
+                 {"rollout": RAW, "trainer": RAW}, TOL.same, replay_at=at)
+    assert d["cause"] != "plumbing:temperature"                           # no temperature reproduces it within `same`
     uncounted = counted.clone()
     uncounted[2:] = False                                                 # a tool turn: its stored values are not read
     d = diagnose(h.clone(), raw, {"rollout": moved, "trainer": None}, uncounted, {"rollout": RAW, "trainer": RAW},
