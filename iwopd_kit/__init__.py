@@ -26,6 +26,7 @@ from .objective import (
     position_mask,
     prefix_weights,
 )
+from .replay import ReplayResult, replay_row
 from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
 from .check_result import CheckResult, DirCheckResult
@@ -50,6 +51,6 @@ __all__ = [
     "Tolerances", "TransformersEngine", "VLLMEngine", "VLLMServerEngine", "advantage", "check_alignment", "check_dump",
     "completion_logits", "configure_vllm_env", "from_openai_completions", "from_request_outputs",
     "from_trl_batch", "from_verl_batch", "iw_opd_loss", "load_any", "iw_opd_metrics", "jsd_top1_loss", "lag_scan", "load_model", "load_tokenizer", "mismatch_metrics", "opd_loss",
-    "position_mask", "prefix_weights", "read_jsonl", "rollout", "sampled_logprobs", "score", "score_batch",
-    "to_trl_batch", "write_jsonl", "ScanResult", "open_store", "scan_run", "simulate_gates",
+    "position_mask", "prefix_weights", "read_jsonl", "ReplayResult", "replay_row", "rollout", "sampled_logprobs", "score",
+    "score_batch", "to_trl_batch", "write_jsonl", "ScanResult", "open_store", "scan_run", "simulate_gates",
 ]

@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .run.cli import add_run_commands
 
     add_run_commands(sub, _input_args)              # scan, sql, gates
+    from .replay_io import add_replay_command
+
+    add_replay_command(sub, _input_args)            # replay: one row on vLLM and transformers
     return p
 
 

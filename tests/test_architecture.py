@@ -27,6 +27,7 @@ FLOORS: dict[str, int] = {
     "iwopd_kit.rollout": 3, "iwopd_kit.exercises": 3, "iwopd_kit.exercise_base": 3,
     "iwopd_kit.exercises_pairing": 3, "iwopd_kit.run": 3, "iwopd_kit.solutions": 4, "iwopd_kit.integrations": 3,
     "iwopd_kit.server": 4, "iwopd_kit.pipeline": 4, "iwopd_kit.service": 4, "iwopd_kit.train": 4, "iwopd_kit.chat": 4,
+    "iwopd_kit.replay": 4, "iwopd_kit.replay_io": 4, "iwopd_kit.replay_rules": 2,
     "iwopd_kit.browser": 5, "iwopd_kit.cli": 5,
     "iwopd_kit": 6,                       # the package's __init__: re-exports only
 }
