@@ -4,6 +4,7 @@ store equals the local pool's, byte for byte."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -51,13 +52,18 @@ def _stop(pgid: int) -> None:
 
 
 @pytest.fixture()
-def ray_head():
-    """A Ray head on 127.0.0.1 (2 CPUs, 100 MB object store, no dashboard) in its own process group; its address."""
-    pytest.importorskip("ray")
+def ray_head(monkeypatch):
+    """A Ray head on 127.0.0.1 (2 CPUs, 100 MB object store, no dashboard) in its own process group; its address.
+    Token authentication with a token of its own (Ray 2.60 turns it on when ~/.ray/auth_token exists; the test
+    neither reads nor writes that file), set for this process (the driver) too."""
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    for k, v in auth.items():
+        monkeypatch.setenv(k, v)
+    pytest.importorskip("ray")                               # after: Ray reads RAY_AUTH_MODE when imported
     port, *others = _free_ports(6)
     temp = tempfile.mkdtemp(prefix="iwray", dir="/tmp")      # short: Ray's socket paths live under it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "RAY_USAGE_STATS_ENABLED": "0"}
+           "RAY_USAGE_STATS_ENABLED": "0", **auth}
     cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--num-cpus=2", "--object-store-memory=100000000", "--include-dashboard=false", "--disable-usage-stats",
            f"--temp-dir={temp}", f"--ray-client-server-port={others[0]}", f"--dashboard-agent-listen-port={others[1]}",
