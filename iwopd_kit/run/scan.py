@@ -54,14 +54,12 @@ class ScanResult:
 
 
 def _lean_memory() -> None:
-    """Freed buffers go back to the system at once, so a worker's peak is one step's: glibc's mmap threshold
-    fixed at 1 MB (as `iwopd-kit check` does) and Arrow on the system allocator (mimalloc, its default,
-    keeps freed pages: 73 against 37 bytes per token held after the token table of a 0.5M-token step)."""
+    """Arrow on the system allocator, so that a worker's freed table buffers go back to glibc (mimalloc, Arrow's
+    default, keeps them: 73 against 37 bytes per token held after the token table of a 0.5M-token step).
+    glibc's mmap threshold is left alone: fixed at 1 MB (as `iwopd-kit check` sets it) every large buffer is a
+    fresh mmap, and the page faults cost 30-40 % of the scan's time here (benchmarks/bench_scan.py)."""
     import pyarrow as pa
 
-    from ..cli import _lean_malloc
-
-    _lean_malloc()
     if pa.default_memory_pool().backend_name != "system":
         pa.set_memory_pool(pa.system_memory_pool())
 
