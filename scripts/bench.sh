@@ -8,7 +8,7 @@ bash scripts/setup.sh
 source scripts/env.sh
 export VLLM_LOGGING_LEVEL=ERROR
 echo "== $(date -u +%FT%TZ) | $(nproc) CPUs | $(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "| vllm", vllm.__version__)')"
-for b in bench_logprobs bench_loss bench_memory bench_alignment bench_views bench_rollout; do
+for b in bench_logprobs bench_loss bench_memory bench_alignment bench_views bench_rollout bench_scan; do
   echo; echo "== benchmarks/$b.py"
   .venv/bin/python "benchmarks/$b.py"
 done

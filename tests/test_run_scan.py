@@ -231,3 +231,24 @@ def test_group_by_a_meta_key_and_its_error_named(tmp_path):
     assert bad.exit_code == 2
     why = json.loads((bad.store / "scan.json").read_text())["not_read"]["rollouts_step_0.jsonl"]
     assert "--group-by: row 0" in why and "'env'" in why
+
+
+def test_tokens_written_in_chunks_of_rows_equal_the_whole_step_table(tmp_path):
+    """write_tokens builds and writes a few rows at a time; the file holds the table of the whole step."""
+    from iwopd_kit.run.tables import token_table, write_tokens
+
+    run = write_primerl_run(tmp_path / "run", steps=[5], n_rows=6)
+    batch = _step_batch(run, 5)
+    report = K.check_alignment(batch)
+    files = [f"rank_{b // 6}.jsonl" for b in range(batch.size)]
+    rows = [b % 6 for b in range(batch.size)]
+    whole = token_table("r", batch, report, files, rows)
+    nulls = write_tokens(tmp_path / "t.parquet", "r", batch, report, files, rows, chunk_tokens=25)
+    got = pq.ParquetFile(tmp_path / "t.parquet")
+    assert got.metadata.num_row_groups >= 4                   # several chunks, each of whole rows
+    table = got.read()
+    assert table.schema.names == whole.schema.names and table.num_rows == whole.num_rows
+    for name in whole.schema.names:
+        assert table.column(name).to_pylist() == whole.column(name).to_pylist(), name
+    assert "offset" in table.column("finding_kind").to_pylist()
+    assert nulls == sorted(c for c in whole.column_names if whole.column(c).null_count == whole.num_rows)

