@@ -148,7 +148,7 @@ def test_the_example_run_replayed_from_its_store(tmp_path):
         verdicts[step, row] = K.replay_row(batch, r, toy.STUDENT_DIR, source=where)
     assert verdicts[2, 0].cause == verdicts[2, 1].cause == "agree"
     hot = verdicts[3, 1]
-    assert (hot.cause, hot.side) == ("plumbing:temperature", "stored rollout") and "T=0.700 (fitted" in hot.verdict
+    assert (hot.cause, hot.side) == ("plumbing:temperature", "stored rollout") and "T=2.000 (fitted" in hot.verdict
     assert verdicts[5, 0].cause == "plumbing:shift +1" and verdicts[5, 1].cause == "plumbing:temperature"
     assert all(v.max_drift < 1e-4 for v in verdicts.values())
 
