@@ -222,3 +222,11 @@ def test_sampling_is_recorded_when_given():
         load_any(DIR / "healthy" / "train_0.pt", format="slime")
     with pytest.raises(K.BatchError, match=r"data_0.pt: not a slime train dump"):
         load_any(DIR / "healthy" / "data_0.pt", format="slime_train")
+
+
+def test_teacher_offset_is_an_offset_warning_on_every_row_and_healthy_teachers_are_not():
+    found = [f for f in K.check_alignment(joined("teacher_offset")).findings if f.kind == "offset"]
+    assert sorted(f.row for f in found) == list(range(8)) and {f.severity for f in found} == {"warning"}
+    assert all(f.message.startswith("teacher log-probs look shifted by -1 token(s)") for f in found)
+    for name in ("healthy", "top_p", "shift"):
+        assert not [f for f in K.check_alignment(joined(name)).findings if f.message.startswith("teacher log-probs")]
