@@ -230,3 +230,11 @@ def test_teacher_offset_is_an_offset_warning_on_every_row_and_healthy_teachers_a
     assert all(f.message.startswith("teacher log-probs look shifted by -1 token(s)") for f in found)
     for name in ("healthy", "top_p", "shift"):
         assert not [f for f in K.check_alignment(joined(name)).findings if f.message.startswith("teacher log-probs")]
+
+
+def test_the_teacher_offset_finding_is_drawn_by_the_teacher_series():
+    from iwopd_kit.views.findings import series_for
+    f = next(f for f in K.check_alignment(joined("teacher_offset")).findings if f.kind == "offset")
+    series = {"gap": [[0.0]], "teacher": [[-1.0]]}
+    assert series_for(f.kind, series, 0, 0, f.message) == "teacher"
+    assert series_for("offset", series, 0, 0, "rollout log-probs are shifted by -1 token(s)") == "gap"
