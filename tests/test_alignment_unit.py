@@ -243,3 +243,23 @@ def test_an_early_training_student_far_from_its_teacher_is_no_teacher_offset():
         y, student, teacher = _teacher_case(seed, sigma=0.0, independent=True)
         assert (teacher - student).abs().mean() > 1.0
         assert _teacher_offsets(y, student, teacher) == []
+
+
+def test_a_small_temperature_mismatch_is_named_by_its_signed_pattern_and_bf16_rounding_is_not():
+    """Without settings and within the numerics bounds, a trainer at T = 0.95 against raw T = 1 rollout values is a
+    ``temperature`` warning (the signed gap follows the log-prob); bf16 logits, whose rounding moves a log-prob by
+    noise of either sign, stay a ``numerics`` warning that names rounding."""
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(16, 24, V, generator=g, dtype=torch.float64) * 8           # confident: a small mismatch
+        y = torch.multinomial(torch.softmax(z, -1).reshape(-1, V), 1, generator=g).reshape(16, 24)
+        raw = _gather(torch.log_softmax(z, -1), y)
+        tempered = _gather(torch.log_softmax(z / 0.95, -1), y)
+        bf16 = _gather(torch.log_softmax(z.to(torch.bfloat16).double(), -1), y)
+        hot = K.check_alignment(_batch(y, raw, tempered))
+        assert hot.metrics["mismatch/token_mult_prob_error"] < 1.05                   # within NeMo-RL's bound
+        assert [(f.kind, f.severity) for f in hot.findings] == [("temperature", "warning")], hot
+        assert "signed gap follows the log-prob" in hot.findings[0].message
+        rounded = K.check_alignment(_batch(y, bf16, raw))
+        assert [(f.kind, f.severity) for f in rounded.findings] == [("numerics", "warning")], rounded
+        assert "rounding" in rounded.findings[0].message
