@@ -3,8 +3,6 @@ and the healthy counterparts that must raise nothing. Series are [B, L] in compl
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -462,7 +460,9 @@ def test_a_pooled_metric_over_a_handful_of_tokens_needs_more_than_its_noise_to_b
     assert not K.check_alignment(batch(4, 2), Tolerances(metric_se=0.0)).ok
 
 
-def test_check_alignment_64x4096_is_fast():
+def test_check_alignment_at_64x4096_finds_exactly_the_shifted_rows():
+    """At the benchmark's size [64, 4096] (timed in benchmarks/bench_alignment.py): every 8th row shifted by
+    two tokens is an offset finding with lag 2, and no other row is."""
     g = torch.Generator().manual_seed(0)
     Bb, Lb = 64, 4096
     s = -torch.rand(Bb, Lb + 2, generator=g, dtype=torch.float64) * 5
@@ -470,11 +470,11 @@ def test_check_alignment_64x4096_is_fast():
     r[::8, :Lb] = s[::8, 2:]
     batch = K.Batch(prompt_ids=[[BOS]] * Bb, completion_ids=[[4] * Lb] * Bb, rollout_logprobs=r[:, :Lb].tolist(),
                     student_logprobs=s[:, :Lb].tolist(), teacher_logprobs=s[:, :Lb].tolist())
-    t0 = time.perf_counter()
     report = K.check_alignment(batch)
-    elapsed = time.perf_counter() - t0
-    assert sorted(f.row for f in report.by_kind("offset")) == list(range(0, Bb, 8))
-    assert elapsed < 5.0, f"check_alignment took {elapsed:.2f} s at [64, 4096] (benchmark goal: < 1 s)"
+    offsets = report.by_kind("offset")
+    assert sorted(f.row for f in offsets) == list(range(0, Bb, 8)), offsets
+    assert all(f.severity == "error" and "shifted by +2 token(s)" in f.message for f in offsets), offsets
+    assert {f.row for f in report.findings if f.severity == "error"} == set(range(0, Bb, 8)), report
 
 
 def test_tolerances_are_the_only_thresholds():
