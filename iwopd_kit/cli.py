@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from .check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
-from .formats.registry import FORMATS as FORMAT_CHOICES  # noqa: F401  (the readers' table, the old name)
 from .rescore import DTYPES  # the scoring dtypes
 
 
@@ -226,7 +225,7 @@ def _print_dir(args: argparse.Namespace, result) -> int:
 def _convert(args: argparse.Namespace) -> int:
     """``iwopd-kit convert IN OUT``: any readable dump -> the kit's JSONL."""
     from .batch import BatchError, write_jsonl
-    from .formats.load import load_any
+    from .formats.registry import load_any
 
     try:
         batch = load_any(args.src, args.format, allow_pickle=args.allow_pickle)
