@@ -33,8 +33,7 @@ class AlignmentView:
 
     ``shift_rows``: one ``(row, shift d, mean gap as stored, mean gap with the shift undone)`` per
     row, from the report's ``row_lags`` (d = 0 and the stored gap twice where the check reported no
-    offset). :attr:`lag_rows` is the same table in the lag scan's internal convention (k = -d), kept
-    for compatibility; nothing shown uses it.
+    offset).
     """
 
     findings: tuple[tuple, ...]
@@ -43,11 +42,6 @@ class AlignmentView:
     rows: tuple[int, ...]
     ok: bool
     linked_rows: tuple[int, ...] | None = None     # rows whose anchors exist where the view is shown; None: ``rows``
-
-    @property
-    def lag_rows(self) -> tuple[tuple, ...]:
-        """``(row, lag k = -d, gap at 0, gap at k)`` per row: :attr:`shift_rows` with the lag scan's sign (compatibility)."""
-        return tuple((b, -d, e0, e) for b, d, e0, e in self.shift_rows)
 
     def _shift_table(self, table) -> str:
         rows = [[b, f"{d:+d}" if d else "0", e0, e] for b, d, e0, e in self.shift_rows]
