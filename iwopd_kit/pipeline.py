@@ -14,6 +14,7 @@ from .alignment import check_alignment
 from .batch import Batch
 from .objective import iw_opd_loss, opd_loss
 from .results import PipelineResult
+from .sampling import ROLLOUT_MAX_TOKENS
 from .scoring import load_model, load_tokenizer, score_batch
 from .views.report import html_page, html_table, text_table
 from .views.series import per_token_series
@@ -36,7 +37,7 @@ def strip(result: PipelineResult, color_by: str = "advantage", rows=None, window
 
 
 def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, teacher_dir: str | Path = toy.TEACHER_DIR,
-                 temperature: float = 1.0, max_tokens: int = 48, seed: int = 0, gamma: float = 0.5,
+                 temperature: float = 1.0, max_tokens: int = ROLLOUT_MAX_TOKENS, seed: int = 0, gamma: float = 0.5,
                  engine=None, prompts: list[str] | None = None) -> PipelineResult:
     """Run every step on the first ``n_prompts`` held-out prompts with real vLLM rollouts.
 

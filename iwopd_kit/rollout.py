@@ -358,7 +358,7 @@ class TransformersEngine:
 
 
 def rollout(engine, prompt_ids: Sequence[Sequence[int]], **sampling: Any) -> Batch:
-    """Sample with any engine: ``rollout(engine, prompt_ids, temperature=1.0, max_tokens=48, seed=0)``."""
+    """Sample with any engine: ``rollout(engine, prompt_ids, temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=0)``."""
     try:
         params = Sampling(**sampling)
     except TypeError as e:

@@ -22,6 +22,7 @@ from . import toy
 from .batch import Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
 from .rollout import Sampling, TransformersEngine, VLLMEngine
+from .sampling import ROLLOUT_MAX_TOKENS
 from .scoring import completion_logits, load_model, load_tokenizer, score, score_batch
 from .study_stats import pack_bits
 
@@ -39,7 +40,7 @@ class LoopConfig:
     batch_size: int = 64
     steps: int = 20
     temperature: float = 1.0
-    max_tokens: int = 48
+    max_tokens: int = ROLLOUT_MAX_TOKENS
     seed: int = 0
     eval_every: int = 10
     eval_prompts: int = 256

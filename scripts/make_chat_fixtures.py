@@ -23,6 +23,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
 from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
@@ -30,7 +31,7 @@ from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DI
 
 OUT = CHAT_FIXTURES_DIR
 SEED = 0
-MAX_TOKENS = 48
+MAX_TOKENS = ROLLOUT_MAX_TOKENS
 QWEN3 = "data/chat/tokenizer_qwen3"
 GPT2 = "data/chat/tokenizer_gpt2"
 PAD_EOS = "data/chat/tokenizer_qwen3_pad_eos"

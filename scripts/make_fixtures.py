@@ -24,11 +24,12 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 
 ROOT = toy.REPO_ROOT
 OUT = ROOT / "data" / "fixtures"
 SEED = 0
-MAX_TOKENS = 48
+MAX_TOKENS = ROLLOUT_MAX_TOKENS
 N_PER_TERMS = 3        # prompts per number of terms (3..6): 12 rows, prompt lengths 7, 9, 11, 13 (BOS included)
 
 
