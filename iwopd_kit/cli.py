@@ -315,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .envdefaults import RUN_ENV_DEFAULTS
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", RUN_ENV_DEFAULTS["TOKENIZERS_PARALLELISM"])
     args = build_parser().parse_args(argv)
     if argv is None and args.func is _check:      # the `iwopd-kit check` command itself, not a call from Python
         _lean_malloc()
