@@ -11,7 +11,7 @@ from typing import Any
 
 from . import toy
 from .alignment import check_alignment
-from .batch import Batch
+from .batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from .objective import iw_opd_loss, opd_loss
 from .results import PipelineResult
 from .sampling import ROLLOUT_MAX_TOKENS
@@ -55,9 +55,9 @@ def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, 
     batch = score_batch(batch, student=load_model(student_dir), teacher=load_model(teacher_dir), temperature=temperature)
     report = check_alignment(batch)
     mask = batch.valid()
-    student = batch.series("student_logprobs")
-    teacher = batch.series("teacher_logprobs")
-    roll = batch.series("rollout_logprobs")
+    student = batch.series(STUDENT_LOGPROBS)
+    teacher = batch.series(TEACHER_LOGPROBS)
+    roll = batch.series(ROLLOUT_LOGPROBS)
     iw = iw_opd_loss(student, teacher, mask, rollout_logprobs=roll, gamma=gamma)
     opd = opd_loss(student, teacher, mask, rollout_logprobs=roll)
     texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import torch
 
 from . import toy
-from .batch import Batch
+from .batch import ROLLOUT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
 from .rollout import Sampling, TransformersEngine, VLLMEngine
 from .sampling import ROLLOUT_MAX_TOKENS
@@ -89,7 +89,7 @@ def eval_steps(cfg: LoopConfig) -> list[int]:
 
 def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torch.Tensor,
                teacher_lp: torch.Tensor, mask: torch.Tensor):
-    roll = batch.series("rollout_logprobs")
+    roll = batch.series(ROLLOUT_LOGPROBS)
     if cfg.objective == "jsd":
         s_logits = completion_logits(student, batch)
         with torch.no_grad():
@@ -208,8 +208,8 @@ def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prom
         student_lp = score(student, batch, cfg.temperature, grad=True)       # the gradient pass
         with torch.no_grad():                                                # the scored batch: the one scoring path
             batch = score_batch(batch, teacher=teacher, student_logprobs=student_lp.detach(), temperature=cfg.temperature)
-        teacher_lp = batch.series("teacher_logprobs")
-        roll = batch.series("rollout_logprobs")
+        teacher_lp = batch.series(TEACHER_LOGPROBS)
+        roll = batch.series(ROLLOUT_LOGPROBS)
         drift = float((roll - student_lp.detach()).abs()[mask].max())
         res = _objective(cfg, student, teacher, batch, student_lp, teacher_lp, mask)
         opt.zero_grad()

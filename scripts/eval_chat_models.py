@@ -23,6 +23,7 @@ import iwopd_kit as K  # noqa: E402
 from iwopd_kit import toy  # noqa: E402
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 from iwopd_kit.chat import CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_messages, chat_prompt_ids, rollout_chat  # noqa: E402
+from iwopd_kit.batch import ROLLOUT_LOGPROBS  # noqa: E402
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def vllm_measures(d, model, tok, prompts) -> dict:
         res[name] = correct / len(prompts)
     batch = rollout_chat(engine, tok, convs[:64], temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=7)
     lp = K.score(model, batch)
-    gap = (batch.series("rollout_logprobs") - lp).abs()
+    gap = (batch.series(ROLLOUT_LOGPROBS) - lp).abs()
     res["vllm_vs_hf_max_abs_logprob_diff"] = float(gap[~gap.isnan()].max())
     res["vllm_vs_hf_tokens"] = int((~gap.isnan()).sum())
     with torch.no_grad():   # probability left on the ids the task never uses (zero rows)

@@ -23,6 +23,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.batch import TEACHER_LOGPROBS
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
@@ -83,7 +84,7 @@ def main() -> None:
         if teacher_prompts is None:
             return K.score_batch(b, teacher=teacher)
         tb = b.replace(prompt_ids=teacher_prompts)
-        return b.with_series("teacher_logprobs", K.score(teacher, tb), temperature=1.0)
+        return b.with_series(TEACHER_LOGPROBS, K.score(teacher, tb), temperature=1.0)
 
     def sample(ps, max_tokens=MAX_TOKENS):
         return K.rollout(engine, ps, temperature=1.0, max_tokens=max_tokens, seed=SEED, stop_token_ids=(eos,))

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from ..objective import advantage, iw_opd_loss, prefix_weights
 from ..results import PipelineResult
 from .tokens import token_strip
@@ -112,9 +113,9 @@ def _result_series(result: PipelineResult) -> tuple[Tensor, Tensor, Tensor, Tens
     """(student, teacher, rollout, mask, A) of a pipeline result, [B, L] each (rollout: student if absent)."""
     batch = result.batch
     mask = batch.valid()
-    student = batch.series("student_logprobs", torch.float64)
-    teacher = batch.series("teacher_logprobs", torch.float64)
-    rollout = batch.series("rollout_logprobs", torch.float64) if batch.has("rollout_logprobs") else student
+    student = batch.series(STUDENT_LOGPROBS, torch.float64)
+    teacher = batch.series(TEACHER_LOGPROBS, torch.float64)
+    rollout = batch.series(ROLLOUT_LOGPROBS, torch.float64) if batch.has(ROLLOUT_LOGPROBS) else student
     return student, teacher, rollout, mask, advantage(teacher, rollout, mask)
 
 
