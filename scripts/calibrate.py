@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import torch
 
@@ -40,7 +39,6 @@ import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import MAX_TOKENS, pick_prompts  # noqa: E402
 
 SEEDS = (0, 1, 2)

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import iwopd_kit as K  # noqa: E402
 from iwopd_kit import toy  # noqa: E402
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iwopd_kit import toy  # noqa: E402
 from iwopd_kit.envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402

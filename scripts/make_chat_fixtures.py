@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +24,6 @@ import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.batch import TEACHER_LOGPROBS
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
 from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer, rollout_chat)

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,8 +40,6 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from iwopd_kit import toy  # noqa: E402
 from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 from iwopd_kit.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,  # noqa: E402
