@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from ..alignment.core import KINDS, AlignmentReport, Tolerances
+from ..alignment.core import KINDS, AlignmentReport
 from ..batch import Batch
 from .report import html_table, text_table
 from .series import per_token_series
@@ -106,15 +106,13 @@ def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[st
 
 
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
-                   rows: list[int] | None = None, tolerances: Tolerances = Tolerances(),
-                   linked_rows: list[int] | None = None) -> AlignmentView:
+                   rows: list[int] | None = None, linked_rows: list[int] | None = None) -> AlignmentView:
     """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3).
 
     A finding links to its row's strip (``#iwopd-align-row-<row>``) only where that strip exists: the
     rows the view draws, or ``linked_rows`` when the page around the view draws the strips itself.
 
-    The shift table is ``report.row_lags`` (empty when the check could not scan for shifts);
-    ``tolerances`` is accepted for compatibility and not used: the check already applied its own.
+    The shift table is ``report.row_lags`` (empty when the check could not scan for shifts).
     """
     shift_rows = tuple((x.row, x.shift, x.gap_at_0, x.gap_at_shift) for x in report.row_lags)
     flagged = sorted({f.row for f in report.findings if f.row is not None})
