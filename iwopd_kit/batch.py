@@ -41,7 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .sampling import LOGPROBS_MODES, SamplingSettings  # noqa: F401  (re-exported: their old home)
+from .sampling import SamplingSettings
 from .ragged import (FLOATS, KEPT_LOGMASS, ROLLOUT_LOGPROBS, SERIES, STUDENT_LOGPROBS, TEACHER_LOGPROBS,  # noqa: F401
                      TOKEN_SOURCES, BatchError, Column, Packed, RecordBuilder, group_value, ids_row, kept_row, locate,
                      pack_padded, rows_of)

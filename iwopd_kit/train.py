@@ -21,8 +21,8 @@ import torch
 from . import toy
 from .batch import ROLLOUT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
-from .rollout import Sampling, TransformersEngine, VLLMEngine
-from .sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
+from .rollout import TransformersEngine, VLLMEngine
+from .sampling import ROLLOUT_MAX_TOKENS, Sampling, SamplingSettings
 from .scoring import completion_logits, load_model, load_tokenizer, score, score_batch
 from .study_stats import pack_bits
 

@@ -71,10 +71,11 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from ..alignment import AlignmentReport, Tolerances, check_alignment
-from ..batch import LOGPROBS_MODES, ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from ..formats.trl import IGNORE_INDEX, from_trl_batch
 from ..mismatch import mismatch_metrics
 from ..objective import iw_opd_loss
+from ..sampling import LOGPROBS_MODES
 from ..scoring import sampled_logprobs
 from .trl_vllm import EngineRecorder, guard_weight_sync, vllm_engine_kwargs
 

@@ -25,7 +25,6 @@ from .tokens import token_strip
 
 #: Series the explorers colour by (names of :data:`~iwopd_kit.views.names.SERIES_NAMES`).
 EXPLORER_SERIES = ("advantage", "weight", "loss")
-SERIES = EXPLORER_SERIES   # the old name, kept
 #: Slider range of gamma; the weight colour scale is fixed to [1, 1 + GAMMA_MAX] so colours never jump.
 GAMMA_MAX = 2.0
 _BOUNDS = {"weight": (1.0, 1.0 + GAMMA_MAX)}
@@ -195,4 +194,4 @@ def explore_result(result: PipelineResult, eps: float = 1e-8):
     return _explorer(result.batch.size, result.batch.width, result.gamma, eps, compute)
 
 
-__all__ = ["GAMMA_MAX", "EXPLORER_SERIES", "SERIES", "explore_result", "explore_weights"]
+__all__ = ["GAMMA_MAX", "EXPLORER_SERIES", "explore_result", "explore_weights"]
