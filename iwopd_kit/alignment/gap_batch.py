@@ -52,6 +52,14 @@ def _gap_pattern(d: Tensor, s: Tensor, min_tokens: int = 8) -> str:
     return "temperature" if float(corr) > 0.5 else "noise"
 
 
+def _signed_r(d: Tensor, s: Tensor, min_tokens: int) -> float | None:
+    """Pearson r of the signed gap ``d`` against the log-prob ``s`` (flat), None below ``min_tokens``."""
+    if d.numel() < min_tokens:
+        return None
+    r = float(torch.corrcoef(torch.stack([d.double(), s.double()]))[0, 1])
+    return None if r != r else r
+
+
 def find_temperature(ctx: Context) -> list[Finding]:
     """Class H: rollout log-probs and trainer log-probs computed at different temperatures.
 
@@ -60,11 +68,12 @@ def find_temperature(ctx: Context) -> list[Finding]:
     the data: the gap must exceed ``tol.same``; the batch-level error explains every open token.
     Without settings, the data signature decides (:func:`_gap_pattern`: rollout below trainer almost
     everywhere, or both signs with |gap| growing with |log-prob|; top-p renormalisation instead puts
-    the rollout above), per scope (each group, then the rest of the batch), and only where the scope's
-    mismatch is beyond the numerics bounds (:func:`~iwopd_kit.alignment.numerics.judge_pool`): healthy
-    bf16 rounding also grows with |log-prob|, so without settings the pattern alone is no evidence (a
-    healthy bf16 dump without its settings was a false alarm); then per remaining row, on the same
-    condition (a row's handful of tokens shows a sign pattern by chance).
+    the rollout above), per scope (each group, then the rest of the batch): an error where the scope's
+    mismatch is beyond the numerics bounds (:func:`~iwopd_kit.alignment.numerics.judge_pool`); within them
+    a warning only where the signed gap follows the log-prob (``tol.temperature_r``): healthy bf16 rounding
+    also grows with |log-prob| but has either sign, so the unsigned pattern alone is no evidence (a healthy
+    bf16 dump without its settings was a false alarm). Then per remaining row, only beyond the bounds (a
+    row's handful of tokens shows a sign pattern by chance).
     """
     batch, tol = ctx.batch, ctx.tol
     opened = ctx.open()
@@ -96,16 +105,25 @@ def find_temperature(ctx: Context) -> list[Finding]:
         hit = tokens & big
         if not bool(hit.any()) or _gap_pattern(masked(gap, hit), masked(t, hit), tol.min_tokens_for_pattern) != "temperature":
             continue
+        severity, r = "error", None
         if judge_pool(ctx, masked(gap, tokens).neg_())["severity"] != "error":
-            continue                   # bf16 rounding also grows with |log-prob|: only a mismatch beyond the bounds
+            # bf16 rounding also grows with |log-prob|, but with either sign: within the bounds, only a signed
+            # gap that follows the log-prob names a temperature (a warning)
+            r = _signed_r(masked(gap, hit), masked(t, hit), tol.temperature_min_tokens)
+            if r is None or abs(r) < tol.temperature_r:
+                continue
+            severity = "warning"
         ctx.mark("temperature", tokens)
         n_rows = int((tokens.any(1)).sum())
+        why = ("the gap has a consistent sign or grows with |log-prob|" if r is None else
+               f"within the numerics bounds, but the signed gap follows the log-prob: Pearson r {r:+.2f} over "
+               f"{int(hit.sum())} tokens, where rounding gives noise of either sign")
         out.append(Finding(
-            "temperature", None, None, "error",
+            "temperature", None, None, severity,
             f"{_in(name)}rollout and trainer log-probs differ in a temperature-like pattern on {int(hit.sum())} of "
-            f"{int(tokens.sum())} tokens{f' of its {n_rows} rows' if name is not None else ''} (the gap has a consistent "
-            "sign or grows with |log-prob|): apply the same temperature on both sides (vLLM's raw_logprobs ignore "
-            "temperature)" + (f"; check the sampling settings of group {name!r}" if name is not None else "")
+            f"{int(tokens.sum())} tokens{f' of its {n_rows} rows' if name is not None else ''} ({why}): apply the same "
+            "temperature on both sides (vLLM's raw_logprobs ignore temperature)"
+            + (f"; check the sampling settings of group {name!r}" if name is not None else "")
             + "; a stale rollout policy can look alike", group=name))
     left = ctx.open()
     for b in ((left & big).sum(1) >= tol.min_tokens_for_pattern).nonzero().flatten().tolist():

@@ -49,6 +49,12 @@ class Tolerances:
         padding value on a real token.
     nucleus_slack: without recorded sampling settings, how far below log(estimated top_p) a 0.0 token's
         trainer log-prob may sit and still be a nucleus of one (the estimate is an upper bound on top_p).
+    temperature_r, temperature_min_tokens: without recorded settings, a pool whose mismatch is within the
+        numerics bounds is still named ``temperature`` (a warning) when the signed gap follows the log-prob
+        (\|Pearson r\| of rollout - trainer against the trainer's log-prob >= ``temperature_r``) over at least
+        ``temperature_min_tokens`` tokens that differ by more than ``same``: a 1/T rescaling moves every
+        token's log-prob by a smooth function of it, rounding moves it by noise of either sign (tiny
+        student: T 0.7 / 0.9 / 1.5 gave \|r\| 0.95 / 0.91-0.95 / 0.63-0.77, a bf16 trainer 0.07-0.17).
     min_top_p: without recorded settings, the lowest top_p the data may suggest: a token whose
         trainer - rollout is below log(min_top_p) is not counted as renormalised.
     """
@@ -71,6 +77,11 @@ class Tolerances:
     zero_slack: float = 0.02
     nucleus_slack: float = 0.1
     min_top_p: float = 0.5
+    temperature_r: float = 0.8
+    temperature_min_tokens: int = 50
+    teacher_lag_gain: float = 1.5
+    teacher_min_tokens: int = 100
+    teacher_row_share: float = 0.9
 
 
 FULL_PRECISION: tuple[str, ...] = ("float32", "float64")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from ..alignment.core import KINDS, AlignmentReport
 from ..batch import Batch
 from .report import html_table, text_table
+from .findings import LABELS, series_for
 from .series import per_token_series
 from .tokens import token_strip
 
@@ -105,9 +106,21 @@ def finding_counts(report: AlignmentReport, max_rows: int = 20) -> tuple[list[st
     return ["row", *kinds], lines
 
 
+def _row_series(report: AlignmentReport, series: dict, b: int) -> str | None:
+    """The series row ``b``'s strip is coloured by: the one behind its first error (else its first finding),
+    as the check page draws it (:func:`~iwopd_kit.views.findings.series_for`: a teacher-side finding by the
+    teacher's log-probs); |rollout − student| for a row without findings."""
+    found = sorted((f for f in report.findings if f.row == b), key=lambda f: f.severity != "error")
+    if found:
+        return series_for(found[0].kind, series, b, found[0].position, found[0].message)
+    return "gap" if "gap" in series else None
+
+
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
                    rows: list[int] | None = None, linked_rows: list[int] | None = None) -> AlignmentView:
-    """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3).
+    """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3). Each row's strip is
+    coloured by the series behind its findings (|rollout − student| for a gap finding or none, the teacher's
+    log-probs for a teacher-side one).
 
     A finding links to its row's strip (``#iwopd-align-row-<row>``) only where that strip exists: the
     rows the view draws, or ``linked_rows`` when the page around the view draws the strips itself.
@@ -120,11 +133,13 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
     if tokens is None:
         tokens = [[str(t) for t in c] for c in batch.completion_ids]
     series = per_token_series(batch)
-    strips = tuple(
-        token_strip(tokens, series, color_by="gap" if "gap" in series else None, token_ids=batch.completion_ids,
-                    rows=[b], title=f"row {b}: |rollout − student|").to_html()
-        for b in rows
-    )
+    strips = []
+    for b in rows:
+        name = _row_series(report, series, b)
+        label = LABELS.get(name, name)
+        strips.append(token_strip(tokens, series, color_by=name, token_ids=batch.completion_ids, rows=[b],
+                                  title=f"row {b}: {label}" if name else f"row {b}").to_html())
+    strips = tuple(strips)
     findings = tuple((f.severity, f.kind, f.row, f.position, f.message) for f in report.findings)
     return AlignmentView(findings=findings, shift_rows=shift_rows, strips_html=strips, rows=tuple(rows), ok=report.ok,
                          linked_rows=None if linked_rows is None else tuple(linked_rows))
