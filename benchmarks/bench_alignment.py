@@ -23,6 +23,7 @@ from timing import best_of  # noqa: E402
 import torch
 
 import iwopd_kit as K
+from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
 
 B, L, MAX_LAG = 64, 4096, 4
 
@@ -66,7 +67,7 @@ def main() -> None:
     healthy, shifted = make(False), make(True)
     t_h, rep_h = time_check(healthy)
     t_s, rep_s = time_check(shifted)
-    t_base, _ = best_of(lambda: naive_lag_scan(shifted["rollout_logprobs"], shifted["student_logprobs"]), repeats=1)
+    t_base, _ = best_of(lambda: naive_lag_scan(shifted[ROLLOUT_LOGPROBS], shifted[STUDENT_LOGPROBS]), repeats=1)
     print(f"batch: [{B}, {L}], lags [-{MAX_LAG}, {MAX_LAG}], torch threads {torch.get_num_threads()}")
     print(f"check_alignment healthy: {t_h:.3f} s ({len(rep_h.findings)} findings) (goal < 1 s)")
     print(f"check_alignment shifted: {t_s:.3f} s ({len(rep_s.by_kind('offset'))} offset rows of {B // 8} shifted) "
@@ -74,7 +75,7 @@ def main() -> None:
     print(f"baseline (naive per-row Python lag scan only): {t_base:.3f} s")
     print(f"ratio baseline/check_alignment: healthy {t_base / t_h:.1f}x | shifted {t_base / t_s:.1f}x")
     b = K.Batch(**shifted)
-    r, s = b.series("rollout_logprobs", torch.float64), b.series("student_logprobs", torch.float64)
+    r, s = b.series(ROLLOUT_LOGPROBS, torch.float64), b.series(STUDENT_LOGPROBS, torch.float64)
     t_lag, _ = best_of(lambda: K.lag_scan(r, s, b.valid(), MAX_LAG), repeats=5)
     print(f"lag scan alone, on tensors: {t_lag * 1e3:.1f} ms | ratio baseline/lag_scan {t_base / t_lag:.0f}x")
 

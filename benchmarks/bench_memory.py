@@ -42,8 +42,8 @@ def write_dump(path: Path, rows: int, tokens: int, seed: int = 0) -> int:
             ids = torch.randint(0, VOCAB, (64 + tokens,), generator=g)
             student = -torch.rand(tokens, generator=g) * 4
             rec = {"prompt_ids": ids[:64].tolist(), "completion_ids": ids[64:].tolist(),
-                   "rollout_logprobs": (student + 1e-3 * torch.randn(tokens, generator=g)).clamp(max=0).tolist(),
-                   "student_logprobs": student.tolist(), "teacher_logprobs": (student - 0.2).tolist(),
+                   ROLLOUT_LOGPROBS: (student + 1e-3 * torch.randn(tokens, generator=g)).clamp(max=0).tolist(),
+                   STUDENT_LOGPROBS: student.tolist(), TEACHER_LOGPROBS: (student - 0.2).tolist(),
                    "mask": None, "finish_reason": "length", "sampling": None, "meta": {}}
             f.write(json.dumps(rec) + "\n")
     return rows * tokens
@@ -62,6 +62,7 @@ import contextlib, io, json, time
 mode, path = sys.argv[1], sys.argv[2]
 import iwopd_kit as K
 from iwopd_kit import cli
+from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 t1 = time.perf_counter()
 if mode == "read":
     K.read_jsonl(path)
@@ -110,7 +111,7 @@ def time_paths(big: Path) -> list[tuple[str, float]]:
     labels = ids.clone()
     labels[:, :8] = -100
     trl = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
-           "rollout_logprobs": -torch.rand(B, 8 + L, generator=g)}
+           ROLLOUT_LOGPROBS: -torch.rand(B, 8 + L, generator=g)}
     out = []
     out.append(("Batch from lists [256, 48] (rollout conversion)", best_of(lambda: K.Batch(**small))[0]))
     out.append(("Batch from lists [64, 4096]", best_of(lambda: K.Batch(**large))[0]))

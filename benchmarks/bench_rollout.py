@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import best_of  # noqa: E402
 
 from iwopd_kit import Sampling, TransformersEngine, VLLMEngine, from_request_outputs, toy  # noqa: E402
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 from iwopd_kit.scoring import load_model, load_tokenizer  # noqa: E402
 
 
@@ -66,7 +67,7 @@ def main() -> None:
     torch.set_num_threads(2)
     tok = load_tokenizer(toy.STUDENT_DIR)
     prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[: args.prompts]]
-    s = Sampling(temperature=1.0, top_p=1.0, max_tokens=48, seed=0, stop_token_ids=(toy.EOS_ID,))
+    s = Sampling(temperature=1.0, top_p=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=0, stop_token_ids=(toy.EOS_ID,))
     tmp = Path(tempfile.mkdtemp(prefix="iwopd_bench_"))
     try:
         n_random = make_random_model(tmp)

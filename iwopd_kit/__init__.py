@@ -6,7 +6,7 @@ the row; right-padded; ``mask`` bool [B, L]).
 """
 
 from .alignment import AlignmentReport, Finding, Tolerances, check_alignment, lag_scan
-from .batch import Batch, BatchError, SamplingSettings, read_jsonl, write_jsonl
+from .batch import Batch, BatchError, read_jsonl, write_jsonl
 from .formats import (
     from_openai_completions,
     from_request_outputs,
@@ -27,7 +27,8 @@ from .objective import (
     prefix_weights,
 )
 from .replay import ReplayResult, replay_row
-from .rollout import Sampling, TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
+from .rollout import TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
+from .sampling import Sampling, SamplingSettings
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
 from .check_result import CheckResult, DirCheckResult
 from .service import check_dump

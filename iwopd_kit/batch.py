@@ -41,9 +41,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .sampling import LOGPROBS_MODES, SamplingSettings  # noqa: F401  (re-exported: their old home)
-from .ragged import (FLOATS, KEPT_LOGMASS, SERIES, TOKEN_SOURCES, BatchError, Column, Packed, RecordBuilder,  # noqa: F401
-                     group_value, ids_row, kept_row, locate, pack_padded, rows_of)
+from .sampling import SamplingSettings
+from .ragged import (FLOATS, KEPT_LOGMASS, ROLLOUT_LOGPROBS, SERIES, STUDENT_LOGPROBS, TEACHER_LOGPROBS,  # noqa: F401
+                     TOKEN_SOURCES, BatchError, Column, Packed, RecordBuilder, group_value, ids_row, kept_row, locate,
+                     pack_padded, rows_of)
 from .fields import RAGGED, Rows, Streams, batch_records, check_padded, pack_field, ragged_from_padded  # noqa: F401
 
 POLICY = TOKEN_SOURCES.index("policy")

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 
 from .check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
-from .formats.registry import FORMATS as FORMAT_CHOICES  # noqa: F401  (the readers' table, the old name)
 from .rescore import DTYPES  # the scoring dtypes
 
 
@@ -226,7 +225,7 @@ def _print_dir(args: argparse.Namespace, result) -> int:
 def _convert(args: argparse.Namespace) -> int:
     """``iwopd-kit convert IN OUT``: any readable dump -> the kit's JSONL."""
     from .batch import BatchError, write_jsonl
-    from .formats.load import load_any
+    from .formats.registry import load_any
 
     try:
         batch = load_any(args.src, args.format, allow_pickle=args.allow_pickle)
@@ -316,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .envdefaults import RUN_ENV_DEFAULTS
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", RUN_ENV_DEFAULTS["TOKENIZERS_PARALLELISM"])
     args = build_parser().parse_args(argv)
     if argv is None and args.func is _check:      # the `iwopd-kit check` command itself, not a call from Python
         _lean_malloc()

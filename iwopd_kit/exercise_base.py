@@ -25,8 +25,6 @@ N_CASES = 24
 BASE_SEED = 2606
 #: Shifts the offset detector must try: d in [-MAX_SHIFT, MAX_SHIFT] (rows are built with |d| <= 3).
 MAX_SHIFT = 4
-#: The old name of :data:`MAX_SHIFT` (kept for compatibility).
-MAX_LAG = MAX_SHIFT
 
 _DECIMALS = 4
 

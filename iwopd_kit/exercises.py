@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from .exercise_base import (
-    BASE_SEED, MAX_LAG, MAX_SHIFT, N_CASES, TOL, ExerciseResult, _as_tensor, _call, _Case, _cases, _check_shape, _close,
+    BASE_SEED, MAX_SHIFT, N_CASES, TOL, ExerciseResult, _as_tensor, _call, _Case, _cases, _check_shape, _close,
     _first_bad, _fmt, _Fail, _hint, _logprobs, _mismatch_message, _aligned, _run,
 )
 from .exercises_pairing import (
@@ -259,7 +259,7 @@ def _loss_mismatch(name: str, case: _Case, extra: str, exp: Tensor, got: Tensor,
 
 
 __all__ = [
-    "BASE_SEED", "MAX_LAG", "MAX_SHIFT", "N_CASES", "TOL", "ExerciseResult", "check_advantage", "check_iw_opd_loss",
+    "BASE_SEED", "MAX_SHIFT", "N_CASES", "TOL", "ExerciseResult", "check_advantage", "check_iw_opd_loss",
     "check_offset_detector", "check_prefix_weights", "check_realign", "check_sampled_logprobs",
     "reference_offset_detector",
 ]

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
+
 MISMATCH_KEYS: tuple[str, ...] = (
     "mismatch/token_mult_prob_error", "mismatch/k3_kl", "mismatch/logp_abs_diff_mean", "mismatch/logp_abs_diff_max",
     "mismatch/is_ratio_mean", "mismatch/is_ratio_min", "mismatch/is_ratio_max", "mismatch/is_ess",
@@ -113,10 +115,10 @@ def batch_delta(batch: Any, finite_only: bool = True, rows: Any = None) -> Tenso
     only those rows (a group). Read from the packed series (no padded [B, L] float copies, no index tensor).
     Raises ValueError when the batch lacks either series.
     """
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         raise ValueError("the batch needs rollout_logprobs and student_logprobs for Δ")
-    d = batch.packed("student_logprobs").values.to(torch.float64, copy=True)
-    d.sub_(batch.packed("rollout_logprobs").values)
+    d = batch.packed(STUDENT_LOGPROBS).values.to(torch.float64, copy=True)
+    d.sub_(batch.packed(ROLLOUT_LOGPROBS).values)
     keep = torch.isfinite(d) if finite_only else ~d.isnan()
     pad = batch.padding_mask().numpy()
     policy = batch.metric_mask()

@@ -6,14 +6,16 @@ module only wires them in order and keeps the intermediate results for display.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from . import toy
 from .alignment import check_alignment
-from .batch import Batch
+from .batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from .objective import iw_opd_loss, opd_loss
 from .results import PipelineResult
+from .sampling import ROLLOUT_MAX_TOKENS, Sampling, SamplingSettings
 from .scoring import load_model, load_tokenizer, score_batch
 from .views.report import html_page, html_table, text_table
 from .views.series import per_token_series
@@ -36,10 +38,13 @@ def strip(result: PipelineResult, color_by: str = "advantage", rows=None, window
 
 
 def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, teacher_dir: str | Path = toy.TEACHER_DIR,
-                 temperature: float = 1.0, max_tokens: int = 48, seed: int = 0, gamma: float = 0.5,
-                 engine=None, prompts: list[str] | None = None) -> PipelineResult:
+                 temperature: float = 1.0, max_tokens: int = ROLLOUT_MAX_TOKENS, seed: int = 0, gamma: float = 0.5,
+                 engine=None, prompts: list[str] | None = None, sampling: SamplingSettings | None = None) -> PipelineResult:
     """Run every step on the first ``n_prompts`` held-out prompts with real vLLM rollouts.
 
+    ``sampling``: the rollout request as one :class:`~iwopd_kit.sampling.SamplingSettings`; when given, it
+    replaces ``temperature``, ``max_tokens`` and ``seed`` (the keywords of older calls, used when it is None).
+    Its ``stop_token_ids`` default to the tokenizer's EOS.
     ``engine`` defaults to an in-process :class:`~iwopd_kit.rollout.VLLMEngine` on the student
     (raw log-probs at T=1, the paper's setting: temperature 1, top_p 1).
     """
@@ -48,20 +53,25 @@ def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, 
     tok = load_tokenizer(student_dir)
     prompts = prompts if prompts is not None else toy.load_prompts(toy.EVAL_PROMPTS)[:n_prompts]
     prompt_ids = [tok(p)["input_ids"] for p in prompts]
+    request = sampling if sampling is not None else Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    request = replace(request, stop_token_ids=(tok.eos_token_id,) if request.stop_token_ids is None else request.stop_token_ids,
+                      max_tokens=ROLLOUT_MAX_TOKENS if request.max_tokens is None else request.max_tokens,
+                      seed=0 if request.seed is None else request.seed)
+    temperature = request.temperature
     engine = engine or VLLMEngine(student_dir, logprobs_mode="raw_logprobs" if temperature == 1.0 else "processed_logprobs")
-    batch = rollout(engine, prompt_ids, temperature=temperature, max_tokens=max_tokens, seed=seed,
-                    stop_token_ids=(tok.eos_token_id,))
+    batch = rollout(engine, prompt_ids, request)
     batch = score_batch(batch, student=load_model(student_dir), teacher=load_model(teacher_dir), temperature=temperature)
     report = check_alignment(batch)
     mask = batch.valid()
-    student = batch.series("student_logprobs")
-    teacher = batch.series("teacher_logprobs")
-    roll = batch.series("rollout_logprobs")
+    student = batch.series(STUDENT_LOGPROBS)
+    teacher = batch.series(TEACHER_LOGPROBS)
+    roll = batch.series(ROLLOUT_LOGPROBS)
     iw = iw_opd_loss(student, teacher, mask, rollout_logprobs=roll, gamma=gamma)
     opd = opd_loss(student, teacher, mask, rollout_logprobs=roll)
     texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
     correct = [toy.is_correct(p, t) for p, t in zip(prompts, texts)]
-    settings = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed, "gamma": gamma,
+    settings = {"temperature": temperature, "max_tokens": request.max_tokens, "seed": request.seed,
+                **({"top_p": request.top_p, "top_k": request.top_k} if request.truncates else {}), "gamma": gamma,
                 "student": str(student_dir), "teacher": str(teacher_dir), "engine": batch.sampling.engine,
                 "logprobs_mode": batch.sampling.logprobs_mode}
     return PipelineResult(batch=batch, report=report, iw_opd=iw, opd=opd, tokens=decode_tokens(tok, batch),

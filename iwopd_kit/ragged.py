@@ -23,7 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SERIES: tuple[str, ...] = ("rollout_logprobs", "student_logprobs", "teacher_logprobs")
+ROLLOUT_LOGPROBS = "rollout_logprobs"
+STUDENT_LOGPROBS = "student_logprobs"
+TEACHER_LOGPROBS = "teacher_logprobs"
+SERIES: tuple[str, ...] = (ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS)
 """The three log-prob series of the sampled tokens (rollout engine, trainer's student recompute, teacher)."""
 KEPT_LOGMASS = "kept_logmass"
 """log S_t: the trainer's log of its probability mass over the engine's kept set (top-p / top-k) at token t."""

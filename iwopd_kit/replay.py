@@ -33,14 +33,14 @@ from typing import Any
 import torch
 
 from .alignment.core import FULL_PRECISION, Tolerances
-from .batch import Batch, BatchError
+from .batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch, BatchError
 from .replay_rules import RAW, diagnose, settings_text
 from .rollout import VLLMEngine, process_logits, quiet_output
 from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs
 from .views.report import text_table
 
 DTYPES = ("float32", "bfloat16")
-SERIES = (("rollout", "rollout_logprobs"), ("trainer", "student_logprobs"))
+SERIES = (("rollout", ROLLOUT_LOGPROBS), ("trainer", STUDENT_LOGPROBS))
 """The stored series a replay compares: (name in the table, Batch field)."""
 
 
@@ -136,7 +136,7 @@ def recorded_settings(batch: Batch) -> dict[str, tuple[float, float, int]]:
     The rollout: ``batch.sampling`` in processed mode (its T, top-p, top-k; T = 0, greedy, counts as 1),
     else raw (:data:`RAW`). The trainer: ``batch.scoring["student_logprobs"]`` (1.0 when not recorded).
     """
-    out = {"rollout": RAW, "trainer": (float(batch.scoring.get("student_logprobs", 1.0)), 1.0, 0)}
+    out = {"rollout": RAW, "trainer": (float(batch.scoring.get(STUDENT_LOGPROBS, 1.0)), 1.0, 0)}
     s = batch.sampling
     if s is not None and s.logprobs_mode == "processed_logprobs":
         out["rollout"] = (s.temperature if s.temperature > 0 else 1.0, s.top_p, s.top_k)

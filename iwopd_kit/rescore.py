@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .batch import STUDENT_LOGPROBS, TEACHER_LOGPROBS
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -114,7 +116,7 @@ def rescore(batch, *, student=None, teacher=None, student_tokenizer=None, teache
 
     models = {} if models is None else models
     had = {name for name in FLOATS if batch.has(name)}
-    need = {"student": not batch.has("student_logprobs"), "teacher": not batch.has("teacher_logprobs")}
+    need = {"student": not batch.has(STUDENT_LOGPROBS), "teacher": not batch.has(TEACHER_LOGPROBS)}
     given = {"student": student, "teacher": teacher}
     dirs = {"student": student if student is not None else (toy.STUDENT_DIR if need["student"] else None),
             "teacher": teacher if teacher is not None else (toy.TEACHER_DIR if need["teacher"] else None)}
@@ -188,7 +190,7 @@ def rescore(batch, *, student=None, teacher=None, student_tokenizer=None, teache
         if name in had:
             provenance[name] = "dump"
         elif batch.has(name):       # scored here: the series of a side, and what scoring the student adds
-            side = "teacher" if name == "teacher_logprobs" else "student"
+            side = "teacher" if name == TEACHER_LOGPROBS else "student"
             provenance[name] = made.get(side, "rescored")
     return Rescored(batch, toks["student"], toks["teacher"], notes, provenance)
 

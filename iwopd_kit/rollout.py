@@ -14,6 +14,7 @@ every request draw the same random stream and correlates the samples.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -357,10 +358,12 @@ class TransformersEngine:
                      finish_reasons=reasons, sampling=settings)
 
 
-def rollout(engine, prompt_ids: Sequence[Sequence[int]], **sampling: Any) -> Batch:
-    """Sample with any engine: ``rollout(engine, prompt_ids, temperature=1.0, max_tokens=48, seed=0)``."""
+def rollout(engine, prompt_ids: Sequence[Sequence[int]], sampling: SamplingSettings | None = None, **fields: Any) -> Batch:
+    """Sample with any engine: ``rollout(engine, prompt_ids, settings)`` with one :class:`SamplingSettings`,
+    or its fields as keywords, ``rollout(engine, prompt_ids, temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=0)``
+    (:func:`Sampling`'s defaults); keywords given with ``settings`` replace its fields."""
     try:
-        params = Sampling(**sampling)
+        params = Sampling(**fields) if sampling is None else dataclasses.replace(sampling, **fields)
     except TypeError as e:
         raise TypeError(f"rollout: {e}; allowed: temperature, top_p, top_k, max_tokens, seed, stop_token_ids") from None
     return engine.generate(prompt_ids, params)

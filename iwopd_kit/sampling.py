@@ -94,7 +94,7 @@ class SamplingSettings:
 def Sampling(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_tokens: int = ROLLOUT_MAX_TOKENS,
              seed: int = 0, stop_token_ids: tuple[int, ...] | None = None) -> SamplingSettings:  # noqa: N802
     """A :class:`SamplingSettings` request with the rollout defaults:
-    ``Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=48, seed=0)``."""
+    ``Sampling(temperature=1.0, top_p=1.0, top_k=0, max_tokens=ROLLOUT_MAX_TOKENS, seed=0)``."""
     return SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed,
                             stop_token_ids=stop_token_ids)
 

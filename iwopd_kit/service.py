@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .alignment import Tolerances, check_alignment
-from .batch import Batch, BatchError
+from .batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
 from .check_result import CheckResult, DirCheckResult, StepSummary, unchecked_of
 from .formats.dirs import Dump, dump_of, plan_directory
 from .mismatch import batch_delta, metrics_from_delta
@@ -61,7 +61,7 @@ def _check_one(dump: Dump, opts: dict, bar: _Progress, models: dict) -> CheckRes
     batch, reader = dump.read(opts["allow_pickle"])
     if opts["group_by"] is not None:
         batch = batch.with_groups_from_meta(opts["group_by"])
-    passes = int(not batch.has("student_logprobs")) + int(not batch.has("teacher_logprobs"))
+    passes = int(not batch.has(STUDENT_LOGPROBS)) + int(not batch.has(TEACHER_LOGPROBS))
     bar.start(batch.size * (passes + 1), batch.size)
     r = rescore(batch, student=opts["student"], teacher=opts["teacher"], student_tokenizer=opts["student_tokenizer"],
                 teacher_tokenizer=opts["teacher_tokenizer"], device=opts["device"], dtype=opts["dtype"],
@@ -137,7 +137,7 @@ def _step_summary(step: int | None, results: list[CheckResult], deltas: list[tor
 
 def _delta(batch: Batch) -> torch.Tensor | None:
     """The step's share of Δ: the tokens the report's metrics pool (both series finite, loss-masked)."""
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return None
     return batch_delta(batch)
 

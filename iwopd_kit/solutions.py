@@ -58,12 +58,6 @@ def best_shift_solution(rollout: Tensor, student: Tensor, mask: Tensor, max_shif
     return best
 
 
-def best_lag_solution(rollout: Tensor, student: Tensor, mask: Tensor, max_lag: int = 4) -> Tensor:
-    """The old form of :func:`best_shift_solution`, kept for compatibility: the lag k = -d per row (the
-    lag scan's internal convention, ``rollout[j + k] ≈ student[j]``). The exercise checks shifts d."""
-    return -best_shift_solution(rollout, student, mask, max_lag)
-
-
 def advantage_solution(teacher: Tensor, rollout: Tensor, mask: Tensor) -> Tensor:
     """``A = sg(teacher - rollout)`` where ``mask`` is True and exactly 0 elsewhere ([B, L]).
 
@@ -119,6 +113,6 @@ def realign_solution(rollout: Tensor, mask: Tensor, shifts: Tensor) -> tuple[Ten
 
 
 __all__ = [
-    "advantage_solution", "best_lag_solution", "best_shift_solution", "iw_opd_loss_solution", "prefix_weights_solution",
+    "advantage_solution", "best_shift_solution", "iw_opd_loss_solution", "prefix_weights_solution",
     "realign_solution", "sampled_logprobs_solution",
 ]

@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from . import toy
-from .batch import Batch
+from .batch import ROLLOUT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from .objective import iw_opd_loss, jsd_top1_loss, position_mask
-from .rollout import Sampling, TransformersEngine, VLLMEngine
+from .rollout import TransformersEngine, VLLMEngine
+from .sampling import ROLLOUT_MAX_TOKENS, Sampling, SamplingSettings
 from .scoring import completion_logits, load_model, load_tokenizer, score, score_batch
 from .study_stats import pack_bits
 
@@ -39,7 +40,7 @@ class LoopConfig:
     batch_size: int = 64
     steps: int = 20
     temperature: float = 1.0
-    max_tokens: int = 48
+    max_tokens: int = ROLLOUT_MAX_TOKENS
     seed: int = 0
     eval_every: int = 10
     eval_prompts: int = 256
@@ -67,6 +68,21 @@ class LoopConfig:
         if self.eval_engine not in ("rollout", "transformers"):
             raise ValueError(f"eval_engine must be 'rollout' or 'transformers', got {self.eval_engine!r}")
 
+    @property
+    def sampling(self) -> SamplingSettings:
+        """The loop's rollout request, built in this one place from ``temperature``, ``max_tokens`` and ``seed``
+        (top_p 1, top_k 0: the paper's setting); each engine call sets its own seed / stop ids on a copy."""
+        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
+
+    @classmethod
+    def with_sampling(cls, sampling: SamplingSettings, **rest: Any) -> "LoopConfig":
+        """A config whose rollout settings come from one :class:`SamplingSettings` (``rest``: the other fields).
+        The loop samples at top_p 1 and top_k 0 only; other values are an error, not dropped."""
+        if sampling.truncates:
+            raise ValueError(f"the loop samples with top_p=1 and top_k=0; got top_p={sampling.top_p}, top_k={sampling.top_k}")
+        return cls(temperature=sampling.temperature, seed=0 if sampling.seed is None else sampling.seed,
+                   max_tokens=ROLLOUT_MAX_TOKENS if sampling.max_tokens is None else sampling.max_tokens, **rest)
+
 
 @dataclass
 class StepRecord:
@@ -88,7 +104,7 @@ def eval_steps(cfg: LoopConfig) -> list[int]:
 
 def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torch.Tensor,
                teacher_lp: torch.Tensor, mask: torch.Tensor):
-    roll = batch.series("rollout_logprobs")
+    roll = batch.series(ROLLOUT_LOGPROBS)
     if cfg.objective == "jsd":
         s_logits = completion_logits(student, batch)
         with torch.no_grad():
@@ -124,9 +140,8 @@ def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig)
     eos = (tok.eos_token_id,)
     task = toy.get_task(cfg.task)
     k = len(ids) if cfg.eval_sampled_prompts is None else cfg.eval_sampled_prompts
-    greedy = engine.generate(ids, Sampling(temperature=0.0, max_tokens=cfg.max_tokens, seed=cfg.seed, stop_token_ids=eos))
-    sampled = engine.generate(ids[:k], Sampling(temperature=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed + 10_000,
-                                                stop_token_ids=eos))
+    greedy = engine.generate(ids, replace(cfg.sampling, temperature=0.0, stop_token_ids=eos))
+    sampled = engine.generate(ids[:k], replace(cfg.sampling, temperature=1.0, seed=cfg.seed + 10_000, stop_token_ids=eos))
 
     def correct(batch: Batch) -> list[bool]:
         texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
@@ -200,15 +215,14 @@ def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prom
         t0 = time.perf_counter()
         prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
         ids = [tok(p)["input_ids"] for p in prompts]
-        batch = engine.generate(ids, Sampling(temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                                              seed=cfg.seed * 1_000_003 + step * cfg.batch_size,
-                                              stop_token_ids=(tok.eos_token_id,)))
+        batch = engine.generate(ids, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * cfg.batch_size,
+                                             stop_token_ids=(tok.eos_token_id,)))
         mask = batch.valid()
         student_lp = score(student, batch, cfg.temperature, grad=True)       # the gradient pass
         with torch.no_grad():                                                # the scored batch: the one scoring path
             batch = score_batch(batch, teacher=teacher, student_logprobs=student_lp.detach(), temperature=cfg.temperature)
-        teacher_lp = batch.series("teacher_logprobs")
-        roll = batch.series("rollout_logprobs")
+        teacher_lp = batch.series(TEACHER_LOGPROBS)
+        roll = batch.series(ROLLOUT_LOGPROBS)
         drift = float((roll - student_lp.detach()).abs()[mask].max())
         res = _objective(cfg, student, teacher, batch, student_lp, teacher_lp, mask)
         opt.zero_grad()

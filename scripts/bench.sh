@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+unset VLLM_LOGGING_LEVEL             # the table's value (ERROR), whatever the caller set
 source scripts/env.sh
-export VLLM_LOGGING_LEVEL=ERROR
 echo "== $(date -u +%FT%TZ) | $(nproc) CPUs | $(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "| vllm", vllm.__version__)')"
 for b in bench_logprobs bench_loss bench_memory bench_alignment bench_views bench_rollout bench_scan; do
   echo; echo "== benchmarks/$b.py"

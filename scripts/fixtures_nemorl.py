@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import nemorl_writer as W  # noqa: E402
 from fixtures_primerl import POLICY, V, lengths, sample_turn, trainer_logits  # noqa: E402
 

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import primerl_writer as W  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

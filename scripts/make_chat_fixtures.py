@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iwopd_kit.batch import TEACHER_LOGPROBS
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
 from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer, rollout_chat)
 
 OUT = CHAT_FIXTURES_DIR
 SEED = 0
-MAX_TOKENS = 48
+MAX_TOKENS = ROLLOUT_MAX_TOKENS
 QWEN3 = "data/chat/tokenizer_qwen3"
 GPT2 = "data/chat/tokenizer_gpt2"
 PAD_EOS = "data/chat/tokenizer_qwen3_pad_eos"
@@ -82,7 +82,7 @@ def main() -> None:
         if teacher_prompts is None:
             return K.score_batch(b, teacher=teacher)
         tb = b.replace(prompt_ids=teacher_prompts)
-        return b.with_series("teacher_logprobs", K.score(teacher, tb), temperature=1.0)
+        return b.with_series(TEACHER_LOGPROBS, K.score(teacher, tb), temperature=1.0)
 
     def sample(ps, max_tokens=MAX_TOKENS):
         return K.rollout(engine, ps, temperature=1.0, max_tokens=max_tokens, seed=SEED, stop_token_ids=(eos,))

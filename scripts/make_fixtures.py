@@ -24,11 +24,13 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 
 ROOT = toy.REPO_ROOT
 OUT = ROOT / "data" / "fixtures"
 SEED = 0
-MAX_TOKENS = 48
+MAX_TOKENS = ROLLOUT_MAX_TOKENS
 N_PER_TERMS = 3        # prompts per number of terms (3..6): 12 rows, prompt lengths 7, 9, 11, 13 (BOS included)
 
 
@@ -99,7 +101,7 @@ def main() -> None:
 
     # ------------------------------------------------------------------------------ A: offset
     buggy = K.formats.trl.trl_prefix_fix_slice(K.to_trl_batch(base), base.rollout_logprobs, pad_value=0.0)
-    off = base.with_series("rollout_logprobs", buggy)
+    off = base.with_series(ROLLOUT_LOGPROBS, buggy)
     pmin = min(base.prompt_lengths)
     shifts = [p - pmin for p in base.prompt_lengths]
     save(describe(off, "offset", "offset", "TRL review bug 1: rollout log-probs stored from column 0, read back "
@@ -145,7 +147,7 @@ def main() -> None:
              for p, c in zip(base.prompt_ids, base.completion_ids)]
     retok = K.Batch(prompt_ids=[s[: len(p)] for s, p in zip(ids_t, base.prompt_ids)],
                     completion_ids=[s[len(p):] for s, p in zip(ids_t, base.prompt_ids)])
-    tm = base.with_series("teacher_logprobs", K.score(teacher, retok), temperature=1.0)
+    tm = base.with_series(TEACHER_LOGPROBS, K.score(teacher, retok), temperature=1.0)
     save(describe(tm, "tokenizer_mismatch", "tokenizer_mismatch", "the teacher uses a tokenizer with the digit ids "
                   "permuted (data/fixtures/tokenizer_permuted, built with `tokenizers`): it scores the "
                   "re-tokenized text", None, student_tokenizer="data/models/student",
@@ -169,9 +171,9 @@ def main() -> None:
 
     # ----------------------------------------------------------------------------------- F: padding
     pad_b, pad_note = left_padded_student(student, base)
-    padded = base.with_series("student_logprobs", pad_b, temperature=1.0)
+    padded = base.with_series(STUDENT_LOGPROBS, pad_b, temperature=1.0)
     amt = [max(base.prompt_lengths) - p for p in base.prompt_lengths]
-    moved = (padded.series("student_logprobs", torch.float64) - base.series("student_logprobs", torch.float64)).abs() > 1e-3
+    moved = (padded.series(STUDENT_LOGPROBS, torch.float64) - base.series(STUDENT_LOGPROBS, torch.float64)).abs() > 1e-3
     first = [int(moved[b].to(torch.int8).argmax()) for b in range(B)]
     save(describe(padded, "padding", "padding", pad_note, [[b, first[b]] for b in range(B) if amt[b] > 0],
                   pad_amount=amt),
@@ -195,7 +197,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------------------------- J: staleness
     new_student = one_adam_step(student, base)
-    st = base.with_series("student_logprobs", K.score(new_student, base), temperature=1.0)
+    st = base.with_series(STUDENT_LOGPROBS, K.score(new_student, base), temperature=1.0)
     save(describe(st, "staleness", "staleness", "the trainer's student is one Adam step (OPD loss, lr 1e-3) ahead "
                   "of the policy vLLM sampled with; student log-probs rescored after the step", None, lr=1e-3),
          "staleness")
@@ -223,8 +225,8 @@ def main() -> None:
 
     # ---------------------------------------------------------------------------------- M: numerics
     s16 = K.load_model(toy.STUDENT_DIR, dtype=torch.bfloat16)
-    nb = base.with_series("student_logprobs", K.score(s16, base).float(), temperature=1.0)
-    gap = (nb.series("rollout_logprobs", torch.float64) - nb.series("student_logprobs", torch.float64)).abs()
+    nb = base.with_series(STUDENT_LOGPROBS, K.score(s16, base).float(), temperature=1.0)
+    gap = (nb.series(ROLLOUT_LOGPROBS, torch.float64) - nb.series(STUDENT_LOGPROBS, torch.float64)).abs()
     worst = torch.nan_to_num(gap, nan=-1.0)
     wb, wj = divmod(int(worst.argmax()), worst.shape[1])
     save(describe(nb, "numerics", "numerics", "the student scored in bfloat16 vs float32 rollouts", [[wb, wj]],
@@ -278,7 +280,7 @@ def left_padded_student(model, batch: K.Batch) -> tuple[torch.Tensor, str]:
         out = K.sampled_logprobs(z, batch.tokens())
         return out.masked_fill(~batch.padding_mask(), float("nan"))
 
-    ref = batch.series("student_logprobs", torch.float64)
+    ref = batch.series(STUDENT_LOGPROBS, torch.float64)
     with_mask = lp(model(input_ids=ids, attention_mask=attn).logits).double()
     rope_gap = float(torch.nan_to_num((with_mask - ref).abs(), nan=0.0).max())
     no_mask = lp(model(input_ids=ids).logits)
@@ -297,8 +299,8 @@ def one_adam_step(model, batch: K.Batch):
     opt = torch.optim.Adam(new.parameters(), lr=1e-3)
     s = K.score(new, batch, grad=True)
     valid = batch.valid()
-    res = K.opd_loss(s, batch.series("teacher_logprobs").nan_to_num(0.0), valid,
-                     rollout_logprobs=batch.series("rollout_logprobs").nan_to_num(0.0))
+    res = K.opd_loss(s, batch.series(TEACHER_LOGPROBS).nan_to_num(0.0), valid,
+                     rollout_logprobs=batch.series(ROLLOUT_LOGPROBS).nan_to_num(0.0))
     opt.zero_grad()
     res.loss.backward()
     opt.step()

@@ -9,13 +9,11 @@ Playwright, and screenshotted.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import plotly.io as pio
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from iwopd_kit import study  # noqa: E402
 from iwopd_kit import study_stats  # noqa: E402

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+unset VLLM_LOGGING_LEVEL             # the table's value (ERROR), whatever the caller set
 source scripts/env.sh
-export VLLM_LOGGING_LEVEL=ERROR
 files=("$@")
 [ ${#files[@]} -gt 0 ] || files=(notebooks/*.ipynb)
 for nb in "${files[@]}"; do

@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from iwopd_kit import toy  # noqa: E402
 from iwopd_kit.rollout import VLLMEngine  # noqa: E402

@@ -9,10 +9,7 @@ OPD's final mean greedy accuracy, and mean |A| by normalised position at step 0.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iwopd_kit import study  # noqa: E402
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from iwopd_kit import study_stats as S  # noqa: E402
 

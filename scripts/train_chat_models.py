@@ -33,7 +33,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,13 +40,12 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from iwopd_kit import toy  # noqa: E402
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 from iwopd_kit.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,  # noqa: E402
                             chat_prompt_ids)
 
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
 MAX_POS = 128
 PAD_TO = 64
 

@@ -45,10 +45,10 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iwopd_kit import toy  # noqa: E402
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
 MAX_LEN = 64
 
 

@@ -3,10 +3,6 @@ student, the tests that use it fail (never skip)."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import pytest
 import torch
 

@@ -52,12 +52,12 @@ def test_unchecked_reasons_are_the_first_unmet_need_of_each_detector():
     assert "missing_token_ids" not in expected
 
 
-def test_a_detector_whose_need_is_missing_returns_nothing_through_its_wrapper():
+def test_a_detector_whose_need_is_missing_returns_nothing():
     batch = _shifted_batch()
-    assert A.detect_offset(batch)
+    assert A.detector("offset")(Context(batch))
     no_student = batch.replace(student_logprobs=None)
     assert A.detector("offset").unmet(Context(no_student)) == "needs rollout_logprobs and student_logprobs"
-    assert A.detect_offset(no_student) == []
+    assert A.detector("offset")(Context(no_student)) == []
 
 
 def test_report_carries_the_offset_decision_per_row_and_the_explained_rows():
@@ -75,8 +75,8 @@ def test_report_carries_the_offset_decision_per_row_and_the_explained_rows():
         else:
             assert x.gap_at_lag * 10 <= x.gap_at_0
     assert report.explained_rows == (1, 4) and not report.gap_explained
-    # the wrapper reports the same rows as the registry run
-    assert A.detect_offset(batch) == report.by_kind("offset")
+    # the detector alone reports the same rows as the registry run
+    assert A.detector("offset")(Context(batch)) == report.by_kind("offset")
 
 
 def test_diff_view_shows_a_lag_only_where_the_check_reported_an_offset():
@@ -88,11 +88,10 @@ def test_diff_view_shows_a_lag_only_where_the_check_reported_an_offset():
     best_k, _, _ = A.best_lags(batch, max_lag=4)
     assert [int(best_k[b]) for b in (1, 4)] == [-3, -3]          # a wider scan would find it
     view = K.views.alignment_view(batch, report)
-    assert [row[1] for row in view.lag_rows] == [0] * B
-    assert view.lag_rows == tuple((x.row, x.lag, x.gap_at_0, x.gap_at_lag) for x in report.row_lags)
+    assert [row[1] for row in view.shift_rows] == [0] * B
+    assert view.shift_rows == tuple((x.row, x.shift, x.gap_at_0, x.gap_at_shift) for x in report.row_lags)
     wide = K.check_alignment(batch)
     view = K.views.alignment_view(batch, wide)
-    assert {row[0]: row[1] for row in view.lag_rows if row[1] != 0} == {1: -3, 4: -3}
     assert {row[0]: row[1] for row in view.shift_rows if row[1] != 0} == {1: 3, 4: 3}
 
 

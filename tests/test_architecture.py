@@ -38,7 +38,6 @@ VIEW_IMPORTS = ("iwopd_kit.views", "iwopd_kit.batch", "iwopd_kit.objective", "iw
                 "iwopd_kit.chromium")   # the PNG copies need a browser; the leaf that finds it, no kit logic
 
 # Known exceptions, each to be removed by the change that fixes it:
-# - formats.load and formats.trl import each other (lazily); the formats rework splits converters from the registry.
 ALLOWED_CYCLES: list[set[str]] = []
 ALLOWED_LONG: set[str] = set()
 

@@ -13,6 +13,7 @@ from iwopd_kit.chat import (CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, GPT2_TOKENIZER_D
                             chat_completion_ids, chat_messages, chat_prompt_ids, load_chat_tokenizer, rollout_chat)
 from iwopd_kit.alignment import detect_tokenizer_mismatch
 from iwopd_kit.pipeline import decode_tokens
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.views import readable_tokens, token_strip, token_style
 
 PROMPTS = toy.load_prompts(toy.EVAL_PROMPTS)[:12]
@@ -148,7 +149,7 @@ def test_teacher_beats_student_on_held_out_chat_prompts(chat_student, chat_teach
 # ------------------------------------------------------------------------- the conversational path
 def test_conversational_rollout_matches_transformers_and_checks_clean(chat_engine, chat_student, chat_teacher, qwen3):
     convs = [chat_messages(p) for p in PROMPTS]
-    batch = rollout_chat(chat_engine, qwen3, convs, temperature=1.0, max_tokens=48, seed=3)
+    batch = rollout_chat(chat_engine, qwen3, convs, temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=3)
     assert [list(p) for p in batch.prompt_ids] == [chat_prompt_ids(qwen3, c) for c in convs]
     assert len(set(batch.prompt_lengths)) >= 3
     stopped = [c for c, r in zip(batch.completion_ids, batch.finish_reasons) if r == "stop"]
@@ -172,7 +173,7 @@ def test_conversational_rollout_matches_transformers_and_checks_clean(chat_engin
 
 def test_check_cli_takes_tokenizer_folders(tmp_path, check_cli, chat_engine, chat_student, chat_teacher, qwen3):
     batch = rollout_chat(chat_engine, qwen3, [chat_messages(p) for p in PROMPTS[:4]], temperature=1.0,
-                         max_tokens=48, seed=1)
+                         max_tokens=ROLLOUT_MAX_TOKENS, seed=1)
     dump = K.write_jsonl(K.score_batch(batch, student=chat_student, teacher=chat_teacher), tmp_path / "chat.jsonl")
     clean = check_cli(dump, "--student-tokenizer", QWEN3_TOKENIZER_DIR, "--teacher-tokenizer", QWEN3_TOKENIZER_DIR)
     assert clean.returncode == 0, clean.stdout + clean.stderr

@@ -3,19 +3,20 @@ and the healthy counterparts that must raise nothing. Series are [B, L] in compl
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
 import iwopd_kit as K
-from iwopd_kit.alignment import (
-    Tolerances, detect_bos_eos, detect_normalisation, detect_ordering, detect_padding, detect_staleness,
-    detect_tokenizer_mismatch, detect_truncation,
-)
+from iwopd_kit.alignment import Context, Tolerances, detect_tokenizer_mismatch, detector
 
 B, L, V = 6, 12, 50
 BOS, EOS, PAD = 1, 2, 0
+
+
+def detect(kind: str, batch: K.Batch, **inputs) -> list:
+    """One registered detector on a fresh :class:`Context` of ``batch`` (``inputs``: the tokenizers,
+    ``num_items``, ``reduction``), in isolation: what ``check_alignment`` runs for that class."""
+    return detector(kind)(Context(batch, **inputs))
 
 
 def _logprobs(seed: int, b: int = B, n: int = L) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -106,15 +107,15 @@ def test_ordering_needs_a_near_exact_match_of_another_row():
     _, y, lp = _logprobs(2)
     g = torch.Generator().manual_seed(9)
     noisy = lp + 0.5 * torch.randn(B, L, generator=g, dtype=torch.float64)     # large gaps, but no row matches another
-    assert detect_ordering(_batch(y, noisy.clamp(max=0), lp)) == []
-    assert detect_ordering(_batch(y, lp, lp)) == []
+    assert detect("ordering", _batch(y, noisy.clamp(max=0), lp)) == []
+    assert detect("ordering", _batch(y, lp, lp)) == []
 
 
 def test_regrouped_rows_say_so():
     _, y, lp = _logprobs(3)
-    hits = detect_ordering(_batch(y, lp[[0, 2, 1, 3, 5, 4]], lp))
+    hits = detect("ordering", _batch(y, lp[[0, 2, 1, 3, 5, 4]], lp))
     assert sorted(f.row for f in hits) == [1, 2, 4, 5]
-    dup = detect_ordering(_batch(y, lp[[2, 2, 2, 3, 4, 5]], lp))
+    dup = detect("ordering", _batch(y, lp[[2, 2, 2, 3, 4, 5]], lp))
     assert [f.row for f in dup] == [0, 1] and "regrouped" in dup[0].message
 
 
@@ -146,7 +147,7 @@ def test_padding_position_is_the_first_gap():
     batch, _ = _padded_gap_batch(5, prompt_lens)
     student = [list(r) for r in batch.student_logprobs]
     student[1][:4] = batch.rollout_logprobs[1][:4]              # the first 4 tokens agree
-    hits = detect_padding(batch.replace(student_logprobs=student))
+    hits = detect("padding", batch.replace(student_logprobs=student))
     assert [(f.row, f.position) for f in hits] == [(1, 4)]
 
 
@@ -154,16 +155,16 @@ def test_padding_not_claimed_when_unpadded_rows_disagree_or_gap_shrinks():
     batch, _ = _padded_gap_batch(6, [4, 2, 4, 3, 1, 4])
     student = [list(r) for r in batch.student_logprobs]
     student[0] = [v - 0.3 for v in batch.rollout_logprobs[0]]  # an unpadded row disagrees too
-    assert detect_padding(batch.replace(student_logprobs=student)) == []
+    assert detect("padding", batch.replace(student_logprobs=student)) == []
     same_len, _ = _padded_gap_batch(7, [3] * B)
-    assert detect_padding(same_len) == []
+    assert detect("padding", same_len) == []
     assert "padding" in K.check_alignment(same_len).unchecked
     # the gap shrinks as the pad grows: not this signature
     _, y, lp = _logprobs(8)
     lens = [4, 3, 2, 1, 4, 4]
     shrink = torch.tensor([0, 0.3, 0.2, 0.1, 0, 0], dtype=torch.float64)
     b = _batch(y, lp, (lp - shrink[:, None]), prompts=[[BOS] + [5] * (p - 1) for p in lens])
-    assert detect_padding(b) == []
+    assert detect("padding", b) == []
 
 
 def test_padding_is_judged_at_the_batch_precision():
@@ -200,7 +201,7 @@ def test_truncated_teacher_and_student_tails():
     student[4][10:] = [float("-inf")] * (L - 10)
     batch = K.Batch(prompt_ids=[[BOS]] * B, completion_ids=y.tolist(), rollout_logprobs=lp.tolist(),
                     student_logprobs=student, teacher_logprobs=teacher)
-    hits = detect_truncation(batch)
+    hits = detect("truncation", batch)
     assert [(f.row, f.position, f.severity) for f in hits] == [(4, 10, "error"), (2, 8, "error")]
     assert "student log-probs stop at position 10: the last 2 of 12" in hits[0].message
     assert "teacher log-probs stop at position 8" in hits[1].message
@@ -210,7 +211,7 @@ def test_truncated_teacher_and_student_tails():
     mask = [[True] * L for _ in range(B)]
     mask[2][8:] = [False] * (L - 8)
     mask[4][10:] = [False] * (L - 10)
-    assert detect_truncation(batch.replace(mask=mask)) == []
+    assert detect("truncation", batch.replace(mask=mask)) == []
 
 
 def test_a_single_hole_is_coverage_not_truncation():
@@ -218,7 +219,7 @@ def test_a_single_hole_is_coverage_not_truncation():
     teacher = (lp - 0.1).tolist()
     teacher[1][3] = None
     batch = _batch(y, lp, lp).replace(teacher_logprobs=teacher)
-    assert detect_truncation(batch) == []
+    assert detect("truncation", batch) == []
     assert [f.row for f in K.check_alignment(batch).by_kind("teacher_coverage")] == [1]
 
 
@@ -227,7 +228,7 @@ def test_truncation_from_meta_lengths():
     meta = [{} for _ in range(B)]
     meta[1] = {"teacher_completion_length": 9}
     meta[3] = {"student_prompt_length": 1, "student_completion_length": L}
-    hits = detect_truncation(_batch(y, lp, lp, meta=meta))
+    hits = detect("truncation", _batch(y, lp, lp, meta=meta))
     assert [(f.row, f.position) for f in hits] == [(1, 9), (3, None)]
     assert "the teacher saw a completion of 9 tokens but the rollout's has 12" in hits[0].message
     assert "prompt of 1 tokens" in hits[1].message
@@ -242,7 +243,7 @@ def test_staleness_from_recorded_versions():
     assert "policy_version 3" in hits[0].message and "version 5" in hits[0].message
     some = [{"policy_version": 5, "trainer_version": 5} for _ in range(B)]
     some[2] = {"policy_version": 4, "trainer_version": 5}
-    assert [(f.row, f.severity) for f in detect_staleness(_batch(y, lp, lp, meta=some))] == [(2, "error")]
+    assert [(f.row, f.severity) for f in detect("staleness", _batch(y, lp, lp, meta=some))] == [(2, "error")]
 
 
 def test_staleness_from_the_data_is_a_warning():
@@ -267,31 +268,31 @@ def test_zero_mean_noise_is_not_staleness():
     _, y, lp = _logprobs(13)
     g = torch.Generator().manual_seed(1)
     noisy = (lp + 0.02 * torch.randn(B, L, generator=g, dtype=torch.float64)).clamp(max=0)
-    assert detect_staleness(_batch(y, noisy, lp)) == []
+    assert detect("staleness", _batch(y, noisy, lp)) == []
 
 
 # ------------------------------------------------------------------------------------- K: normalisation
 def test_num_items_and_reduction():
     lens = [3, 5, 8]
     batch = K.Batch(prompt_ids=[[BOS]] * 3, completion_ids=[[4] * n for n in lens])
-    assert detect_normalisation(batch, num_items=16) == []
-    more = detect_normalisation(batch, num_items=64)
+    assert detect("normalisation", batch, num_items=16) == []
+    more = detect("normalisation", batch, num_items=64)
     assert [(f.kind, f.row, f.severity) for f in more] == [("normalisation", None, "warning")]
     assert "num_items=64 but this batch has 16 valid tokens" in more[0].message
     assert "grad_accum_steps" in more[0].message
     accum = batch.replace(meta=[{"grad_accum_steps": 4}] * 3)
-    assert detect_normalisation(accum, num_items=64) == []
-    less = detect_normalisation(accum, num_items=10)
+    assert detect("normalisation", accum, num_items=64) == []
+    less = detect("normalisation", accum, num_items=10)
     assert less[0].severity == "warning" and "smaller than the 16 valid tokens" in less[0].message
-    seq = detect_normalisation(batch, reduction="sequence_mean")
+    seq = detect("normalisation", batch, reduction="sequence_mean")
     assert [(f.severity, f.row) for f in seq] == [("info", None)]
     assert "shortest row (3 valid tokens) weighs 2.67x one in the longest (8)" in seq[0].message
-    tok = detect_normalisation(batch, reduction="token_mean")
+    tok = detect("normalisation", batch, reduction="token_mean")
     assert tok[0].severity == "info" and "1/N = 1/16" in tok[0].message
     even = K.Batch(prompt_ids=[[BOS]] * 2, completion_ids=[[4] * 4] * 2)
-    assert detect_normalisation(even, reduction="sequence_mean") == []
+    assert detect("normalisation", even, reduction="sequence_mean") == []
     with pytest.raises(ValueError, match="reduction must be one of"):
-        detect_normalisation(batch, reduction="mean")
+        detect("normalisation", batch, reduction="mean")
     report = K.check_alignment(batch, num_items=64, reduction="sequence_mean")
     assert [f.severity for f in report.by_kind("normalisation")] == ["warning", "info"]
     assert report.ok                       # warnings and infos never fail the check
@@ -344,18 +345,18 @@ def test_real_tokenizers(tmp_path):
     # BOS/EOS with the real tokenizer: it adds BOS, so a prompt without one is flagged
     batch = K.Batch(prompt_ids=[tok("7+5=")["input_ids"], tok("7+5=", add_special_tokens=False)["input_ids"]],
                     completion_ids=[[10, 2], [10, 2]], rollout_logprobs=[[-0.1, -0.2]] * 2, student_logprobs=[[-0.1, -0.2]] * 2)
-    assert [(f.row, f.severity) for f in detect_bos_eos(batch, tok)] == [(1, "warning")]
+    assert [(f.row, f.severity) for f in detect("bos_eos", batch, student_tokenizer=tok)] == [(1, "warning")]
 
 
 # --------------------------------------------------------------------------------------- E: BOS / EOS
 def test_bos_findings_at_the_prompt():
     _, y, lp = _logprobs(14)
     prompts = [[BOS, 5], [BOS, BOS, 5], [5, 6], [BOS], [BOS, 5], [BOS, 6]]
-    hits = detect_bos_eos(_batch(y, lp, lp, prompts=prompts), Tok())
+    hits = detect("bos_eos", _batch(y, lp, lp, prompts=prompts), student_tokenizer=Tok())
     assert [(f.row, f.position, f.severity) for f in hits] == [(1, None, "error"), (2, None, "warning")]
     assert "BOS twice" in hits[0].message and "add_special_tokens=False" in hits[0].message
     # a tokenizer that adds no BOS: a prompt without it is fine
-    assert [f.row for f in detect_bos_eos(_batch(y, lp, lp, prompts=prompts), Tok(adds_bos=False))] == [1]
+    assert [f.row for f in detect("bos_eos", _batch(y, lp, lp, prompts=prompts), student_tokenizer=Tok(adds_bos=False))] == [1]
 
 
 def _eos_batch(last_rollout: list, last_student: list | None = None, finish=None, extra=None):
@@ -369,33 +370,33 @@ def _eos_batch(last_rollout: list, last_student: list | None = None, finish=None
 
 def test_eos_appended_by_hand():
     batch = _eos_batch([-0.2, None, 0.0, 0.0], [-0.2, -0.2, -2.0, -1e-7], finish=["stop", "stop", "stop", "stop"])
-    hits = detect_bos_eos(batch, Tok())
+    hits = detect("bos_eos", batch, student_tokenizer=Tok())
     assert [(f.row, f.position, f.severity) for f in hits] == [(1, 3, "error"), (2, 3, "error")]
     assert "appended by hand" in hits[0].message and "exactly 0.0" in hits[1].message
     # exactly 0.0 with no student to compare: a warning
     no_student = batch.replace(student_logprobs=None)
-    assert [(f.row, f.severity) for f in detect_bos_eos(no_student, Tok())] == [(1, "error"), (2, "warning"), (3, "warning")]
+    assert [(f.row, f.severity) for f in detect("bos_eos", no_student, student_tokenizer=Tok())] == [(1, "error"), (2, "warning"), (3, "warning")]
     length = _eos_batch([-0.2, -0.3], finish=["length", "stop"])
-    hits = detect_bos_eos(length, Tok())
+    hits = detect("bos_eos", length, student_tokenizer=Tok())
     assert [(f.row, f.position, f.severity) for f in hits] == [(0, 3, "warning")] and "'length'" in hits[0].message
     # a masked appended EOS does no harm
     masked = batch.replace(mask=[[True] * 4, [True, True, True, False], [True, True, True, False], [True] * 4])
-    assert detect_bos_eos(masked, Tok()) == []
+    assert detect("bos_eos", masked, student_tokenizer=Tok()) == []
 
 
 def test_tokens_after_eos_and_pad_equals_eos():
     comps = [[4, EOS, 5, 6], [4, 5, 6, EOS], [4, EOS, EOS, EOS]]
     vals = [[-0.1, -0.2, -0.3, -0.4]] * 3
     batch = K.Batch(prompt_ids=[[BOS]] * 3, completion_ids=comps, rollout_logprobs=vals, student_logprobs=vals)
-    hits = detect_bos_eos(batch, Tok())
+    hits = detect("bos_eos", batch, student_tokenizer=Tok())
     assert [(f.row, f.position, f.severity) for f in hits] == [(0, 2, "error"), (2, 2, "error")]
     assert "2 valid token(s) follow the EOS at position 1" in hits[0].message
     masked = batch.replace(mask=[[True, True, False, False], [True] * 4, [True, True, False, False]])
-    assert detect_bos_eos(masked, Tok()) == []
-    pad_eos = detect_bos_eos(masked, Tok(pad=EOS))
+    assert detect("bos_eos", masked, student_tokenizer=Tok()) == []
+    pad_eos = detect("bos_eos", masked, student_tokenizer=Tok(pad=EOS))
     assert [(f.row, f.severity) for f in pad_eos] == [(None, "warning")] and "pad_token_id == eos_token_id" in pad_eos[0].message
     eos_masked = masked.replace(mask=[[True, True, False, False], [True, True, True, False], [True, True, False, False]])
-    assert [(f.row, f.position) for f in detect_bos_eos(eos_masked, Tok(pad=EOS))] == [(None, None), (1, 3)]
+    assert [(f.row, f.position) for f in detect("bos_eos", eos_masked, student_tokenizer=Tok(pad=EOS))] == [(None, None), (1, 3)]
     report = K.check_alignment(batch, student_tokenizer=Tok())
     assert {f.row for f in report.by_kind("bos_eos")} == {0, 2} and "bos_eos" not in report.unchecked
 
@@ -462,7 +463,9 @@ def test_a_pooled_metric_over_a_handful_of_tokens_needs_more_than_its_noise_to_b
     assert not K.check_alignment(batch(4, 2), Tolerances(metric_se=0.0)).ok
 
 
-def test_check_alignment_64x4096_is_fast():
+def test_check_alignment_at_64x4096_finds_exactly_the_shifted_rows():
+    """At the benchmark's size [64, 4096] (timed in benchmarks/bench_alignment.py): every 8th row shifted by
+    two tokens is an offset finding with lag 2, and no other row is."""
     g = torch.Generator().manual_seed(0)
     Bb, Lb = 64, 4096
     s = -torch.rand(Bb, Lb + 2, generator=g, dtype=torch.float64) * 5
@@ -470,11 +473,11 @@ def test_check_alignment_64x4096_is_fast():
     r[::8, :Lb] = s[::8, 2:]
     batch = K.Batch(prompt_ids=[[BOS]] * Bb, completion_ids=[[4] * Lb] * Bb, rollout_logprobs=r[:, :Lb].tolist(),
                     student_logprobs=s[:, :Lb].tolist(), teacher_logprobs=s[:, :Lb].tolist())
-    t0 = time.perf_counter()
     report = K.check_alignment(batch)
-    elapsed = time.perf_counter() - t0
-    assert sorted(f.row for f in report.by_kind("offset")) == list(range(0, Bb, 8))
-    assert elapsed < 5.0, f"check_alignment took {elapsed:.2f} s at [64, 4096] (benchmark goal: < 1 s)"
+    offsets = report.by_kind("offset")
+    assert sorted(f.row for f in offsets) == list(range(0, Bb, 8)), offsets
+    assert all(f.severity == "error" and "shifted by +2 token(s)" in f.message for f in offsets), offsets
+    assert {f.row for f in report.findings if f.severity == "error"} == set(range(0, Bb, 8)), report
 
 
 def test_tolerances_are_the_only_thresholds():

@@ -257,6 +257,18 @@ def test_failure_classes_table_names_every_detector_kind():
         assert f"`{kind}`" in table, f"docs/method.md's failure-class table lacks the kind {kind!r}"
 
 
+def test_env_sh_sets_exactly_the_envdefaults_table_and_keeps_what_is_set():
+    """scripts/env.sh is generated from iwopd_kit/envdefaults.py: sourced with the variables unset it sets each
+    to the table's value; a value the caller set wins."""
+    names = " ".join(RUN_ENV_DEFAULTS)
+    first = "VLLM_LOGGING_LEVEL"                 # (not PYTHONHASHSEED: python3 itself refuses a non-integer one)
+    script = f'unset {names}; export {first}=caller; source "{ROOT / "scripts" / "env.sh"}"; env'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    env = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    assert env[first] == "caller"
+    assert {k: env.get(k) for k in RUN_ENV_DEFAULTS if k != first} == {k: v for k, v in RUN_ENV_DEFAULTS.items() if k != first}
+
+
 def test_environment_notes_match_env_sh():
     script = f'unset {" ".join(RUN_ENV_DEFAULTS)}; source "{ROOT / "scripts" / "env.sh"}"; env'
     env = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout

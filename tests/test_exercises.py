@@ -62,8 +62,7 @@ def test_sampled_logprobs_stub_and_temperature():
 # ------------------------------------------------------------------------------------------ 02
 def test_offset_detector_stub_and_mistakes():
     _fails(E.check_offset_detector(lambda r, s, m: torch.zeros(r.shape[0], dtype=torch.long)), "expected shift")
-    _fails(E.check_offset_detector(lambda r, s, m: -S.best_shift_solution(r, s, m)), "sign is flipped")
-    _fails(E.check_offset_detector(S.best_lag_solution), "sign is flipped")   # the lag k = -d is not the shift
+    _fails(E.check_offset_detector(lambda r, s, m: -S.best_shift_solution(r, s, m)), "sign is flipped")  # the lag k = -d
     _fails(E.check_offset_detector(lambda r, s, m: S.best_shift_solution(r, s, m) + 4), "indices into the shifts tried")
     _fails(E.check_offset_detector(lambda r, s, m: S.best_shift_solution(r, s, m) + 0.5), "shifts must be integers")
 

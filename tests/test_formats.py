@@ -14,7 +14,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit.formats import from_verl_batch, load_any, load_trl_dump, to_trl_batch, to_verl_batch
-from iwopd_kit.formats.load import detect_format
+from iwopd_kit.formats.registry import detect_format
 
 
 def _batch(mask: bool = True) -> K.Batch:

@@ -94,7 +94,7 @@ def test_a_detector_answering_the_opposite_sign_fails_the_exercise():
     m = re.search(r"expected shift ([+-]\d+), got ([+-]\d+)", flipped.message)
     assert m and int(m.group(1)) == -int(m.group(2)) != 0
     # the lag scan's internal k (= -d) is the opposite sign, so it fails too
-    assert not E.check_offset_detector(S.best_lag_solution).ok
+    assert not E.check_offset_detector(lambda r, s, m: -S.best_shift_solution(r, s, m, 4)).ok
     assert E.check_offset_detector(S.best_shift_solution).ok
 
 

@@ -8,6 +8,7 @@ shows up as drift (staleness).
 from __future__ import annotations
 
 import iwopd_kit as K
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.train import LoopConfig, train
 
 
@@ -28,6 +29,6 @@ def test_skipping_the_sync_shows_as_drift(vllm_raw, hf_student, eval_prompt_ids)
     drifts = [r.drift for r in records[:-1]]
     assert drifts[0] < 1e-3 < drifts[-1], drifts
     # the shared engine is left with the student's weights from disk after the run
-    batch = K.rollout(vllm_raw, eval_prompt_ids[:4], temperature=1.0, max_tokens=48, seed=0, stop_token_ids=(2,))
+    batch = K.rollout(vllm_raw, eval_prompt_ids[:4], temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=0, stop_token_ids=(2,))
     gap = (batch.series("rollout_logprobs") - K.score(hf_student, batch)).abs()
     assert float(gap[batch.valid()].max()) < 1e-4

@@ -8,6 +8,7 @@ import pytest
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.server import start_server
 
 
@@ -24,7 +25,7 @@ def server(tmp_path_factory):
 def test_server_matches_offline(server, vllm_raw, eval_prompt_ids):
     engine = K.VLLMServerEngine(server.base_url)
     assert engine.model == "student"
-    kw = dict(temperature=1.0, max_tokens=48, seed=17, stop_token_ids=(2,))
+    kw = dict(temperature=1.0, max_tokens=ROLLOUT_MAX_TOKENS, seed=17, stop_token_ids=(2,))
     online = K.rollout(engine, eval_prompt_ids[:8], **kw)
     offline = K.rollout(vllm_raw, eval_prompt_ids[:8], **kw)
     assert online.completion_ids == offline.completion_ids

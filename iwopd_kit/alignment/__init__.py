@@ -28,9 +28,8 @@ Where things live:
   ``coverage`` (missing values B, teacher coverage C, truncation G; the teacher's one-token shift:
   ``teacher_shift``, an offset warning), ``tokens`` (tokenizer mismatch D,
   BOS/EOS E; "stop" rows: ``stops``), ``normalisation`` (K);
-- ``check``: the ordered ``REGISTRY`` and ``check_alignment``;
-- ``wrappers``: ``detect_offset(batch, tol, exclude)`` and the other ``detect_*`` functions, thin
-  wrappers with the call signatures the kit has always had.
+- ``check``: the ordered ``REGISTRY`` and ``check_alignment``; one class alone:
+  ``detector(kind)(Context(batch, tol, ...))``.
 
 Detectors compare *series*; they never recompute them. Thresholds live in :class:`Tolerances`
 (nats). Calibration assumptions:
@@ -59,19 +58,12 @@ from .core import (
     KINDS, REDUCTIONS, SEVERITIES, AlignmentReport, Context, Detector, Finding, Need, RowLag, Tolerances,
 )
 from .lags import ShiftedRows, Shifts, best_lags, fit_shifts, lag_scan, prompt_length_lags, row_lag_error, segment_ids, shifted_rows
-from .tokens import SAMPLE_TEXTS
-from .wrappers import (
-    detect_bos_eos, detect_missing, detect_normalisation, detect_numerics, detect_offset, detect_ordering,
-    detect_padding, detect_processed, detect_staleness, detect_teacher_coverage, detect_temperature,
-    detect_tokenizer_mismatch, detect_truncation,
-)
+from .tokens import SAMPLE_TEXTS, detect_tokenizer_mismatch
 
 __all__ = [
     "KINDS", "SEVERITIES", "REDUCTIONS", "SAMPLE_TEXTS", "Finding", "Tolerances", "RowLag", "AlignmentReport",
     "Context", "Need", "Detector", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment",
     "lag_scan", "row_lag_error", "prompt_length_lags", "best_lags", "ShiftedRows", "shifted_rows", "Shifts", "fit_shifts",
     "segment_ids",
-    "detect_offset", "detect_missing", "detect_teacher_coverage", "detect_temperature", "detect_processed",
-    "detect_numerics", "detect_ordering", "detect_padding", "detect_truncation", "detect_staleness",
-    "detect_normalisation", "detect_bos_eos", "detect_tokenizer_mismatch",
+    "detect_tokenizer_mismatch",
 ]

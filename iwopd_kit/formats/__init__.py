@@ -5,10 +5,9 @@ kit's own JSONL is :mod:`iwopd_kit.batch`), the safe file openers (``files``) an
 (``registry``) that ``load_any`` and the CLI use. No converter imports the table.
 """
 
-from .load import FORMATS, detect_format, load_any
 from .nemorl import from_nemorl_records
 from .primerl import from_primerl_records
-from .registry import READERS, dump_files
+from .registry import FORMATS, READERS, detect_format, dump_files, load_any
 from .slime import from_slime_rollout, from_slime_train, load_slime
 from .trl import from_trl_batch, load_trl_dump, to_trl_batch, trl_prefix_fix_slice
 from .verl import from_verl_batch, to_verl_batch

@@ -20,6 +20,42 @@ A run's directory of dumps is read through a second table, :data:`LAYOUTS`: one 
 line per framework's on-disk layout (which files are its dumps, the step of each, a step's
 finished-marker, a companion file its reader joins); :mod:`iwopd_kit.formats.dirs` walks it. A
 new reader adds its :class:`Reader` line and, for a run directory, its :class:`Layout` line.
+
+The formats (:data:`READERS`, in order):
+
+- ``jsonl`` (``.jsonl``): the kit's own rows, :func:`iwopd_kit.batch.read_jsonl`.
+- ``primerl`` (``.jsonl`` whose records have ``token_ids``, ``loss_mask``, ``inference_logprobs``):
+  prime-rl's token export, :mod:`iwopd_kit.formats.primerl`.
+- ``nemorl`` (``.jsonl`` whose lines have ``input_lengths`` and ``token_loss_mask``): NeMo-RL's
+  ``train_data_step<N>.jsonl``, :mod:`iwopd_kit.formats.nemorl`.
+- ``trl`` (``.pt`` / ``.pth`` with ``input_ids`` and ``labels``): a ``torch.save``d dict of a TRL
+  trainer's inputs, :func:`iwopd_kit.formats.trl.load_trl_dump`.
+- ``verl`` (``.pt`` / ``.pth`` with ``prompts`` and ``responses``): a ``torch.save``d dict or
+  ``TensorDict`` of a verl batch (``DataProto.batch``), :func:`iwopd_kit.formats.verl.from_verl_batch`.
+  A ``TensorDict`` is read with the weights-only load when ``tensordict`` is installed.
+- ``verl_dataproto`` (``.pkl`` / ``.pickle`` naming ``verl.protocol.DataProto``): a ``DataProto``
+  saved with ``save_to_disk``, a pickle: only with ``allow_pickle=True``.
+- ``vllm`` (``.pkl`` / ``.pickle``): a pickled ``list[RequestOutput]`` from ``LLM.generate``, or a
+  dict ``{"outputs": [...], "sampling": {SamplingSettings fields}}``: only with ``allow_pickle=True``.
+- ``openai`` (``.json``): ``/v1/completions`` responses and the prompt ids they answer, either as
+  ``{"prompt_ids": [[int, ...], ...], "responses": [response, ...], "sampling": {...}}`` (``sampling``
+  optional) or as a list of ``{"prompt_ids": [int, ...], "response": response}``; a record without
+  ``prompt_ids`` may carry them in ``response["choices"][0]["prompt_token_ids"]`` (vLLM's
+  ``return_token_ids``). Each response's ``choices[0]`` needs token ids (``token_ids`` or
+  ``"token_id:N"`` tokens) and ``logprobs.token_logprobs``.
+- ``trl_vllm`` (``.json`` with ``completion_ids`` and ``logprobs``): what TRL's vLLM client returns
+  in server mode, :func:`iwopd_kit.formats.vllm.from_trl_vllm_output`.
+- ``slime`` (``.pt`` / ``.pth`` with ``rollout_id`` and ``samples``): slime's
+  ``--save-debug-rollout-data`` dump; ``slime_train`` (``samples`` and ``dp_shards``): its
+  ``--save-debug-train-data`` dump; :func:`iwopd_kit.formats.slime.load_slime` joins the two.
+
+**No code runs from a dump by default.** JSON, JSONL and weights-only torch files cannot execute
+anything; a pickle is read only with ``allow_pickle=True`` (CLI ``--allow-pickle``), because
+unpickling runs code named in the file. Without it the error says what the pickle names and how to
+convert vLLM outputs to the kit's JSONL where they were made.
+
+Every failure is a :class:`~iwopd_kit.batch.BatchError` whose message names the file and the
+line / key / row; a truncated file says so.
 """
 
 from __future__ import annotations

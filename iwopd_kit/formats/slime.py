@@ -63,7 +63,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..batch import Batch, BatchError, SamplingSettings
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
+from ..sampling import SamplingSettings
 from . import files
 
 STATUS_FINISH = {"completed": "stop", "truncated": "length"}
@@ -150,7 +151,7 @@ class _Rows:
 
     def __init__(self) -> None:
         self.prompts, self.comps, self.masks, self.sources, self.kept = [], [], [], [], []
-        self.series: dict[str, list] = {"rollout_logprobs": [], "student_logprobs": [], "teacher_logprobs": []}
+        self.series: dict[str, list] = {ROLLOUT_LOGPROBS: [], STUDENT_LOGPROBS: [], TEACHER_LOGPROBS: []}
         self.meta, self.groups, self.finish = [], [], []
 
     def add(self, where: str, tokens: Any, n: Any, mask: Any, series: dict[str, Any], top_ids: Any,
@@ -169,7 +170,7 @@ class _Rows:
             mask = [False] * n
         vals = {k: _floats(where, key, v, n) for k, (key, v) in series.items()}
         kept = _kept(where, top_ids, top_offsets, n)
-        roll = vals["rollout_logprobs"]
+        roll = vals[ROLLOUT_LOGPROBS]
         src = ["policy"] * n
         if roll is not None:
             for j in range(n):
@@ -265,9 +266,9 @@ def from_slime_rollout(dump: Mapping[str, Any], train: Mapping[str, Any] | None 
             student = t.get("log_probs")
             teacher = t.get("teacher_log_probs") if t.get("teacher_log_probs") is not None else teacher
         rows.add(where, s.get("tokens"), n,
-                 s.get("loss_mask"), {"rollout_logprobs": ("rollout_log_probs", s.get("rollout_log_probs")),
-                                      "student_logprobs": ("log_probs", student),
-                                      "teacher_logprobs": ("teacher_log_probs", teacher)},
+                 s.get("loss_mask"), {ROLLOUT_LOGPROBS: ("rollout_log_probs", s.get("rollout_log_probs")),
+                                      STUDENT_LOGPROBS: ("log_probs", student),
+                                      TEACHER_LOGPROBS: ("teacher_log_probs", teacher)},
                  s.get("rollout_top_p_token_ids"), s.get("rollout_top_p_token_offsets"), bool(s.get("remove_sample")))
         meta = {k: _jsonable(s.get(k)) for k in ROLLOUT_META if k in s}
         meta.update(dump_rollout_id=_jsonable(dump.get("rollout_id")), rollout_position=i)
@@ -292,9 +293,9 @@ def from_slime_train(dump: Mapping[str, Any], sampling: SamplingSettings | None 
     for i, t in enumerate(_samples(dump, "slime train dump")):
         where = f"slime train dump, sample {i} (rollout_position {_plain(t.get('rollout_position'))!r})"
         rows.add(where, t.get("tokens"), _plain(t.get("response_lengths")), t.get("loss_masks"),
-                 {"rollout_logprobs": ("rollout_log_probs", t.get("rollout_log_probs")),
-                  "student_logprobs": ("log_probs", t.get("log_probs")),
-                  "teacher_logprobs": ("teacher_log_probs", t.get("teacher_log_probs"))},
+                 {ROLLOUT_LOGPROBS: ("rollout_log_probs", t.get("rollout_log_probs")),
+                  STUDENT_LOGPROBS: ("log_probs", t.get("log_probs")),
+                  TEACHER_LOGPROBS: ("teacher_log_probs", t.get("teacher_log_probs"))},
                  t.get("rollout_top_p_token_ids"), t.get("rollout_top_p_token_offsets"), False)
         meta = {k: _jsonable(t.get(k)) for k in ("sample_index", "rollout_position", "data_parallel_rank", "rewards",
                                                  "truncated") if k in t}

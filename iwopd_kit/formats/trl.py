@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..batch import SERIES, Batch, BatchError, SamplingSettings
+from ..batch import SERIES, Batch, BatchError
+from ..sampling import SamplingSettings
 from .files import read_torch_dict
 
 IGNORE_INDEX = -100

@@ -23,12 +23,12 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..batch import Batch, BatchError
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
 
 VERL_SERIES: dict[str, str] = {
-    "rollout_logprobs": "rollout_log_probs",
-    "student_logprobs": "old_log_probs",
-    "teacher_logprobs": "ref_log_prob",
+    ROLLOUT_LOGPROBS: "rollout_log_probs",
+    STUDENT_LOGPROBS: "old_log_probs",
+    TEACHER_LOGPROBS: "ref_log_prob",
 }
 """Kit series name -> verl key."""
 

@@ -11,14 +11,15 @@ spelled ``"token_id:N"`` (``return_tokens_as_token_ids``). TRL's vLLM client (se
 
 A step whose dict lacks the sampled id, or a response without token ids, is class B
 ("missing_token_ids"): recorded as a finding when the batch can still be built, an error otherwise.
-These functions convert objects already in memory; opening files is :mod:`iwopd_kit.formats.load`'s job.
+These functions convert objects already in memory; opening files is :mod:`iwopd_kit.formats.registry`'s job.
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..batch import Batch, BatchError, SamplingSettings
+from ..batch import Batch, BatchError
+from ..sampling import SamplingSettings
 
 
 def _missing(row: int, pos: int, msg: str) -> dict[str, Any]:
@@ -160,7 +161,7 @@ def _prompt_from_response(resp: Any) -> list[int] | None:
 
 def from_openai_json(obj: Any) -> Batch:
     """``/v1/completions`` responses plus their prompt ids, as loaded from JSON (either layout of
-    :mod:`iwopd_kit.formats.load`)."""
+    :mod:`iwopd_kit.formats.registry`)."""
     sampling = None
     if isinstance(obj, dict):
         for key in ("prompt_ids", "responses"):

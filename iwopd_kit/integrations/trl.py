@@ -71,10 +71,11 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from ..alignment import AlignmentReport, Tolerances, check_alignment
-from ..batch import LOGPROBS_MODES, Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from ..formats.trl import IGNORE_INDEX, from_trl_batch
 from ..mismatch import mismatch_metrics
 from ..objective import iw_opd_loss
+from ..sampling import LOGPROBS_MODES
 from ..scoring import sampled_logprobs
 from .trl_vllm import EngineRecorder, guard_weight_sync, vllm_engine_kwargs
 
@@ -252,11 +253,11 @@ class IWOPDCheckCallback(TrainerCallback):
             "input_ids": ids.detach().cpu(),
             "attention_mask": inputs["attention_mask"].detach().cpu(),
             "labels": inputs["labels"].detach().cpu(),
-            "rollout_logprobs": _full_width(rollout, ids, start),
-            "student_logprobs": _full_width(student, ids, start),
-            "teacher_logprobs": _full_width(teacher, ids, start),
+            ROLLOUT_LOGPROBS: _full_width(rollout, ids, start),
+            STUDENT_LOGPROBS: _full_width(student, ids, start),
+            TEACHER_LOGPROBS: _full_width(teacher, ids, start),
             "sampling": sampling,
-            "scoring": {"student_logprobs": float(t.temperature), "teacher_logprobs": float(t.temperature)},
+            "scoring": {STUDENT_LOGPROBS: float(t.temperature), TEACHER_LOGPROBS: float(t.temperature)},
             "meta": meta,
         }
         path = None

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
 from .gates import RULES, GateInputs, evaluate
 
 COLUMNS = ("rule", "level", "action", "params", "step", "group", "tokens", "tokens_masked", "token_fraction", "seqs",
@@ -25,9 +26,9 @@ def batch_inputs(batch) -> GateInputs:
     """A Batch's counted tokens (policy, loss-masked, both log-probs finite) as :class:`GateInputs`."""
     from .batches import rl_advantages, row_groups, row_rewards
 
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         raise ValueError("the dump needs rollout_logprobs and student_logprobs (the trainer's) to replay a mask")
-    s, r = batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64)
+    s, r = batch.series(STUDENT_LOGPROBS, torch.float64), batch.series(ROLLOUT_LOGPROBS, torch.float64)
     m = batch.policy_mask() & torch.isfinite(s) & torch.isfinite(r)
     rows = torch.arange(batch.size)[:, None].expand_as(m)
     adv = rl_advantages(batch)

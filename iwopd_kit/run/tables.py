@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from ..alignment.core import KINDS, AlignmentReport
-from ..batch import TOKEN_SOURCES, Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
 from ..mismatch import MISMATCH_KEYS, metrics_from_delta
 from ..objective import advantage, prefix_weights
 from .batches import _streams, rl_advantages, row_groups, row_rewards
@@ -71,9 +71,9 @@ def counted(batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(counted [B, L] bool, Δ float64 [B, L] or None): the tokens the row / group metrics pool (the metric pool
     where both log-probs are finite), and Δ there."""
     pm = pool_mask(batch)
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return torch.zeros_like(pm), None
-    d = batch.series("student_logprobs", torch.float64) - batch.series("rollout_logprobs", torch.float64)
+    d = batch.series(STUDENT_LOGPROBS, torch.float64) - batch.series(ROLLOUT_LOGPROBS, torch.float64)
     return pm & torch.isfinite(d), d
 
 
@@ -85,7 +85,7 @@ def flat_masks(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
     policy = np.ones(n, np.bool_) if m is None else m.values.numpy().astype(np.bool_)
     if src is not None:
         policy &= src.values.numpy() == TOKEN_SOURCES.index("policy")
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return policy, np.zeros(n, np.bool_), None
     pool = policy.copy()
     if batch.metric_pool:                               # Batch.metric_mask: a non-zero weight in a pool stream
@@ -93,7 +93,7 @@ def flat_masks(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
         for name in batch.metric_pool:
             hit |= np.nan_to_num(streams[name].values.numpy().astype(np.float64), nan=0.0) != 0
         pool &= hit
-    d = _series(batch, "student_logprobs") - _series(batch, "rollout_logprobs")
+    d = _series(batch, STUDENT_LOGPROBS) - _series(batch, ROLLOUT_LOGPROBS)
     return policy, pool & np.isfinite(d), d
 
 
@@ -113,10 +113,10 @@ def token_kinds(batch: Batch, report: AlignmentReport) -> torch.Tensor:
 def _advantage(batch: Batch, gamma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     """IW-OPD's A = teacher − rollout (the student's recompute where there is no rollout) and its prefix weight,
     on policy tokens where both are finite; NaN elsewhere; None without a teacher."""
-    ref = "rollout_logprobs" if batch.has("rollout_logprobs") else "student_logprobs"
-    if not (batch.has("teacher_logprobs") and batch.has(ref)):
+    ref = ROLLOUT_LOGPROBS if batch.has(ROLLOUT_LOGPROBS) else STUDENT_LOGPROBS
+    if not (batch.has(TEACHER_LOGPROBS) and batch.has(ref)):
         return None, None
-    t, r = batch.series("teacher_logprobs", torch.float64), batch.series(ref, torch.float64)
+    t, r = batch.series(TEACHER_LOGPROBS, torch.float64), batch.series(ref, torch.float64)
     m = batch.policy_mask() & torch.isfinite(t) & torch.isfinite(r)
     a = advantage(torch.where(m, t, 0.0), torch.where(m, r, 0.0), m)
     w = prefix_weights(a, m, gamma=gamma)
@@ -156,7 +156,7 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
     src = batch.packed("token_source")
     codes = np.zeros(n, dtype=np.int8) if src is None else src.values.numpy().astype(np.int8)
     mask = batch.packed("mask")
-    roll, stud = _series(batch, "rollout_logprobs"), _series(batch, "student_logprobs")
+    roll, stud = _series(batch, ROLLOUT_LOGPROBS), _series(batch, STUDENT_LOGPROBS)
     policy, counted_, delta = flat_masks(batch)
     adv, w = _advantage(batch, gamma)
     rl = rl_advantages(batch)
@@ -178,7 +178,7 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
         "counted": pa.array(counted_, pa.bool_()),
         "rollout_logprob": _col(roll, n),
         "student_logprob": _col(stud, n),
-        "teacher_logprob": _col(_series(batch, "teacher_logprobs"), n),
+        "teacher_logprob": _col(_series(batch, TEACHER_LOGPROBS), n),
         "kept_logmass": _col(_series(batch, "kept_logmass"), n),
         "delta": _col(delta, n),
         "advantage": _col(adv, n),

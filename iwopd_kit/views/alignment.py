@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from ..alignment.core import KINDS, AlignmentReport, Tolerances
+from ..alignment.core import KINDS, AlignmentReport
 from ..batch import Batch
 from .report import html_table, text_table
 from .findings import LABELS, series_for
@@ -34,8 +34,7 @@ class AlignmentView:
 
     ``shift_rows``: one ``(row, shift d, mean gap as stored, mean gap with the shift undone)`` per
     row, from the report's ``row_lags`` (d = 0 and the stored gap twice where the check reported no
-    offset). :attr:`lag_rows` is the same table in the lag scan's internal convention (k = -d), kept
-    for compatibility; nothing shown uses it.
+    offset).
     """
 
     findings: tuple[tuple, ...]
@@ -44,11 +43,6 @@ class AlignmentView:
     rows: tuple[int, ...]
     ok: bool
     linked_rows: tuple[int, ...] | None = None     # rows whose anchors exist where the view is shown; None: ``rows``
-
-    @property
-    def lag_rows(self) -> tuple[tuple, ...]:
-        """``(row, lag k = -d, gap at 0, gap at k)`` per row: :attr:`shift_rows` with the lag scan's sign (compatibility)."""
-        return tuple((b, -d, e0, e) for b, d, e0, e in self.shift_rows)
 
     def _shift_table(self, table) -> str:
         rows = [[b, f"{d:+d}" if d else "0", e0, e] for b, d, e0, e in self.shift_rows]
@@ -123,8 +117,7 @@ def _row_series(report: AlignmentReport, series: dict, b: int) -> str | None:
 
 
 def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]] | None = None,
-                   rows: list[int] | None = None, tolerances: Tolerances = Tolerances(),
-                   linked_rows: list[int] | None = None) -> AlignmentView:
+                   rows: list[int] | None = None, linked_rows: list[int] | None = None) -> AlignmentView:
     """Build the diff view. ``rows`` defaults to the rows with findings (or the first 3). Each row's strip is
     coloured by the series behind its findings (|rollout − student| for a gap finding or none, the teacher's
     log-probs for a teacher-side one).
@@ -132,8 +125,7 @@ def alignment_view(batch: Batch, report: AlignmentReport, tokens: list[list[str]
     A finding links to its row's strip (``#iwopd-align-row-<row>``) only where that strip exists: the
     rows the view draws, or ``linked_rows`` when the page around the view draws the strips itself.
 
-    The shift table is ``report.row_lags`` (empty when the check could not scan for shifts);
-    ``tolerances`` is accepted for compatibility and not used: the check already applied its own.
+    The shift table is ``report.row_lags`` (empty when the check could not scan for shifts).
     """
     shift_rows = tuple((x.row, x.shift, x.gap_at_0, x.gap_at_shift) for x in report.row_lags)
     flagged = sorted({f.row for f in report.findings if f.row is not None})

@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from ..batch import Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
 from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual
 from ..mismatch import batch_delta as pooled_batch_delta
 from .report import html_table, text_table
@@ -48,7 +48,7 @@ def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
 def batch_delta(batch: Batch) -> torch.Tensor | None:
     """Δ = student − rollout over the valid tokens with both values finite (float64 [N]); None without them
     (:func:`iwopd_kit.mismatch.batch_delta`)."""
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return None
     d = pooled_batch_delta(batch)
     return d if d.numel() else None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
+
 
 @dataclass(frozen=True)
 class SeriesName:
@@ -23,9 +25,9 @@ class SeriesName:
 
 
 SERIES_NAMES: tuple[SeriesName, ...] = (
-    SeriesName("rollout", "rollout_logprobs", "rollout log-prob", (-5.0, 0.0), "sequential_r", "#1b9e77"),
-    SeriesName("student", "student_logprobs", "student log-prob", (-5.0, 0.0), "sequential_r", "#7570b3"),
-    SeriesName("teacher", "teacher_logprobs", "teacher log-prob", (-5.0, 0.0), "sequential_r", "#d95f02"),
+    SeriesName("rollout", ROLLOUT_LOGPROBS, "rollout log-prob", (-5.0, 0.0), "sequential_r", "#1b9e77"),
+    SeriesName("student", STUDENT_LOGPROBS, "student log-prob", (-5.0, 0.0), "sequential_r", "#7570b3"),
+    SeriesName("teacher", TEACHER_LOGPROBS, "teacher log-prob", (-5.0, 0.0), "sequential_r", "#d95f02"),
     SeriesName("advantage", None, "advantage A", (-2.0, 2.0), "diverging", "#4393c3"),
     SeriesName("weight", None, "prefix weight w", (1.0, 1.5), "sequential", "#b2182b"),
     SeriesName("loss", None, "per-token loss", (-2.0, 2.0), "diverging"),

@@ -18,13 +18,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from ..objective import advantage, iw_opd_loss, prefix_weights
 from ..results import PipelineResult
 from .tokens import token_strip
 
 #: Series the explorers colour by (names of :data:`~iwopd_kit.views.names.SERIES_NAMES`).
 EXPLORER_SERIES = ("advantage", "weight", "loss")
-SERIES = EXPLORER_SERIES   # the old name, kept
 #: Slider range of gamma; the weight colour scale is fixed to [1, 1 + GAMMA_MAX] so colours never jump.
 GAMMA_MAX = 2.0
 _BOUNDS = {"weight": (1.0, 1.0 + GAMMA_MAX)}
@@ -112,9 +112,9 @@ def _result_series(result: PipelineResult) -> tuple[Tensor, Tensor, Tensor, Tens
     """(student, teacher, rollout, mask, A) of a pipeline result, [B, L] each (rollout: student if absent)."""
     batch = result.batch
     mask = batch.valid()
-    student = batch.series("student_logprobs", torch.float64)
-    teacher = batch.series("teacher_logprobs", torch.float64)
-    rollout = batch.series("rollout_logprobs", torch.float64) if batch.has("rollout_logprobs") else student
+    student = batch.series(STUDENT_LOGPROBS, torch.float64)
+    teacher = batch.series(TEACHER_LOGPROBS, torch.float64)
+    rollout = batch.series(ROLLOUT_LOGPROBS, torch.float64) if batch.has(ROLLOUT_LOGPROBS) else student
     return student, teacher, rollout, mask, advantage(teacher, rollout, mask)
 
 
@@ -194,4 +194,4 @@ def explore_result(result: PipelineResult, eps: float = 1e-8):
     return _explorer(result.batch.size, result.batch.width, result.gamma, eps, compute)
 
 
-__all__ = ["GAMMA_MAX", "EXPLORER_SERIES", "SERIES", "explore_result", "explore_weights"]
+__all__ = ["GAMMA_MAX", "EXPLORER_SERIES", "explore_result", "explore_weights"]

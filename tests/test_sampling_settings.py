@@ -1,0 +1,61 @@
+"""One sampling-settings object (iwopd_kit/sampling.py) for the engines, ``rollout``, the pipeline and the loop;
+the older keyword calls keep working and build the same object."""
+
+from __future__ import annotations
+
+import pytest
+
+import iwopd_kit as K
+from iwopd_kit.pipeline import run_pipeline
+from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
+from iwopd_kit.train import LoopConfig
+
+
+class RecordingEngine:
+    """An engine that records each request and answers 3 fixed tokens per prompt with log-prob -1."""
+
+    def __init__(self):
+        self.requests: list[SamplingSettings] = []
+
+    def generate(self, prompt_ids, sampling: SamplingSettings) -> K.Batch:
+        self.requests.append(sampling)
+        comps = [[5, 6, 7] for _ in prompt_ids]
+        return K.Batch(prompt_ids=[list(p) for p in prompt_ids], completion_ids=comps,
+                       rollout_logprobs=[[-1.0] * 3 for _ in comps],
+                       sampling=sampling.for_engine("recording", "raw_logprobs"))
+
+
+def test_rollout_takes_one_settings_object_or_its_fields():
+    engine = RecordingEngine()
+    settings = SamplingSettings(temperature=0.7, top_p=0.9, max_tokens=5, seed=3)
+    K.rollout(engine, [[1, 2]], settings)
+    K.rollout(engine, [[1, 2]], settings, seed=4)                       # a keyword replaces one field
+    K.rollout(engine, [[1, 2]], temperature=0.7, top_p=0.9, max_tokens=5, seed=3)   # the older call
+    K.rollout(engine, [[1, 2]])
+    a, b, c, d = engine.requests
+    assert a == settings == c
+    assert b == SamplingSettings(temperature=0.7, top_p=0.9, max_tokens=5, seed=4)
+    assert d == K.Sampling() and d.max_tokens == ROLLOUT_MAX_TOKENS and d.seed == 0
+    with pytest.raises(TypeError, match="rollout: .*allowed: temperature"):
+        K.rollout(engine, [[1, 2]], settings, tempreature=1.0)
+
+
+def test_loop_config_builds_its_request_in_one_place():
+    cfg = LoopConfig(temperature=0.5, max_tokens=20, seed=7)
+    assert cfg.sampling == SamplingSettings(temperature=0.5, max_tokens=20, seed=7)
+    assert LoopConfig().sampling == K.Sampling()
+    again = LoopConfig.with_sampling(cfg.sampling, steps=3)
+    assert again == LoopConfig(temperature=0.5, max_tokens=20, seed=7, steps=3)
+    with pytest.raises(ValueError, match="top_p=1 and top_k=0; got top_p=0.9"):
+        LoopConfig.with_sampling(SamplingSettings(top_p=0.9))
+
+
+@pytest.mark.slow                           # loads the tiny student and teacher twice (~4 s)
+def test_pipeline_takes_one_settings_object_and_the_older_keywords():
+    engine = RecordingEngine()
+    new = run_pipeline(n_prompts=2, engine=engine, sampling=SamplingSettings(temperature=1.0, max_tokens=9, seed=2))
+    old = run_pipeline(n_prompts=2, engine=engine, temperature=1.0, max_tokens=9, seed=2)
+    first, second = engine.requests
+    assert first == second and first.max_tokens == 9 and first.seed == 2
+    assert first.stop_token_ids is not None and len(first.stop_token_ids) == 1     # the tokenizer's EOS
+    assert new.settings == old.settings and new.settings["max_tokens"] == 9 and new.settings["seed"] == 2
