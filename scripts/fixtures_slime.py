@@ -397,13 +397,15 @@ def main() -> None:
         P = len(s.tokens) - s.response_length
         s.rollout_log_probs = lps[P - 2: P - 2 + s.response_length]
     write("shift", shifted, train_dump(shifted, student, teacher, 1.0, 1.0, False),
-          "rollout log-probs one token early: token j holds the log-prob of token j-1")
+          "rollout log-probs one token early: token j holds the log-prob of token j-1 (the check: an offset error "
+          "per row; row 1's 3-token second turn takes its first turn's shift)")
     offset = rollout(student, teacher, tok, 1.0, 1.0, sglang_teacher=True, seed=0)
     for s in offset:
         t = torch.tensor(input_token_logprobs(teacher, s.tokens, 1.0)[1:], dtype=torch.float32)
         s.teacher_log_probs = t[-s.response_length - 1:-1]
     write("teacher_offset", offset, train_dump(offset, student, teacher, 1.0, 1.0, False),
-          "teacher log-probs sliced [-R - 1:-1]: token j holds the teacher's log-prob of token j-1")
+          "teacher log-probs sliced [-R - 1:-1]: token j holds the teacher's log-prob of token j-1 (the check: an "
+          "offset warning per row naming the teacher series)")
     write_readme()
 
 

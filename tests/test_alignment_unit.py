@@ -206,3 +206,40 @@ def test_offset_larger_than_the_scan_window_is_found_from_prompt_lengths():
     offsets = report.by_kind("offset")
     assert sorted(f.row for f in offsets) == [1, 3]
     assert all("shifted by +9" in f.message for f in offsets)
+
+
+def _teacher_case(seed: int, sigma: float, independent: bool, rows: int = 16, length: int = 24):
+    """Tokens sampled from a student; a teacher whose logits are the student's plus N(0, sigma) noise, or (an
+    early-training student far from its teacher) independent logits at twice the scale. Returns (y, student, teacher)."""
+    g = torch.Generator().manual_seed(seed)
+    zs = torch.randn(rows, length, V, generator=g, dtype=torch.float64) * 1.5
+    y = torch.multinomial(torch.softmax(zs, -1).reshape(-1, V), 1, generator=g).reshape(rows, length)
+    zt = (torch.randn(rows, length, V, generator=g, dtype=torch.float64) * 3.0 if independent
+          else zs + sigma * torch.randn(rows, length, V, generator=g, dtype=torch.float64))
+    return y, _gather(torch.log_softmax(zs, -1), y), _gather(torch.log_softmax(zt, -1), y)
+
+
+def _teacher_offsets(y, student, teacher):
+    b = K.Batch(prompt_ids=[[1]] * y.shape[0], completion_ids=y.tolist(), rollout_logprobs=student.tolist(),
+                student_logprobs=student.tolist(), teacher_logprobs=teacher.tolist())
+    return [f for f in K.check_alignment(b).findings if f.kind == "offset"]
+
+
+def test_a_teacher_series_sliced_one_token_early_is_an_offset_warning_on_its_rows():
+    y, student, teacher = _teacher_case(0, sigma=0.5, independent=False)
+    assert _teacher_offsets(y, student, teacher) == []
+    early = torch.cat([teacher[:, :1] - 1.0, teacher[:, :-1]], dim=1)      # token j holds the teacher's value of j - 1
+    found = _teacher_offsets(y, student, early)
+    assert sorted(f.row for f in found) == list(range(y.shape[0]))
+    assert {f.severity for f in found} == {"warning"} and "teacher log-probs look shifted by -1" in found[0].message
+    late = torch.cat([teacher[:, 1:], teacher[:, -1:]], dim=1)             # token j holds the teacher's value of j + 1
+    assert {f.message.split(" token(s)")[0] for f in _teacher_offsets(y, student, late)} == {"teacher log-probs look shifted by +1"}
+
+
+def test_an_early_training_student_far_from_its_teacher_is_no_teacher_offset():
+    """Teacher logits independent of the student's (|teacher - student| ~ nats on every token): lag 0 fits no
+    better than +-1, but no shift fits 1.5x better either, so there is no finding (10 seeds)."""
+    for seed in range(10):
+        y, student, teacher = _teacher_case(seed, sigma=0.0, independent=True)
+        assert (teacher - student).abs().mean() > 1.0
+        assert _teacher_offsets(y, student, teacher) == []

@@ -338,3 +338,20 @@ def test_healthy_fixtures_stay_clean_without_settings_and_in_groups(name):
         assert report.ok, report
     assert set(report.group_metrics) == {"g0", "g1", "g2", "g3"}
     assert sum(m["tokens"] for m in report.group_metrics.values()) == report.stats["tokens"]
+
+
+@pytest.mark.parametrize("path", ["healthy_fp32_t1.jsonl", "healthy_bf16.jsonl", "healthy_processed_t07.jsonl",
+                                  "chat/healthy.jsonl", "padding.jsonl", "tokenizer_mismatch.jsonl"])
+def test_a_healthy_teacher_series_is_not_called_shifted(path):
+    """The teacher-shift rule (lag +-1 fitting 1.5x better than lag 0) on fixtures with a healthy teacher series,
+    the two nearest the bound among them (padding, tokenizer_mismatch: ratio 0.93) included."""
+    from iwopd_kit import toy
+    from iwopd_kit.alignment.core import Context
+    from iwopd_kit.alignment.teacher_shift import find_teacher_offset, teacher_lag_fit
+    from iwopd_kit.formats import load_any
+    b = load_any(toy.FIXTURES_DIR / path)
+    lags, total, count = teacher_lag_fit(Context(b))
+    assert int(count[:, 1].sum()) >= 100                              # the rule had enough pairs to judge
+    pooled = total.sum(0) / count.sum(0)
+    assert float(pooled[1] / pooled[[0, 2]].min()) < 1.0              # lag 0 fits best
+    assert find_teacher_offset(Context(b)) == []

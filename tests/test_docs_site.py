@@ -11,7 +11,6 @@ file exists, and so does the ``#anchor`` in it.
 from __future__ import annotations
 
 import json
-import re
 import os
 import subprocess
 import sys
@@ -28,13 +27,6 @@ from iwopd_kit.browser import launch
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 VIEW_SELECTOR = ".iwv, .iwopd-align"
-#: Stored outputs made before the alignment view linked only the rows it draws (views/alignment.py):
-#: their finding links to undrawn rows are dead until ``scripts/refresh_notebooks.sh`` stores them
-#: again. Each entry must still be needed (checked below): refresh, then remove it.
-STALE_VIEW_LINKS = {"notebooks/06_debug_a_run.html", "notebooks/08_real_tokenizers.html"}
-STALE_LINK = re.compile(r"^#iwopd-align-row-\d+$")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
@@ -113,7 +105,7 @@ def test_every_page_loads_offline_and_every_relative_link_resolves(site, browser
     page, refused = browser_page
     pages = sorted(p for p in site.rglob("*.html") if "assets" not in p.relative_to(site).parts)
     assert len(pages) >= 20
-    checked, broken, stale = 0, [], set()
+    checked, broken = 0, []
     for path in pages:
         if path.name == "404.html":                        # served by a web server: absolute links by design
             continue
@@ -129,14 +121,9 @@ def test_every_page_loads_offline_and_every_relative_link_resolves(site, browser
             if not file.is_file():
                 broken.append(f"{path.relative_to(site)}: {href} (no file)")
             elif anchor and file.suffix == ".html" and unquote(anchor) not in _ids(file):
-                rel = path.relative_to(site).as_posix()
-                if rel in STALE_VIEW_LINKS and STALE_LINK.match(href):
-                    stale.add(rel)
-                else:
-                    broken.append(f"{rel}: {href} (no #{anchor})")
+                broken.append(f"{path.relative_to(site).as_posix()}: {href} (no #{anchor})")
             checked += 1
     assert broken == [], "broken links:\n" + "\n".join(broken)
-    assert stale == STALE_VIEW_LINKS, f"refreshed, remove from STALE_VIEW_LINKS: {STALE_VIEW_LINKS - stale}"
     assert checked > 500
     assert refused == []
 

@@ -144,6 +144,35 @@ def test_shift_is_an_offset_error_on_every_row():
         assert b.rollout_logprobs[r][1:] == pytest.approx(healthy.student_logprobs[r][:-1], abs=2e-5)
 
 
+def test_shift_across_a_tool_turn_is_one_offset_per_row_and_no_numerics():
+    """Row 1's second assistant turn (3 tokens) is too short for a shift fit of its own: it takes the shift of
+    its row's first turn (which undoes its 2 in-turn pairs), so its tokens, the one carrying the tool token's
+    value included, are the offset finding's and numerics never sees them."""
+    b = joined("shift")
+    assert [s for s in b.segments(b.policy_mask()) if s[0] == 1] == [(1, 0, 7), (1, 10, 13)]
+    report = K.check_alignment(b)
+    errs = [f for f in report.findings if f.severity == "error"]
+    assert sorted(f.row for f in errs) == list(range(b.size)) and {f.kind for f in errs} == {"offset"}
+    assert not [f for f in report.findings if f.kind == "numerics"]
+    turn2 = next(f for f in errs if f.row == 1).message
+    assert "turn 2 of 2 (positions 10-12) is too short to fit a shift of its own and carries the same one" in turn2
+    assert bool(report.explained[1, 10:13].all())
+    assert set(report.token_kinds[1, 10:13].tolist()) == {K.alignment.KINDS.index("offset")}
+
+
+def test_a_healthy_short_turn_next_to_a_shifted_one_is_not_taken_in():
+    """Only row 1's first turn shifted (by hand): its healthy 3-token second turn (gap 0 at lag 0) keeps its own
+    tokens, so it is neither marked offset nor named in the finding."""
+    healthy = joined("healthy")
+    r = [list(x) for x in healthy.rollout_logprobs]
+    r[1][1:7] = r[1][0:6]
+    b = healthy.replace(rollout_logprobs=r)
+    report = K.check_alignment(b)
+    errs = [f for f in report.findings if f.severity == "error"]
+    assert [(f.kind, f.row) for f in errs] == [("offset", 1)] and "turn 2" not in errs[0].message
+    assert not bool(report.explained[1, 10:13].any())
+
+
 def test_teacher_offset_is_read_one_token_early():
     b, healthy = joined("teacher_offset"), joined("healthy")
     assert b.completion_ids == healthy.completion_ids
@@ -193,3 +222,19 @@ def test_sampling_is_recorded_when_given():
         load_any(DIR / "healthy" / "train_0.pt", format="slime")
     with pytest.raises(K.BatchError, match=r"data_0.pt: not a slime train dump"):
         load_any(DIR / "healthy" / "data_0.pt", format="slime_train")
+
+
+def test_teacher_offset_is_an_offset_warning_on_every_row_and_healthy_teachers_are_not():
+    found = [f for f in K.check_alignment(joined("teacher_offset")).findings if f.kind == "offset"]
+    assert sorted(f.row for f in found) == list(range(8)) and {f.severity for f in found} == {"warning"}
+    assert all(f.message.startswith("teacher log-probs look shifted by -1 token(s)") for f in found)
+    for name in ("healthy", "top_p", "shift"):
+        assert not [f for f in K.check_alignment(joined(name)).findings if f.message.startswith("teacher log-probs")]
+
+
+def test_the_teacher_offset_finding_is_drawn_by_the_teacher_series():
+    from iwopd_kit.views.findings import series_for
+    f = next(f for f in K.check_alignment(joined("teacher_offset")).findings if f.kind == "offset")
+    series = {"gap": [[0.0]], "teacher": [[-1.0]]}
+    assert series_for(f.kind, series, 0, 0, f.message) == "teacher"
+    assert series_for("offset", series, 0, 0, "rollout log-probs are shifted by -1 token(s)") == "gap"

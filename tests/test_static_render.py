@@ -139,3 +139,27 @@ def test_the_check_report_renders_offline_without_scripts(page, tmp_path):
     shot = page.screenshot(full_page=True)
     (SHOTS / "check_report_offline.png").write_bytes(shot)
     assert coloured_pixels(shot) >= MIN_COLOURED, "the check report shows no colour offline"
+
+
+def test_the_run_report_and_its_step_pages_render_offline(page, tmp_path):
+    """``iwopd-kit scan``'s ``report.html`` and a per-step page: opened in headless Chromium with JavaScript off
+    and every non-file request refused, no request beyond the pages themselves, the timeline's charts drawn in
+    colour, a link to a step page resolving to a page with its token strips."""
+    from run_fixtures import write_primerl_run
+
+    from iwopd_kit.run import scan_run
+
+    result = scan_run(write_primerl_run(tmp_path / "run", steps=range(1, 6), n_rows=4), workers=1, progress=False)
+    report = result.store / "report.html"
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(report.as_uri(), wait_until="load")
+    assert page.locator("svg").count() >= 3
+    shot = page.screenshot(full_page=True)
+    (SHOTS / "run_report_offline.png").write_bytes(shot)
+    assert coloured_pixels(shot) >= MIN_COLOURED, "the run report shows no colour offline"
+    links = [a.get_attribute("href") for a in page.locator("a[href^='steps/']").all()]
+    assert links == [f"steps/step_{s}.html" for s in result.bad_steps] and links
+    page.goto((result.store / links[-1]).as_uri(), wait_until="load")     # step 5: offset rows, one strip each
+    assert page.locator("span[title]").count() > 0
+    assert requests == [report.as_uri(), (result.store / links[-1]).as_uri()], requests

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from .core import SIDES, Context, Finding, value_text
+from .teacher_shift import find_teacher_offset
 from .tensors import first_position, first_true, last_true
 
 
@@ -62,7 +63,9 @@ def _masked_nulls(kind: str, side: str, nulls: Tensor) -> list[Finding]:
 
 def find_teacher_coverage(ctx: Context) -> list[Finding]:
     """Class C: every loss-masked policy token needs a finite teacher log-prob (an error per row); a null on
-    any other completion token is one info (a -inf sentinel there is not reported)."""
+    any other completion token is one info (a -inf sentinel there is not reported). Then the teacher's alignment:
+    an ``offset`` warning per row when the teacher series fits the student's better shifted
+    (:func:`~iwopd_kit.alignment.teacher_shift.find_teacher_offset`)."""
     batch = ctx.batch
     t = batch.series("teacher_logprobs", torch.float64)
     valid = ctx.policy
@@ -78,7 +81,7 @@ def find_teacher_coverage(ctx: Context) -> list[Finding]:
             f"position {j}, value {value_text(t[b, j].item())}); the teacher must score every completion token (check the teacher "
             "server's window and the -inf padding sentinels)",
         ))
-    return out + _masked_nulls("teacher_coverage", "teacher", batch.padding_mask() & ~valid & t.isnan())
+    return out + _masked_nulls("teacher_coverage", "teacher", batch.padding_mask() & ~valid & t.isnan()) + find_teacher_offset(ctx)
 
 
 def find_truncation(ctx: Context) -> list[Finding]:

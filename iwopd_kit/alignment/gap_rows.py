@@ -42,6 +42,8 @@ def find_offset(ctx: Context) -> list[Finding]:
     for i, (b, _, _) in enumerate(shifts.segments):
         turns.setdefault(b, []).append(i)
     cols = torch.arange(ctx.batch.width)[None, :]
+    rows = torch.arange(ctx.batch.size)[:, None]
+    short = _adopted_text(shifts, turns)
     out = []
     for i in shifts.seg_flagged.nonzero().flatten().tolist():
         b, start, end = shifts.segments[i]
@@ -49,14 +51,36 @@ def find_offset(ctx: Context) -> list[Finding]:
         where = ""
         if len(turns[b]) > 1:
             where = f" in turn {turns[b].index(i) + 1} of {len(turns[b])} (positions {start}-{end - 1}; pairs stay inside the turn)"
-        tokens = ctx.policy & (torch.arange(ctx.batch.size)[:, None] == b) & (cols >= start) & (cols < end)
-        ctx.mark("offset", tokens)
+        spans = [(start, end)] + [(s0, e1) for s0, e1 in short.get(i, ([], ""))[0]]
+        for s0, e1 in spans:
+            ctx.mark("offset", ctx.policy & (rows == b) & (cols >= s0) & (cols < e1))
         out.append(Finding(
             "offset", b, start, "error",
             f"rollout log-probs are shifted by {d:+d} token(s){where}: token j carries the log-prob of token j{d:+d} "
-            f"(mean gap {gap_text(e0)} as stored, {gap_text(e_best)} with the shift undone); {offset_fix(d, p[b], min(p), max(p))}",
+            f"(mean gap {gap_text(e0)} as stored, {gap_text(e_best)} with the shift undone){short.get(i, ([], ''))[1]}; "
+            f"{offset_fix(d, p[b], min(p), max(p))}",
         ))
     return sorted(out + _zero_padded_rows(ctx), key=lambda f: (f.row, f.position))
+
+
+def _adopted_text(shifts, turns: dict[int, list[int]]) -> dict[int, tuple[list[tuple[int, int]], str]]:
+    """The short turns that take their row's shift (``Shifts.seg_adopted``), per flagged segment they join (the
+    row's largest one with that shift): ``{segment: ([(start, end), ...], message tail)}``. Such a turn's whole
+    span is the finding's, its first (or last) token too, whose shifted partner lies outside the turn."""
+    out: dict[int, tuple[list[tuple[int, int]], str]] = {}
+    size = [e - s for _, s, e in shifts.segments]
+    for i in shifts.seg_adopted.nonzero().flatten().tolist():
+        b, start, end = shifts.segments[i]
+        k = int(shifts.seg_best_k[i])
+        host = max((j for j in turns[b] if bool(shifts.seg_flagged[j]) and int(shifts.seg_best_k[j]) == k),
+                   key=lambda j: size[j])
+        spans, text = out.get(host, ([], ""))
+        text += (f"; turn {turns[b].index(i) + 1} of {len(turns[b])} (positions {start}-{end - 1}) is too short to fit a "
+                 f"shift of its own and carries the same one (mean gap {gap_text(float(shifts.seg_e0[i]))} as stored, "
+                 f"{gap_text(float(shifts.seg_e_best[i]))} on its pairs inside the turn with the shift undone; its "
+                 "token whose shifted partner lies across the masked hole is this finding's too)")
+        out[host] = (spans + [(start, end)], text)
+    return out
 
 
 def offset_fix(d: int, prompt: int, shortest: int, longest: int) -> str:

@@ -145,6 +145,9 @@ class Shifts:
 
     ``segments``: (row, start, end) per segment of the policy mask (end exclusive); ``seg_best_k``,
     ``seg_e0``, ``seg_e_best``, ``seg_flagged`` per segment (best lag k != 0, mean |gap| at 0 and there).
+    ``seg_adopted``: segments too short to fit a shift of their own (fewer than ``min_pairs`` pairs at the
+    lag) that take the lag their row's flagged segments were fitted with, because it undoes their own
+    in-segment pairs (:func:`adopt_row_shift`); their ``seg_best_k`` / ``seg_e_best`` are at that lag.
     Per row (over the pairs of all its segments): ``best_k``, ``e0``, ``e_best``; ``flagged`` rows have
     a flagged segment, ``row_k`` is then the lag of the row's largest flagged segment, ``e_row`` the
     row's mean |gap| at that lag.
@@ -155,6 +158,7 @@ class Shifts:
     seg_e0: Tensor
     seg_e_best: Tensor
     seg_flagged: Tensor
+    seg_adopted: Tensor
     best_k: Tensor
     e0: Tensor
     e_best: Tensor
@@ -204,6 +208,8 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
         ids = seg_all[ok & (seg_all >= 0)]
         seg_open.index_add_(0, ids, torch.ones_like(ids))
     seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)
+    seg_adopt = adopt_row_shift(total, count, lags[seg_rows] if S else lags[:0], seg_rows, seg_k, seg_e0, seg_eb,
+                                seg_flag, min_pairs, tol)
     # per row, over all its segments' pairs
     row_total = torch.zeros(B, lags.shape[1], dtype=torch.float64).index_add_(0, seg_rows, total)
     row_count = torch.zeros_like(row_total).index_add_(0, seg_rows, count)
@@ -219,7 +225,42 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
             flagged[b], row_k[b] = True, seg_k[i]
             col = int((lags[b] == seg_k[i]).nonzero()[0])
             e_row[b] = row_total[b, col] / row_count[b, col] if row_count[b, col] > 0 else float("nan")
-    return Shifts(segs, seg_k, seg_e0, seg_eb, seg_flag, best_k, e0, e_best, flagged, row_k, e_row)
+    return Shifts(segs, seg_k, seg_e0, seg_eb, seg_flag, seg_adopt, best_k, e0, e_best, flagged, row_k, e_row)
+
+
+def adopt_row_shift(total: Tensor, count: Tensor, lags: Tensor, seg_rows: Tensor, seg_k: Tensor, seg_e0: Tensor,
+                    seg_eb: Tensor, seg_flag: Tensor, min_pairs: int, tol: Tolerances) -> Tensor:
+    """Which unflagged segments take their row's shift: [S] bool (``seg_k`` / ``seg_eb`` are updated in place there).
+
+    ``total``, ``count`` [S, n] pair sums per segment and lag column, ``lags`` [S, n] the lag of each column,
+    ``seg_rows`` [S] each segment's row. A segment qualifies when (1) every flagged segment of its row was
+    fitted with one lag k, (2) the segment could not be fitted on its own: at k it pairs at least one but
+    fewer than ``min_pairs`` tokens (a short assistant turn of a multi-turn row), (3) its mean |gap| at
+    lag 0 exceeds ``tol.same``, and (4) at k its in-segment pairs fit at least ``tol.lag_gain`` times
+    better than lag 0. The row's other turns establish the shift; the short turn only has to be consistent
+    with it, so a healthy short turn (gap at lag 0 within ``tol.same``) is never taken in, nor one the
+    row's shift does not undo.
+    """
+    S = total.shape[0]
+    adopted = torch.zeros(S, dtype=torch.bool)
+    row_ks: dict[int, set[int]] = {}
+    for i in seg_flag.nonzero().flatten().tolist():
+        row_ks.setdefault(int(seg_rows[i]), set()).add(int(seg_k[i]))
+    for i in range(S):
+        ks = row_ks.get(int(seg_rows[i]))
+        if bool(seg_flag[i]) or ks is None or len(ks) != 1:
+            continue
+        k = next(iter(ks))
+        cols = (lags[i] == k).nonzero().flatten()
+        if cols.numel() == 0:
+            continue
+        c = float(count[i, cols[0]])
+        if not 1 <= c < min_pairs:
+            continue
+        e_k, e0 = float(total[i, cols[0]]) / c, float(seg_e0[i])
+        if e0 > tol.same and e_k * tol.lag_gain <= e0:
+            adopted[i], seg_k[i], seg_eb[i] = True, k, e_k
+    return adopted
 
 
 def _decide(total: Tensor, count: Tensor, lags: Tensor, col0: int, min_pairs: int, n_open: Tensor,
@@ -274,4 +315,4 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
 
 
 __all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
-           "Shifts", "fit_shifts", "best_lags", "ShiftedRows", "shifted_rows"]
+           "Shifts", "fit_shifts", "adopt_row_shift", "best_lags", "ShiftedRows", "shifted_rows"]

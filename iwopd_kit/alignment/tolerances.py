@@ -71,6 +71,9 @@ class Tolerances:
     zero_slack: float = 0.02
     nucleus_slack: float = 0.1
     min_top_p: float = 0.5
+    teacher_lag_gain: float = 1.5
+    teacher_min_tokens: int = 100
+    teacher_row_share: float = 0.9
 
 
 FULL_PRECISION: tuple[str, ...] = ("float32", "float64")

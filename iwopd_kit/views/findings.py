@@ -34,9 +34,15 @@ LABELS = {s.name: s.label for s in SERIES_NAMES if s.name in ("gap", "rollout", 
 CONTEXT = 48
 
 
-def series_for(kind: str, series: dict[str, Any], row: int, pos: int | None) -> str | None:
-    """The series a finding of ``kind`` at ``(row, pos)`` is coloured by, among those present."""
-    name = KIND_SERIES.get(kind, "gap")
+TEACHER_OFFSET = "teacher log-probs look shifted"
+"""How the teacher-shift finding (an ``offset`` on the teacher series, ``alignment/teacher_shift.py``) begins:
+it is drawn by the teacher's log-probs, not by the rollout-vs-student gap."""
+
+
+def series_for(kind: str, series: dict[str, Any], row: int, pos: int | None, message: str = "") -> str | None:
+    """The series a finding of ``kind`` at ``(row, pos)`` is coloured by, among those present (``message``: the
+    finding's, which tells a teacher-side offset)."""
+    name = "teacher" if kind == "offset" and message.startswith(TEACHER_OFFSET) else KIND_SERIES.get(kind, "gap")
     if name is None:                   # truncation: the side that stops having values at the token
         sides = [s for s in ("student", "teacher") if s in series]
         missing = [s for s in sides if pos is not None and _missing(series[s][row][pos])]
@@ -85,7 +91,7 @@ def finding_strips(batch: Batch, report: AlignmentReport, tokens: Sequence[Seque
         b, j = f.row, f.position
         if j is not None and not 0 <= j < batch.lengths[b]:
             j = None                                   # a position beyond the row (a length finding): no mark
-        name = series_for(f.kind, series, b, j)
+        name = series_for(f.kind, series, b, j, f.message)
         n = batch.lengths[b]
         window = None
         if j is not None and n > 2 * CONTEXT + 1:

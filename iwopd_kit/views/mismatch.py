@@ -108,8 +108,8 @@ def mismatch_html(metrics: dict[str, float], delta: torch.Tensor | None, why: st
     """The report's section: the metrics table, the |Δ| quantile table and the Δ histogram."""
     if not metrics:
         return f"<p>not computed: {html.escape(why or 'needs rollout_logprobs and student_logprobs')}</p>"
-    parts = ["<p>Δ = student (trainer) − rollout log-prob of each sampled token, pooled over the valid tokens "
-             "where both exist; the names are the ones RL frameworks log (usual thresholds: docs/check.md).</p>",
+    parts = ["<p>Δ = student (trainer) − rollout log-prob of each sampled token, pooled over the tokens the "
+             "writer's framework pools (loss-masked, sampled by the policy) where both exist; the names are the ones RL frameworks log (usual thresholds: docs/check.md).</p>",
              html_table(METRIC_HEADER, metric_rows(metrics))]
     if delta is not None:
         parts += ["<p>|Δ| quantiles</p>", html_table(QUANTILE_HEADER, [quantile_row(delta)]),
