@@ -52,7 +52,7 @@ class Context:
     the policy tokens with a finite rollout and trainer value; :meth:`open` the checked tokens not yet
     explained: what every gap detector reads. The "trainer" series is the student's, minus
     ``kept_logmass`` where that is recorded (:meth:`trainer`). ``explained_rows`` / ``gap_explained``
-    (constructor arguments, for the ``detect_*`` wrappers) pre-explain whole rows / every token.
+    (constructor arguments: a caller running one detector on its own) pre-explain whole rows / every token.
     ``row_lags``: the offset check's per-row decisions, for the report.
     """
 
