@@ -1,5 +1,5 @@
-"""The alignment diff view: rollout vs recomputed student per token, the shift per row, and the
-findings of a check linked to the rows they point at.
+"""The alignment diff view: rollout vs recomputed student per token (a row with a teacher-side finding:
+its teacher log-probs), the shift per row, and the findings of a check linked to the rows they point at.
 
 Reads a :class:`~iwopd_kit.batch.Batch` and an :class:`~iwopd_kit.alignment.AlignmentReport`;
 decides nothing: the shift table is the check's own per-row decision (``report.row_lags``, read as
