@@ -139,6 +139,12 @@ def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[sl
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
+def _row_lags(flagged: Tensor, k: Tensor, e0: Tensor, e: Tensor) -> tuple[RowLag, ...]:
+    """One :class:`RowLag` per row from [B] tensors: lag ``k`` and gap ``e`` where ``flagged``, else 0 and ``e0``."""
+    rows = zip(flagged.tolist(), k.tolist(), e0.tolist(), e.tolist())
+    return tuple(RowLag(b, int(kb), g0, g) if hit else RowLag(b, 0, g0, g0) for b, (hit, kb, g0, g) in enumerate(rows))
+
+
 @dataclass(frozen=True)
 class Shifts:
     """The offset decision per segment and its per-row summary.
@@ -168,8 +174,7 @@ class Shifts:
 
     def row_lags(self) -> tuple[RowLag, ...]:
         """One :class:`RowLag` per row: the flagged lag where flagged, else 0 (and the gap there)."""
-        rows = zip(self.flagged.tolist(), self.row_k.tolist(), self.e0.tolist(), self.e_row.tolist())
-        return tuple(RowLag(b, int(k), e0, e) if hit else RowLag(b, 0, e0, e0) for b, (hit, k, e0, e) in enumerate(rows))
+        return _row_lags(self.flagged, self.row_k, self.e0, self.e_row)
 
 
 def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
@@ -302,9 +307,7 @@ class ShiftedRows:
 
     def row_lags(self) -> tuple[RowLag, ...]:
         """One :class:`RowLag` per row: the best lag where flagged, else 0 (and the gap there)."""
-        rows = zip(self.flagged.tolist(), self.best_k.tolist(), self.e0.tolist(), self.e_best.tolist())
-        return tuple(RowLag(b, int(k), e0, e_best) if hit else RowLag(b, 0, e0, e0)
-                     for b, (hit, k, e0, e_best) in enumerate(rows))
+        return _row_lags(self.flagged, self.best_k, self.e0, self.e_best)
 
 
 def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozenset[int] = frozenset()) -> ShiftedRows:
