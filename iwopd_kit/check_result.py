@@ -48,7 +48,7 @@ def unchecked_of(report: AlignmentReport) -> dict[str, str]:
     """``{kind: reason}`` for the classes the report could not check."""
     if isinstance(report.unchecked, dict):
         return dict(report.unchecked)
-    reasons = getattr(report, "unchecked_reasons", {}) or {}
+    reasons = report.unchecked_reasons
     return {k: reasons.get(k, "inputs missing") for k in report.unchecked}
 
 

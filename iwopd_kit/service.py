@@ -71,7 +71,7 @@ def _check_one(dump: Dump, opts: dict, bar: _Progress, models: dict) -> CheckRes
                              teacher_tokenizer=r.teacher_tokenizer)
     bar.step(batch.size, "checked")
     return CheckResult(path=dump.path, format=reader, batch=batch, report=report, metrics=dict(report.metrics or {}),
-                       groups=dict(getattr(report, "group_metrics", {}) or {}), unchecked=unchecked_of(report),
+                       groups=dict(report.group_metrics), unchecked=unchecked_of(report),
                        provenance=r.provenance, notes=r.notes, name=dump.name, step=dump.step, rows=batch.size,
                        tokens=int(batch.valid().sum()), row_groups=batch.groups,
                        student_tokenizer=r.student_tokenizer, teacher_tokenizer=r.teacher_tokenizer)

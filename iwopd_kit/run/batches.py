@@ -68,7 +68,7 @@ def concat(batches: list[Batch], files: list[str]) -> Batch:
         kw[name] = None if all(v is None for v in vals) else [x for b, v in zip(batches, vals) for x in (v or fill(b))]
     kw["sampling"] = _same("sampling settings", [b.sampling for b in batches], files)
     kw["metric_pool"] = _same("metric pool (the weight streams its framework's metrics pool over)",
-                              [getattr(b, "metric_pool", None) for b in batches], files)
+                              [b.metric_pool for b in batches], files)
     kw["scoring"] = _same("scoring temperatures", [b.scoring for b in batches], files)
     findings, offset = [], 0
     for b in batches:

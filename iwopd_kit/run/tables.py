@@ -100,7 +100,7 @@ def flat_masks(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
 def token_kinds(batch: Batch, report: AlignmentReport) -> torch.Tensor:
     """int8 [B, L]: index in ``KINDS`` of the finding at each token, -1 where none (the report's own
     ``token_kinds`` when it has them; else each finding's (row, position) token)."""
-    tk = getattr(report, "token_kinds", None)
+    tk = report.token_kinds
     if tk is not None:
         return torch.as_tensor(tk, dtype=torch.int8)
     out = torch.full((batch.size, batch.width), -1, dtype=torch.int8)
@@ -300,7 +300,7 @@ def _metric_cols(metrics: dict[str, float] | None) -> dict[str, float | None]:
 
 
 def finding_group(f, groups: list[str | None]) -> str | None:
-    g = getattr(f, "group", None)
+    g = f.group
     return g if g is not None else (groups[f.row] if f.row is not None else None)
 
 
@@ -325,7 +325,7 @@ def group_records(run: str, step: int, batch: Batch, report: AlignmentReport) ->
     names = sorted({g for g in groups if g is not None})
     if not names:
         return []
-    given = getattr(report, "group_metrics", None) or {}
+    given = report.group_metrics
     policy, m, d = flat_masks(batch)
     code = {g: i for i, g in enumerate(names)}
     token_group = np.repeat(np.array([code.get(g, -1) for g in groups], np.int32), batch.packed("completion_ids").lengths)
