@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 
 def _env_defaults() -> dict[str, str]:
-    """The kit's one table of environment defaults (iwopd_kit/envdefaults.py), loaded without the package."""
-    spec = importlib.util.spec_from_file_location("_iwopd_envdefaults", ROOT / "iwopd_kit" / "envdefaults.py")
+    """The kit's one table of environment defaults (iwopd_kit/engines/envdefaults.py), loaded without the package."""
+    spec = importlib.util.spec_from_file_location("_iwopd_envdefaults", ROOT / "iwopd_kit" / "engines" / "envdefaults.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.RUN_ENV_DEFAULTS

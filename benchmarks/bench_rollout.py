@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import best_of  # noqa: E402
 
 from iwopd_kit import Sampling, TransformersEngine, VLLMEngine, from_request_outputs, toy  # noqa: E402
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
-from iwopd_kit.scoring import load_model, load_tokenizer  # noqa: E402
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit.engines.scoring import load_model, load_tokenizer  # noqa: E402
 
 
 def make_random_model(out: Path, hidden: int = 160, layers: int = 4, intermediate: int = 512) -> int:

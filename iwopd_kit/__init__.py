@@ -15,7 +15,7 @@ from .formats import (
     load_any,
     to_trl_batch,
 )
-from .mismatch import MISMATCH_KEYS, mismatch_metrics
+from .alignment.mismatch import MISMATCH_KEYS, mismatch_metrics
 from .objective import (
     ObjectiveResult,
     advantage,
@@ -26,12 +26,19 @@ from .objective import (
     position_mask,
     prefix_weights,
 )
-from .replay import ReplayResult, replay_row
-from .rollout import TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
-from .sampling import Sampling, SamplingSettings
-from .scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs, score, score_batch
-from .check_result import CheckResult, DirCheckResult
-from .service import check_dump
+from .apps.replay import ReplayResult, replay_row
+from .engines.rollout import TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
+from .batch.sampling import Sampling, SamplingSettings
+from .engines.scoring import (
+    completion_logits,
+    load_model,
+    load_tokenizer,
+    sampled_logprobs,
+    score,
+    score_batch,
+)
+from .apps.check_result import CheckResult, DirCheckResult
+from .apps.service import check_dump
 
 from . import views
 

@@ -19,12 +19,12 @@ import os
 import sys
 from pathlib import Path
 
-from .check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
-from .rescore import DTYPES  # the scoring dtypes
+from .apps.check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
+from .engines.rescore import DTYPES  # the scoring dtypes
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .pipeline import report_html, run_pipeline, summary_text, token_table
+    from .apps.pipeline import report_html, run_pipeline, summary_text, token_table
 
     result = run_pipeline(n_prompts=args.n, temperature=args.temperature, seed=args.seed, gamma=args.gamma,
                           max_tokens=args.max_tokens)
@@ -127,7 +127,7 @@ def _lean_malloc() -> None:
 
 def _check(args: argparse.Namespace) -> int:
     """Parse -> :func:`iwopd_kit.check_dump` -> print (a file: findings, metrics, notes; a directory: per file and step)."""
-    from .service import READ_ERRORS, check_dump
+    from .apps.service import READ_ERRORS, check_dump
 
     is_dir = Path(args.path).is_dir()
     try:
@@ -308,14 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .run.cli import add_run_commands
 
     add_run_commands(sub, _input_args)              # scan, sql, gates
-    from .replay_io import add_replay_command
+    from .apps.replay_io import add_replay_command
 
     add_replay_command(sub, _input_args)            # replay: one row on vLLM and transformers
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .envdefaults import RUN_ENV_DEFAULTS
+    from .engines.envdefaults import RUN_ENV_DEFAULTS
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", RUN_ENV_DEFAULTS["TOKENIZERS_PARALLELISM"])
     args = build_parser().parse_args(argv)

@@ -12,7 +12,7 @@ the gap each broken fixture produces.
 
 --mismatch: per healthy setting (float32 T=1, processed T=0.7, processed top_p 0.95, bf16 vLLM vs a
 float32 trainer, bf16 vLLM vs a bf16-autocast trainer; 3 seeds x 48 prompts) of both tiny models and
-of the random-weight Qwen3 at 151,936 tokens (``iwopd_kit.random_models``, built into its cache on
+of the random-weight Qwen3 at 151,936 tokens (``research.random_models``, built into its cache on
 first use): per-token |Δ| quantiles, pooled mismatch metrics, findings, errors; then each threshold
 of ``Tolerances`` beside the healthy measurement nearest to it. --small: the same on 10 seeds of
 4-row batches with at most 8 / 6 new tokens (where a rule that needs evidence is most easily fooled).
@@ -117,7 +117,7 @@ def healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
 def robust(d: torch.Tensor, tol) -> dict:
     """The robust numerics rule's quantities on one seed's Δ: the full metric's z (distance to its bound in
     standard errors), the trimmed pool's token_mult_prob_error / k3_kl, the tokens beyond tail_nats."""
-    from iwopd_kit.mismatch import mean_standard_error, metrics_from_delta
+    from iwopd_kit.alignment.mismatch import mean_standard_error, metrics_from_delta
 
     m = metrics_from_delta(d)
     se = mean_standard_error(d, lambda x: torch.exp(x.abs()))
@@ -131,7 +131,7 @@ def robust(d: torch.Tensor, tol) -> dict:
 def summarize(runs: list) -> dict:
     """Pooled |Δ| quantiles and metrics of one setting's seeds, the worst seed's, the findings and errors."""
     from iwopd_kit.alignment.zeros import group_floor, nucleus_floor
-    from iwopd_kit.mismatch import abs_delta_quantiles, metrics_from_delta, pooled_delta
+    from iwopd_kit.alignment.mismatch import abs_delta_quantiles, metrics_from_delta, pooled_delta
 
     tol = K.Tolerances()
     deltas, per_seed, zero_margin, kinds = [], [], None, {}
@@ -170,7 +170,7 @@ def mismatch_calibration(seeds=SEEDS, n_prompts: int = MISMATCH_PROMPTS, tiny_to
                          large_tokens: int = LARGE_MAX_TOKENS) -> None:
     """Healthy rollout-vs-trainer pairs of both tiny models and the large-vocabulary random model: the
     distributions the numerics, zero-log-prob and gap rules are set on, and each threshold's margin."""
-    from iwopd_kit.random_models import RandomModelSpec, random_model_dir, random_prompts
+    from research.random_models import RandomModelSpec, random_model_dir, random_prompts
 
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     tiny_prompts = [tok(p)["input_ids"] for p in toy.load_prompts(toy.EVAL_PROMPTS)[:n_prompts]]

@@ -18,8 +18,8 @@ import torch
 
 import iwopd_kit as K  # noqa: E402
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
-from iwopd_kit.chat import CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_messages, chat_prompt_ids, rollout_chat  # noqa: E402
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit.engines.chat import CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_messages, chat_prompt_ids, rollout_chat  # noqa: E402
 from iwopd_kit.batch import ROLLOUT_LOGPROBS  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch  # noqa: E402
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit.engines.envdefaults import VLLM_ENV_DEFAULTS  # noqa: E402
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 
 # vLLM's CPU backend reads these when it is imported (lazily, below): the kit's one table; a value already set wins.
 for _k, _v in VLLM_ENV_DEFAULTS.items():

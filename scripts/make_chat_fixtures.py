@@ -23,9 +23,9 @@ import torch
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.batch import TEACHER_LOGPROBS
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
 from make_fixtures import describe  # noqa: E402  (the same meta["fixture"] record)
-from iwopd_kit.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
+from iwopd_kit.engines.chat import (CHAT_FIXTURES_DIR, CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, TEKKEN, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer, rollout_chat)
 
 OUT = CHAT_FIXTURES_DIR

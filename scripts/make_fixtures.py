@@ -24,7 +24,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 
 ROOT = toy.REPO_ROOT

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.pipeline import decode_tokens
+from iwopd_kit.apps.pipeline import decode_tokens
 from iwopd_kit.views import static, token_strip
 from iwopd_kit.views.series import per_token_series
 

@@ -1,6 +1,6 @@
 """Render the study's figures to PNG under ``docs/results/`` (committed, viewable without a kernel).
 
-The figures are the plotly figures of :mod:`iwopd_kit.views.study`; they are drawn by plotly.js
+The figures are the plotly figures of :mod:`research.figures`; they are drawn by plotly.js
 (the copy inside the plotly package, inlined: no CDN) in Debian's headless Chromium driven by
 Playwright, and screenshotted.
 
@@ -15,10 +15,10 @@ import plotly.io as pio
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from iwopd_kit import study  # noqa: E402
-from iwopd_kit import study_stats  # noqa: E402
-from iwopd_kit.browser import launch  # noqa: E402
-from iwopd_kit.views.study import compression_figure, position_profile_figure, study_curves_figure  # noqa: E402
+from research import study  # noqa: E402
+from research import study_stats  # noqa: E402
+from iwopd_kit.views.chromium import launch  # noqa: E402
+from research.figures import compression_figure, position_profile_figure, study_curves_figure  # noqa: E402
 
 
 def figures() -> dict[Path, object]:

@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.rollout import VLLMEngine  # noqa: E402
-from iwopd_kit.train import LoopConfig, save_records, train  # noqa: E402
+from iwopd_kit.engines.rollout import VLLMEngine  # noqa: E402
+from iwopd_kit.apps.train import LoopConfig, save_records, train  # noqa: E402
 
 MAIN = ("opd", "iw_opd", "prefix30", "suffix30")
 EXTRA = ("jsd", "iw_opd_signed")

@@ -24,9 +24,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.rollout import VLLMEngine  # noqa: E402
-from iwopd_kit.scoring import load_model  # noqa: E402
-from iwopd_kit.train import LoopConfig, eval_steps, save_records, train  # noqa: E402
+from iwopd_kit.engines.rollout import VLLMEngine  # noqa: E402
+from iwopd_kit.engines.scoring import load_model  # noqa: E402
+from iwopd_kit.apps.train import LoopConfig, eval_steps, save_records, train  # noqa: E402
 
 STUDENTS = ROOT / "data" / "study_students"
 OUT = ROOT / "docs" / "results" / "when"

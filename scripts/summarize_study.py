@@ -1,4 +1,4 @@
-"""Summarise the study's results (docs/results/<task>/*.json) with :mod:`iwopd_kit.study`: per
+"""Summarise the study's results (docs/results/<task>/*.json) with :mod:`research.study`: per
 objective, held-out greedy and T=1 exact match and teacher-student reverse KL per token at the first
 and last evaluation (mean ± sd over seeds), the evaluation step at which each seed first reaches
 OPD's final mean greedy accuracy, and mean |A| by normalised position at step 0.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 
-from iwopd_kit import study  # noqa: E402
+from research import study  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from iwopd_kit import study_stats as S  # noqa: E402
+from research import study_stats as S  # noqa: E402
 
 WHEN = S.WHEN_DIR
 SIZES = S.SIZES

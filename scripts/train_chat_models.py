@@ -4,9 +4,9 @@ Run from the repository root (after ``data/chat/tokenizer_qwen3/`` is in place, 
 
     python scripts/train_chat_models.py --seed 0
 
-The task is the toy task of ``iwopd_kit/toy.py`` as a conversation: the user turn is the sum, the
+The task is the toy task of ``iwopd_kit/toy/task.py`` as a conversation: the user turn is the sum, the
 assistant turn the running sums, ending with ``<|im_end|>``, rendered through Qwen3's chat template
-in non-thinking mode (:func:`iwopd_kit.chat.chat_prompt_ids`). The prompts are the toy pair's
+in non-thinking mode (:func:`iwopd_kit.engines.chat.chat_prompt_ids`). The prompts are the toy pair's
 (``data/prompts/train.jsonl``, held-out ``data/prompts/eval.jsonl``).
 
 The models are Llama-architecture with tied embeddings at Qwen3's full vocabulary (151,669 tokens,
@@ -41,8 +41,8 @@ import torch
 from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
-from iwopd_kit.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,  # noqa: E402
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit.engines.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,  # noqa: E402
                             chat_prompt_ids)
 
 MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS

@@ -46,7 +46,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
 
 MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
 MAX_LEN = 64
@@ -369,7 +369,7 @@ def write_readme(report: dict, path: Path) -> None:
     text = f"""# Tiny toy-task models
 
 Two float32 Llama models (head_dim 32, untied embeddings, 16-token
-character vocabulary) for the toy task `{report.get('task', 'main')}` in `iwopd_kit/toy.py`.
+character vocabulary) for the toy task `{report.get('task', 'main')}` in `iwopd_kit/toy/task.py`.
 Both were trained with plain cross-entropy on `prompts/train.jsonl`
 (teacher forcing, loss on completion + EOS). The student checkpoint was picked,
 among evaluations every 25 steps on the first 256 eval prompts, as the one

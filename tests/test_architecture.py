@@ -1,9 +1,11 @@
 """The import rules of docs/ARCHITECTURE.md, checked on the source (an AST scan of iwopd_kit/, no imports run).
 
-Every ``import`` counts, at module level or inside a function (a lazy import is still a dependency):
-no cycles between modules, every module on a floor and importing only from its floor or below, the
-views importing data types and the objective only (never the pipeline or the detectors), and no
-module over 400 lines.
+Every ``import`` counts, at module level or inside a function (a lazy import is still a dependency).
+The top level of the package is a handful of rooms by role; each room stands on a floor and imports
+only from itself and from rooms on lower floors (two rooms on one floor do not import each other);
+no cycles between modules, inside a room or across; the views import data types and the objective
+only; nothing in the kit imports the checkout-only packages (``research``, ``tests``); no module over
+400 lines.
 """
 
 from __future__ import annotations
@@ -16,26 +18,28 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "iwopd_kit"
 MAX_LINES = 400
 
-# Floors, from the ground up (docs/ARCHITECTURE.md); a key names a module or a package and everything in it.
-FLOORS: dict[str, int] = {
-    "iwopd_kit.batch": 0, "iwopd_kit.objective": 0, "iwopd_kit.toy": 0, "iwopd_kit.envdefaults": 0,
-    "iwopd_kit.ragged": 0, "iwopd_kit.fields": 0, "iwopd_kit.chromium": 0, "iwopd_kit.sampling": 0, "iwopd_kit.random_models": 0,
-    "iwopd_kit.alignment.core": 1, "iwopd_kit.alignment.kinds": 1, "iwopd_kit.alignment.tolerances": 1,
-    "iwopd_kit.alignment.context": 1, "iwopd_kit.results": 1, "iwopd_kit.formats": 1, "iwopd_kit.scoring": 1,
-    "iwopd_kit.study": 1, "iwopd_kit.study_stats": 1, "iwopd_kit.mismatch": 1,
-    "iwopd_kit.alignment": 2, "iwopd_kit.views": 2, "iwopd_kit.rescore": 2, "iwopd_kit.check_result": 2,
-    "iwopd_kit.rollout": 3, "iwopd_kit.exercises": 3, "iwopd_kit.exercise_base": 3,
-    "iwopd_kit.exercises_pairing": 3, "iwopd_kit.run": 3, "iwopd_kit.solutions": 4, "iwopd_kit.integrations": 3,
-    "iwopd_kit.server": 4, "iwopd_kit.pipeline": 4, "iwopd_kit.service": 4, "iwopd_kit.train": 4, "iwopd_kit.chat": 4,
-    "iwopd_kit.replay": 4, "iwopd_kit.replay_io": 4, "iwopd_kit.replay_rules": 2,
-    "iwopd_kit.browser": 5, "iwopd_kit.cli": 5,
-    "iwopd_kit": 6,                       # the package's __init__: re-exports only
+# The rooms, from the ground up: room -> (floor, what it is for). docs/ARCHITECTURE.md's room table is
+# held equal to this one (tests/test_docs.py).
+ROOMS: dict[str, tuple[int, str]] = {
+    "batch": (0, "the data model: `Batch`, its fields and ragged storage, the sampling settings it records"),
+    "objective": (0, "the IW-OPD objective: advantage, prefix weights, losses, metrics (tensor math)"),
+    "toy": (0, "the toy task and the paths of the bundled assets (`iwopd_kit/data/`)"),
+    "formats": (1, "readers of other projects' dumps (TRL, verl, vLLM, prime-rl, NeMo-RL, slime) and the reader table"),
+    "alignment": (1, "the check: detectors, their registry and tolerances, the mismatch metrics"),
+    "engines": (2, "rollouts with log-probs (vLLM, transformers, a server), the one scoring path, rescoring, chat prompts"),
+    "views": (2, "token strips, the check page, plots, widgets, static copies; they draw, never decide"),
+    "run": (3, "a whole run: step discovery, the Parquet store, DuckDB views, gates, the run report"),
+    "integrations": (3, "the live TRL callback and TRL's vLLM path"),
+    "teaching": (3, "the notebooks' exercise checkers and worked solutions"),
+    "apps": (4, "what a user runs: the demo pipeline, the training loop, `check_dump`, replay"),
+    "cli": (5, "`iwopd-kit`: parses, calls the apps, prints"),
 }
+TOP = 6                                   # iwopd_kit/__init__.py: re-exports only
+CHECKOUT_ONLY = ("research", "tests")     # never imported by the kit (not in the wheel)
 
 # What a view may import from the kit: other views, the data types, and the module that owns a shared quantity.
 VIEW_IMPORTS = ("iwopd_kit.views", "iwopd_kit.batch", "iwopd_kit.objective", "iwopd_kit.alignment.core",
-                "iwopd_kit.results", "iwopd_kit.study", "iwopd_kit.mismatch",   # mismatch: the owner of Δ
-                "iwopd_kit.chromium")   # the PNG copies need a browser; the leaf that finds it, no kit logic
+                "iwopd_kit.alignment.mismatch")   # mismatch: the owner of Δ
 
 # Known exceptions, each to be removed by the change that fixes it:
 ALLOWED_CYCLES: list[set[str]] = []
@@ -82,10 +86,15 @@ def _graph() -> dict[str, set[str]]:
 GRAPH = _graph()
 
 
+def _room(module: str) -> str | None:
+    """The room a module is in (``iwopd_kit.<room>[...]``); None for the package's ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
 def _floor(module: str) -> int | None:
-    """The floor of the longest key that is the module or a package above it."""
-    keys = [k for k in FLOORS if module == k or module.startswith(k + ".")]
-    return FLOORS[max(keys, key=len)] if keys else None
+    room = _room(module)
+    return TOP if room is None else ROOMS[room][0] if room in ROOMS else None
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -126,7 +135,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 def test_the_scan_sees_the_kit():
     assert "iwopd_kit.alignment.core" in MODULES and "iwopd_kit.views.alignment" in MODULES
     assert "iwopd_kit.alignment.core" in GRAPH["iwopd_kit.views.alignment"]
-    assert "iwopd_kit.rollout" in GRAPH["iwopd_kit.pipeline"]            # a lazy import counts
+    assert "iwopd_kit.engines.rollout" in GRAPH["iwopd_kit.apps.pipeline"]            # a lazy import counts
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
@@ -135,24 +144,35 @@ def test_no_import_cycles():
     assert cycles == [], f"import cycles between modules: {cycles}"
 
 
-def test_every_module_has_a_floor_and_imports_only_from_its_floor_or_below():
-    missing = [m for m in MODULES if _floor(m) is None]
-    assert missing == [], f"modules without a floor (add them to FLOORS and docs/ARCHITECTURE.md): {missing}"
-    upward = [f"{m} (floor {_floor(m)}) imports {t} (floor {_floor(t)})"
-              for m, targets in GRAPH.items() for t in sorted(targets) if _floor(t) > _floor(m)]
-    assert upward == [], "imports from a higher floor:\n" + "\n".join(upward)
+def test_the_top_level_is_the_rooms():
+    top = sorted(p.stem if p.suffix == ".py" else p.name for p in PACKAGE.iterdir()
+                 if (p.suffix == ".py" or (p / "__init__.py").exists()))
+    assert top == sorted([*ROOMS, "__init__"]), f"the top level of iwopd_kit/ is the rooms of ROOMS and __init__.py: {top}"
 
 
-def test_ground_floor_imports_nothing_from_the_kit():
-    # the data model may use its storage helpers (ragged.py, itself importing nothing; fields.py, its field
-    # descriptors over ragged.py) and its settings type (sampling.py, which imports only ragged.py's error type);
-    # no other ground module imports the kit
-    allowed = {("iwopd_kit.batch", "iwopd_kit.ragged"), ("iwopd_kit.batch", "iwopd_kit.sampling"),
-               ("iwopd_kit.batch", "iwopd_kit.fields"), ("iwopd_kit.fields", "iwopd_kit.ragged"),
-               ("iwopd_kit.sampling", "iwopd_kit.ragged")}
-    ground = {m: sorted(t for t in GRAPH[m] if (m, t) not in allowed) for m in MODULES if _floor(m) == 0}
+def test_every_room_imports_only_itself_and_lower_floors():
+    missing = sorted({m for m in MODULES if _floor(m) is None})
+    assert missing == [], f"modules outside every room (add the room to ROOMS and docs/ARCHITECTURE.md): {missing}"
+    upward = [f"{m} ({_room(m)}, floor {_floor(m)}) imports {t} ({_room(t)}, floor {_floor(t)})"
+              for m, targets in GRAPH.items() for t in sorted(targets)
+              if _room(t) != _room(m) and _floor(t) >= _floor(m) and _room(m) is not None]
+    assert upward == [], "imports of a room on the same or a higher floor:\n" + "\n".join(upward)
+
+
+def test_the_kit_imports_no_checkout_only_package():
+    bad = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            bad += [f"{module} imports {n}" for n in names if n.split(".")[0] in CHECKOUT_ONLY]
+    assert bad == [], bad
+
+
+def test_ground_floor_imports_nothing_outside_its_room():
+    ground = {m: sorted(t for t in GRAPH[m] if _room(t) != _room(m)) for m in MODULES if _floor(m) == 0}
     ground = {m: t for m, t in ground.items() if t}
-    assert ground == {}, f"ground-floor modules must not import the kit: {ground}"
+    assert ground == {}, f"ground-floor modules must not import another room: {ground}"
 
 
 def test_views_import_data_types_only():
@@ -167,7 +187,7 @@ TYPE_MODULES = {"iwopd_kit.alignment.core", "iwopd_kit.alignment.context", "iwop
 
 def test_the_detector_types_do_not_import_the_detectors():
     for module in TYPE_MODULES:
-        assert GRAPH[module] <= {"iwopd_kit.batch", "iwopd_kit.objective"} | TYPE_MODULES, module
+        assert all(_room(t) in {"batch", "objective"} or t in TYPE_MODULES for t in GRAPH[module]), module
 
 
 @pytest.mark.parametrize("module", sorted(MODULES), ids=lambda m: m)

@@ -384,8 +384,8 @@ class _Server:
 
 
 def test_server_engine_refused_connection_names_the_server_and_retries(monkeypatch):
-    from iwopd_kit.rollout import VLLMServerError
-    from iwopd_kit.server import free_port
+    from iwopd_kit.engines.rollout import VLLMServerError
+    from iwopd_kit.engines.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     waits = []
@@ -401,7 +401,7 @@ def test_server_engine_refused_connection_names_the_server_and_retries(monkeypat
 
 @pytest.mark.slow                   # waits out real timeouts and retries
 def test_server_engine_http_error_timeout_and_retry_are_worded_for_what_they_mean():
-    from iwopd_kit.rollout import VLLMServerError
+    from iwopd_kit.engines.rollout import VLLMServerError
 
     srv = _Server([(404, '{"error": "model not found"}', 0)])
     try:

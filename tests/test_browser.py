@@ -21,8 +21,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
-from iwopd_kit.browser import launch, start_jupyterlab
-from iwopd_kit.server import free_port
+from browser import start_jupyterlab
+from iwopd_kit.views.chromium import launch
+from iwopd_kit.engines.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -53,7 +54,7 @@ def _coloured(page, spans, n) -> int:
 
 @pytest.fixture(scope="module")
 def demo_report(tmp_path_factory, vllm_raw):
-    from iwopd_kit.pipeline import report_html, run_pipeline
+    from iwopd_kit.apps.pipeline import report_html, run_pipeline
 
     result = run_pipeline(n_prompts=6, engine=vllm_raw)
     path = tmp_path_factory.mktemp("report") / "demo.html"

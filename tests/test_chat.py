@@ -9,11 +9,11 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.chat import (CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, GPT2_TOKENIZER_DIR, QWEN3_TOKENIZER_DIR, TEKKEN,
+from iwopd_kit.engines.chat import (CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, GPT2_TOKENIZER_DIR, QWEN3_TOKENIZER_DIR, TEKKEN,
                             chat_completion_ids, chat_messages, chat_prompt_ids, load_chat_tokenizer, rollout_chat)
 from iwopd_kit.alignment import detect_tokenizer_mismatch
-from iwopd_kit.pipeline import decode_tokens
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.apps.pipeline import decode_tokens
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.views import readable_tokens, token_strip, token_style
 
 PROMPTS = toy.load_prompts(toy.EVAL_PROMPTS)[:12]
@@ -197,7 +197,7 @@ def test_weight_sync_reaches_a_tied_output_layer(chat_engine, chat_student, qwen
     ``reload_weights`` re-packs only the layers it was sent. Without the refresh the engine keeps the
     initial output layer and its log-probs sit far from the updated trainer's; with it they agree.
     """
-    from iwopd_kit.rollout import reload_engine_weights
+    from iwopd_kit.engines.rollout import reload_engine_weights
 
     prompts = [chat_prompt_ids(qwen3, chat_messages(p)) for p in PROMPTS[:4]]
     initial = {k: v.detach().clone() for k, v in chat_student.state_dict().items()}
@@ -225,7 +225,7 @@ def test_weight_sync_reaches_a_tied_output_layer(chat_engine, chat_student, qwen
 def test_thinking_mode_prompts_answered_without_think_are_named(qwen3):
     """Class E warning: a thinking-mode prompt (TRL 1.16's IWOPDTrainer renders no enable_thinking) answered
     without <think>; the non-thinking prompt, and a thinking-mode answer that opens <think>, are healthy."""
-    from iwopd_kit.chat import with_template_defaults
+    from iwopd_kit.engines.chat import with_template_defaults
 
     msgs = chat_messages("7+5=")
     think = chat_prompt_ids(qwen3, msgs, enable_thinking=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import iwopd_kit as K
-from iwopd_kit.chat import CHAT_FIXTURES_DIR, load_chat_tokenizer
+from iwopd_kit.engines.chat import CHAT_FIXTURES_DIR, load_chat_tokenizer
 
 FILES = sorted(CHAT_FIXTURES_DIR.glob("*.jsonl"))
 BROKEN = [f for f in FILES if f.stem != "healthy"]

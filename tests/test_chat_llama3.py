@@ -15,7 +15,7 @@ import pytest
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.alignment import detect_tokenizer_mismatch
-from iwopd_kit.chat import (CHAT_FIXTURES_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,
+from iwopd_kit.engines.chat import (CHAT_FIXTURES_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer)
 from iwopd_kit.toy import REPO_ROOT
 

@@ -13,7 +13,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit.alignment import KINDS, Tolerances
-from iwopd_kit.mismatch import mismatch_metrics
+from iwopd_kit.alignment.mismatch import mismatch_metrics
 
 V = 40
 

@@ -14,7 +14,7 @@ import torch
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.cli import main
-from iwopd_kit.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
+from iwopd_kit.alignment.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
 from iwopd_kit.views import finding_strips, histogram_svg, mismatch_text, token_strip
 from iwopd_kit.views.colors import scale_for
 from iwopd_kit.views.mismatch import metric_rows, quantile_row
@@ -259,7 +259,7 @@ class _NoBar:
 
 
 def test_batch_size_does_not_change_the_recomputed_values():
-    from iwopd_kit.rescore import recompute
+    from iwopd_kit.engines.rescore import recompute
 
     b = _fixture("healthy_fp32_t1", rows=9).replace(student_logprobs=None, teacher_logprobs=None)
     one, *_ = recompute(b, _args(batch_size=1), _NoBar())

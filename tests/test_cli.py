@@ -146,7 +146,7 @@ def test_check_every_format_with_series(tmp_path, run):
 
 def test_check_rollout_only_formats_recompute_with_local_models(tmp_path, tiny_model_dir, run):
     """vLLM pickles and OpenAI responses carry only rollout log-probs: --student/--teacher score the tokens."""
-    import iwopd_kit.scoring as S
+    import iwopd_kit.engines.scoring as S
 
     model = S.load_model(tiny_model_dir)
     src = _shifted_batch()

@@ -27,7 +27,7 @@ import yaml
 
 import iwopd_kit
 from iwopd_kit.cli import build_parser
-from iwopd_kit.envdefaults import RUN_ENV_DEFAULTS
+from iwopd_kit.engines.envdefaults import RUN_ENV_DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD = ROOT / "docs" / "method.md"
@@ -258,7 +258,7 @@ def test_failure_classes_table_names_every_detector_kind():
 
 
 def test_env_sh_sets_exactly_the_envdefaults_table_and_keeps_what_is_set():
-    """scripts/env.sh is generated from iwopd_kit/envdefaults.py: sourced with the variables unset it sets each
+    """scripts/env.sh is generated from iwopd_kit/engines/envdefaults.py: sourced with the variables unset it sets each
     to the table's value; a value the caller set wins."""
     names = " ".join(RUN_ENV_DEFAULTS)
     first = "VLLM_LOGGING_LEVEL"                 # (not PYTHONHASHSEED: python3 itself refuses a non-integer one)

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 import pytest
 from playwright.sync_api import sync_playwright
 
-from iwopd_kit.browser import launch
+from iwopd_kit.views.chromium import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

@@ -1,4 +1,4 @@
-"""Each exercise checker passes for the worked solution (iwopd_kit.solutions) and fails, with the
+"""Each exercise checker passes for the worked solution (iwopd_kit.teaching.solutions) and fails, with the
 first mismatch and the right hint, for the typical wrong answers and for the notebooks' stubs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from iwopd_kit import exercises as E
-from iwopd_kit import solutions as S
+from iwopd_kit.teaching import exercises as E
+from iwopd_kit.teaching import solutions as S
 from iwopd_kit.objective import iw_opd_loss
 
 CHECKS = [

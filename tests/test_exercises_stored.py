@@ -3,7 +3,7 @@ re-checks on every run, so no second execution here).
 
 For every exercise: the learner's stub is defined once and never rebound, its checker cell stores
 a ✗ with the first mismatch (the stub as shipped is wrong on purpose), and the worked solution —
-kept in ``iwopd_kit.solutions``, not in the notebook — stores a ✓ in a cell of its own. Every
+kept in ``iwopd_kit.teaching.solutions``, not in the notebook — stores a ✓ in a cell of its own. Every
 notebook ends with three "what you can now do" sentences.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from iwopd_kit import solutions
+from iwopd_kit.teaching import solutions
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
-#: notebook -> (checker, the learner's function, the solution in iwopd_kit.solutions)
+#: notebook -> (checker, the learner's function, the solution in iwopd_kit.teaching.solutions)
 EXERCISES = {
     "01_rollout.ipynb": ("check_sampled_logprobs", "my_sampled_logprobs", "sampled_logprobs_solution"),
     "02_alignment_check.ipynb": ("check_offset_detector", "my_shift_detector", "best_shift_solution"),

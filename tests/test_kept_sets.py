@@ -1,4 +1,4 @@
-"""Kept sets (top-p / top-k): ``kept_logmass`` while scoring the student (iwopd_kit/scoring.py) and vLLM's
+"""Kept sets (top-p / top-k): ``kept_logmass`` while scoring the student (iwopd_kit/engines/scoring.py) and vLLM's
 ``SamplingMask`` on ``CompletionOutput`` (iwopd_kit/formats/vllm.py), on the bundled tiny student."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.formats import load_any
-from iwopd_kit.scoring import completion_logits, kept_logmass, score_batch
+from iwopd_kit.engines.scoring import completion_logits, kept_logmass, score_batch
 
 T, TOP_P = 1.5, 0.9
 

@@ -1,5 +1,5 @@
 """A real vocabulary: a random-weight Qwen3-architecture model at Qwen's 151,936 rows, built from a seed at
-test time (``iwopd_kit.random_models``, no download), served by vLLM in-process on the CPU and rescored
+test time (``research.random_models``, no download), served by vLLM in-process on the CPU and rescored
 by transformers in float32.
 
 * float32 rollout vs float32 trainer: no finding at all, mismatch metrics at float32 rounding;
@@ -8,7 +8,7 @@ by transformers in float32.
   mismatch metrics inside the healthy thresholds the check uses (``Tolerances``).
 
 Two engines, built one after the other (the float32 one first); the kit keeps an in-process vLLM
-engine for the life of the process (see ``iwopd_kit.rollout._LLMS``), so the first is not torn down,
+engine for the life of the process (see ``iwopd_kit.engines.rollout._LLMS``), so the first is not torn down,
 only no longer used.
 """
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 import torch
 import pytest
 
-from iwopd_kit import Tolerances, VLLMEngine, check_alignment, rollout, score_batch
-from iwopd_kit.mismatch import abs_delta_quantiles, pooled_delta
-from iwopd_kit.random_models import (
+from iwopd_kit import Tolerances, VLLMEngine, check_alignment, score_batch
+
+from iwopd_kit.engines import rollout
+from iwopd_kit.alignment.mismatch import abs_delta_quantiles, pooled_delta
+from research.random_models import (
     QWEN_VOCAB, RandomModelSpec, random_model, random_model_dir, random_prompts, random_tokenizer,
 )
-from iwopd_kit.scoring import load_model, load_tokenizer
+from iwopd_kit.engines.scoring import load_model, load_tokenizer
 
 SPEC = RandomModelSpec()
 N_PROMPTS, MAX_TOKENS = 8, 24

@@ -1,4 +1,4 @@
-"""The rollout-vs-trainer mismatch metrics (iwopd_kit.mismatch) against numbers computed by hand.
+"""The rollout-vs-trainer mismatch metrics (iwopd_kit.alignment.mismatch) against numbers computed by hand.
 
 The tiny batch: three pooled tokens with Δ = trainer - rollout = 0, +ln 2, -ln 2 (ρ = 1, 2, 1/2), plus a
 masked-out token and a missing (NaN) rollout value that must not count. By hand:
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import iwopd_kit as K
-from iwopd_kit.mismatch import MISMATCH_KEYS, abs_delta_quantiles, mismatch_metrics, pooled_delta
+from iwopd_kit.alignment.mismatch import MISMATCH_KEYS, abs_delta_quantiles, mismatch_metrics, pooled_delta
 
 LN2 = math.log(2.0)
 NAN = float("nan")
@@ -85,7 +85,7 @@ def test_bad_input_says_what_was_expected():
 def test_mean_standard_error_over_chunks_equals_the_one_pass_formula(monkeypatch):
     import math
 
-    import iwopd_kit.mismatch as M
+    import iwopd_kit.alignment.mismatch as M
 
     d = torch.randn(1001, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.05
     fn = lambda x: torch.expm1(x) - x  # noqa: E731

@@ -15,12 +15,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from iwopd_kit import exercises as E
+from iwopd_kit.teaching import exercises as E
 from iwopd_kit.alignment import AlignmentReport
 from iwopd_kit.batch import Batch
 from iwopd_kit.objective import advantage, iw_opd_loss, opd_loss, prefix_weights
-from iwopd_kit.pipeline import PipelineResult
-from iwopd_kit.scoring import sampled_logprobs
+from iwopd_kit.apps.pipeline import PipelineResult
+from iwopd_kit.engines.scoring import sampled_logprobs
 from iwopd_kit.views import plots as P
 from iwopd_kit.views import widgets as Wd
 

@@ -14,7 +14,7 @@ from iwopd_kit.formats import from_primerl_records
 from iwopd_kit.formats.files import iter_jsonl
 from iwopd_kit.formats.primerl_fast import read_primerl_fast
 from iwopd_kit.formats.registry import read_dump
-from iwopd_kit.fields import RAGGED
+from iwopd_kit.batch.fields import RAGGED
 
 from run_fixtures import primerl_record, make_rows, write_primerl_run
 

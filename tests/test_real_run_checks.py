@@ -18,7 +18,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit.alignment import Tolerances
-from iwopd_kit.mismatch import MISMATCH_KEYS, mismatch_metrics
+from iwopd_kit.alignment.mismatch import MISMATCH_KEYS, mismatch_metrics
 
 BOS, EOS = 1, 2
 

@@ -14,8 +14,8 @@ from iwopd_kit import toy
 from iwopd_kit.alignment import Tolerances
 from iwopd_kit.batch import BatchError, write_jsonl
 from iwopd_kit.cli import main
-from iwopd_kit.replay import RAW, diagnose
-from iwopd_kit.replay_io import load_row
+from iwopd_kit.apps.replay import RAW, diagnose
+from iwopd_kit.apps.replay_io import load_row
 
 EOS = 2
 TOL = Tolerances()

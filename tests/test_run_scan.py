@@ -15,7 +15,7 @@ import torch
 import iwopd_kit as K
 from iwopd_kit.cli import main
 from iwopd_kit.formats import from_primerl_records
-from iwopd_kit.mismatch import MISMATCH_KEYS
+from iwopd_kit.alignment.mismatch import MISMATCH_KEYS
 from iwopd_kit.run import open_store, scan_run
 from iwopd_kit.run.store import METRICS
 

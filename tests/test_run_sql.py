@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from iwopd_kit.formats import from_primerl_records
-from iwopd_kit.mismatch import USUAL_THRESHOLDS
+from iwopd_kit.alignment.mismatch import USUAL_THRESHOLDS
 from iwopd_kit.run import open_store, scan_run
 from iwopd_kit.run.gates_io import simulate_gates
 from iwopd_kit.run.sql import view_sql

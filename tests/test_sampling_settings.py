@@ -1,4 +1,4 @@
-"""One sampling-settings object (iwopd_kit/sampling.py) for the engines, ``rollout``, the pipeline and the loop;
+"""One sampling-settings object (iwopd_kit/batch/sampling.py) for the engines, ``rollout``, the pipeline and the loop;
 the older keyword calls keep working and build the same object."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 import iwopd_kit as K
-from iwopd_kit.pipeline import run_pipeline
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
-from iwopd_kit.train import LoopConfig
+from iwopd_kit.apps.pipeline import run_pipeline
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
+from iwopd_kit.apps.train import LoopConfig
 
 
 class RecordingEngine:

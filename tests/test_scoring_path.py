@@ -7,7 +7,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.scoring import load_model, score, score_batch
+from iwopd_kit.engines.scoring import load_model, score, score_batch
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import iwopd_kit as K
-from iwopd_kit import exercises as E
-from iwopd_kit import solutions as S
+from iwopd_kit.teaching import exercises as E
+from iwopd_kit.teaching import solutions as S
 
 B, L, V = 5, 14, 40
 ROWS = (1, 3)

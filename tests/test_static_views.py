@@ -98,7 +98,7 @@ def test_turned_off_a_strip_displays_its_html_only(shell, strip):
 
 
 def test_enable_without_chromium_is_a_clear_error(monkeypatch):
-    import iwopd_kit.chromium as browser
+    import iwopd_kit.views.chromium as browser
 
     def missing():
         raise FileNotFoundError("Chromium not found: install Debian's package")

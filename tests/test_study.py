@@ -1,4 +1,4 @@
-"""iwopd_kit.study and its figures, on small synthetic run files (and the committed results)."""
+"""research.study and its figures, on small synthetic run files (and the committed results)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from iwopd_kit import study
-from iwopd_kit.train import LoopConfig, save_records, StepRecord
-from iwopd_kit.views.study import position_profile_figure, study_curves_figure
+from research import study
+from iwopd_kit.apps.train import LoopConfig, save_records, StepRecord
+from research.figures import position_profile_figure, study_curves_figure
 
 
 def _run(objective: str, seed: int, accs: list[float], profile: list[float]) -> tuple[LoopConfig, list[StepRecord]]:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from iwopd_kit import toy
-from iwopd_kit.scoring import load_tokenizer
-from iwopd_kit.train import LoopConfig
+from iwopd_kit.engines.scoring import load_tokenizer
+from iwopd_kit.apps.train import LoopConfig
 
 
 def test_answer_first_solution():

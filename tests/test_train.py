@@ -8,8 +8,8 @@ shows up as drift (staleness).
 from __future__ import annotations
 
 import iwopd_kit as K
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
-from iwopd_kit.train import LoopConfig, train
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.apps.train import LoopConfig, train
 
 
 def test_loop_moves_student_toward_teacher(vllm_raw):

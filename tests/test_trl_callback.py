@@ -24,7 +24,7 @@ from iwopd_kit import check_alignment, load_any, toy  # noqa: E402
 from iwopd_kit.cli import main as cli_main  # noqa: E402
 from iwopd_kit.formats.trl import trl_prefix_fix_slice  # noqa: E402
 from iwopd_kit.integrations.trl import IWOPDCheckCallback  # noqa: E402
-from iwopd_kit.scoring import load_model, load_tokenizer  # noqa: E402
+from iwopd_kit.engines.scoring import load_model, load_tokenizer  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")           # TRL warns that vLLM 0.32 is newer than it tested; unused here

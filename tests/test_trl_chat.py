@@ -20,10 +20,10 @@ import torch
 trl = pytest.importorskip("trl", reason="the TRL extra is not installed (pip install 'iwopd_kit[trl]')")
 
 from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.chat import (CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, chat_messages, chat_prompt_ids,  # noqa: E402
+from iwopd_kit.engines.chat import (CHAT_STUDENT_DIR, CHAT_TEACHER_DIR, chat_messages, chat_prompt_ids,  # noqa: E402
                             load_chat_tokenizer, with_template_defaults)
 from iwopd_kit.integrations.trl import IWOPDCheckCallback, vllm_engine_kwargs  # noqa: E402
-from iwopd_kit.scoring import load_model  # noqa: E402
+from iwopd_kit.engines.scoring import load_model  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")           # TRL warns that vLLM 0.32 is newer than it tested

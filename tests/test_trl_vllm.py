@@ -28,8 +28,8 @@ trl = pytest.importorskip("trl", reason="the TRL extra is not installed (pip ins
 
 from iwopd_kit import check_alignment, load_any, toy  # noqa: E402
 from iwopd_kit.integrations.trl import IWOPDCheckCallback, vllm_engine_kwargs  # noqa: E402
-from iwopd_kit.mismatch import MISMATCH_KEYS  # noqa: E402
-from iwopd_kit.scoring import load_model, load_tokenizer, score  # noqa: E402
+from iwopd_kit.alignment.mismatch import MISMATCH_KEYS  # noqa: E402
+from iwopd_kit.engines.scoring import load_model, load_tokenizer, score  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")           # TRL warns that vLLM 0.32 is newer than it tested

@@ -12,14 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from iwopd_kit.views import (
-    DEFAULT_BOUNDS,
-    ColorScale,
-    html_page,
-    html_table,
-    text_table,
-    token_strip,
-)
+from iwopd_kit.views import DEFAULT_BOUNDS, ColorScale, html_page, html_table, text_table, token_strip
 from iwopd_kit.views.tokens import NEGATIVE_RAMP, POSITIVE_RAMP, SEQUENTIAL_RAMP, is_dark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -356,7 +349,7 @@ def test_bytes_per_token_at_10k_tokens():
 
 def test_one_table_of_series_names():
     # every view reads a series' name, label, colour scale and line colour from views/names.py
-    from iwopd_kit.ragged import SERIES as FIELDS
+    from iwopd_kit.batch.ragged import SERIES as FIELDS
     from iwopd_kit.views import colors, inputs, names, plots, widgets
 
     assert tuple(s.field for s in names.MEASURED) == FIELDS

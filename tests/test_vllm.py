@@ -7,7 +7,7 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
 
 EOS = 2
 TOL = 1e-4  # vLLM vs transformers, float32 (measured ~3e-6)

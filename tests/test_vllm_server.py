@@ -8,8 +8,8 @@ import pytest
 
 import iwopd_kit as K
 from iwopd_kit import toy
-from iwopd_kit.sampling import ROLLOUT_MAX_TOKENS
-from iwopd_kit.server import start_server
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.engines.server import start_server
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from iwopd_kit import study_stats as S
+from research import study_stats as S
 from iwopd_kit import toy
-from iwopd_kit.train import LoopConfig, eval_steps, train
+from iwopd_kit.apps.train import LoopConfig, eval_steps, train
 
 
 def test_eval_steps_of_the_protocol():
@@ -95,7 +95,7 @@ def test_student_sizes_span_the_compression_range():
 
 
 def test_compression_figure_is_deterministic():
-    from iwopd_kit.views.study import compression_figure
+    from research.figures import compression_figure
 
     pts = {"main, end": [(17.0, 0.01, -0.01, 0.03), (1.06, 0.0, -0.02, 0.02)]}
     a, b = compression_figure(pts), compression_figure(pts)

@@ -55,9 +55,28 @@ from __future__ import annotations
 
 from .check import REGISTRY, check_alignment, detector, run_detectors, run_order
 from .core import (
-    KINDS, REDUCTIONS, SEVERITIES, AlignmentReport, Context, Detector, Finding, Need, RowLag, Tolerances,
+    KINDS,
+    REDUCTIONS,
+    SEVERITIES,
+    AlignmentReport,
+    Context,
+    Detector,
+    Finding,
+    Need,
+    RowLag,
+    Tolerances,
 )
-from .lags import ShiftedRows, Shifts, best_lags, fit_shifts, lag_scan, prompt_length_lags, row_lag_error, segment_ids, shifted_rows
+from .lags import (
+    ShiftedRows,
+    Shifts,
+    best_lags,
+    fit_shifts,
+    lag_scan,
+    prompt_length_lags,
+    row_lag_error,
+    segment_ids,
+    shifted_rows,
+)
 from .tokens import SAMPLE_TEXTS, detect_tokenizer_mismatch
 
 __all__ = [

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..batch import Batch
-from ..mismatch import batch_delta, metrics_from_delta
+from .mismatch import batch_delta, metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
     NO_GROUP, VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
+from .mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
 from .core import FULL_PRECISION, Context, Finding
 from .tensors import masked
 

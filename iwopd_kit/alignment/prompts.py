@@ -216,7 +216,7 @@ def thinking_mode_findings(ctx: Context) -> list[Finding]:
         f"(first: row {answer[0]}): the model answers as in non-thinking mode, so its prompts were probably meant to "
         "be rendered with enable_thinking=False; pass it to apply_chat_template, or, for a trainer that renders "
         "prompts itself without template arguments (TRL 1.16's IWOPDTrainer), make it the template's default "
-        "(iwopd_kit.chat.with_template_defaults(tokenizer, enable_thinking=False))",
+        "(iwopd_kit.engines.chat.with_template_defaults(tokenizer, enable_thinking=False))",
     )]
 
 

@@ -13,7 +13,9 @@ from typing import Any, Sequence
 import torch
 
 from .core import Context, Finding
-from .prompts import dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings
+from .prompts import (
+    dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings,
+)
 from .stops import stop_findings
 from .tensors import at, first_true
 from .zeros import lone_final_eos, placeholder_text, zero_placeholders

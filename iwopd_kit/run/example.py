@@ -26,8 +26,8 @@ from pathlib import Path
 
 from .. import toy
 from ..batch import Batch, write_jsonl
-from ..rollout import TransformersEngine, rollout
-from ..scoring import load_model, load_tokenizer, score_batch
+from ..engines.rollout import TransformersEngine, rollout
+from ..engines.scoring import load_model, load_tokenizer, score_batch
 
 GROUPS = ("add", "carry")
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..alignment.core import KINDS
-from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
+from ..alignment.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
 from .steps import STORE_DIRNAME
 
 SCHEMA_VERSION = 1
@@ -35,11 +35,11 @@ TABLES = ("rows", "steps", "groups", "findings")
 """The one-file tables (``tokens`` is the partitioned dataset)."""
 
 METRICS: tuple[str, ...] = tuple(k.split("/", 1)[1] for k in MISMATCH_KEYS)
-"""The mismatch metrics as columns (``mismatch/k3_kl`` -> ``k3_kl``), in :data:`~iwopd_kit.mismatch.MISMATCH_KEYS` order."""
+"""The mismatch metrics as columns (``mismatch/k3_kl`` -> ``k3_kl``), in :data:`~iwopd_kit.alignment.mismatch.MISMATCH_KEYS` order."""
 
 BANDS: dict[str, tuple[float | None, float | None]] = {
     k.split("/", 1)[1]: (lo, hi) for k, (_, lo, hi) in USUAL_THRESHOLDS.items()}
-"""Healthy band ``(low, high)`` per metric column (None: no bound), from :data:`iwopd_kit.mismatch.USUAL_THRESHOLDS`."""
+"""Healthy band ``(low, high)`` per metric column (None: no bound), from :data:`iwopd_kit.alignment.mismatch.USUAL_THRESHOLDS`."""
 
 KIND_COLUMNS: tuple[str, ...] = tuple(f"n_{k}" for k in KINDS)
 """``steps`` / ``groups`` columns counting the findings of each kind."""

@@ -21,7 +21,7 @@ import torch
 
 from ..alignment.core import KINDS, AlignmentReport
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
-from ..mismatch import MISMATCH_KEYS, metrics_from_delta
+from ..alignment.mismatch import MISMATCH_KEYS, metrics_from_delta
 from ..objective import advantage, prefix_weights
 from .batches import _streams, rl_advantages, row_groups, row_rewards
 from .steps import rank_number

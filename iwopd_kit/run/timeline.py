@@ -2,7 +2,7 @@
 
 ``report.html`` is self-contained (inline CSS and SVG from :mod:`iwopd_kit.run.svg`, no script, no URL):
 the pooled mismatch metrics per step inside their healthy bands (the bounds of
-:data:`iwopd_kit.mismatch.USUAL_THRESHOLDS`), the same per group, finding counts by kind per step,
+:data:`iwopd_kit.alignment.mismatch.USUAL_THRESHOLDS`), the same per group, finding counts by kind per step,
 and the flagged steps with their first finding, each linked to ``steps/step_N.html`` (the page of
 ``iwopd-kit check --html`` for that step).
 """

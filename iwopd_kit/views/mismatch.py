@@ -4,7 +4,7 @@ the |Δ| quantiles and a histogram of Δ (Δ = trainer − rollout log-prob, the
 Text for the terminal, HTML for the report: a table and an inline SVG (no script, no URL), so the
 page stays self-contained and renders the same offline and in a PNG copy. The metrics are the
 report's own (``AlignmentReport.metrics``); the quantiles and the histogram are over the same
-tokens (:func:`iwopd_kit.mismatch.pooled_delta`).
+tokens (:func:`iwopd_kit.alignment.mismatch.pooled_delta`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
-from ..mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual
-from ..mismatch import batch_delta as pooled_batch_delta
+from ..alignment.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual
+from ..alignment.mismatch import batch_delta as pooled_batch_delta
 from .report import html_table, text_table
 
 METRIC_HEADER = ["metric", "value", "usual threshold", "vs usual"]
@@ -47,7 +47,7 @@ def metric_rows(metrics: dict[str, float]) -> list[list[str]]:
 
 def batch_delta(batch: Batch) -> torch.Tensor | None:
     """Δ = student − rollout over the valid tokens with both values finite (float64 [N]); None without them
-    (:func:`iwopd_kit.mismatch.batch_delta`)."""
+    (:func:`iwopd_kit.alignment.mismatch.batch_delta`)."""
     if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return None
     d = pooled_batch_delta(batch)

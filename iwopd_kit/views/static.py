@@ -15,7 +15,7 @@ turns on two things (:func:`enable`; off with ``IWOPD_STATIC_IMAGES=0`` or :func
   stylesheets work (JupyterLab, Notebook 7, the classic notebook, an unsanitised nbconvert export),
   so there the reader sees the interactive view once.
 
-Both images are drawn by Debian's headless Chromium (the one :mod:`iwopd_kit.browser` finds)
+Both images are drawn by Debian's headless Chromium (the one :mod:`iwopd_kit.views.chromium` finds)
 through Playwright: figures by the plotly.js copy inside the plotly package (``Plotly.toImage``,
 read from disk, no CDN), HTML views by an element screenshot; both stored with a 256-colour palette
 (Pillow, which vLLM already depends on). One browser per process, started on first
@@ -81,7 +81,7 @@ class _Chromium:
         if self._browser is None:
             from playwright.sync_api import sync_playwright
 
-            from ..chromium import launch
+            from .chromium import launch
 
             self._pw = sync_playwright().start()
             self._browser = launch(self._pw)
@@ -168,7 +168,7 @@ def available() -> tuple[bool, str]:
     if importlib.util.find_spec("playwright") is None:
         return False, "playwright is not installed (pip install playwright; the dev extra has it)"
     try:
-        from ..chromium import chromium_path
+        from .chromium import chromium_path
 
         chromium_path()
     except FileNotFoundError as e:

@@ -34,10 +34,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from .colors import (
-    DEFAULT_BOUNDS, NEGATIVE_RAMP, POSITIVE_RAMP, SCALE_KINDS, SEQUENTIAL_RAMP, ColorScale, is_dark, ramp_color,
-    scale_for,
+    DEFAULT_BOUNDS, NEGATIVE_RAMP, POSITIVE_RAMP, SCALE_KINDS, SEQUENTIAL_RAMP, ColorScale, is_dark,
+    ramp_color, scale_for,
 )
-from .inputs import SERIES_ORDER, id_or_none, normalise_series, normalise_tokens, normalise_window, ragged_rows
+from .inputs import (
+    SERIES_ORDER, id_or_none, normalise_series, normalise_tokens, normalise_window, ragged_rows,
+)
 from .report import MISSING, format_value, html_page, text_table
 from .text import visible_html, visible_text
 

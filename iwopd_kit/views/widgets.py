@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from ..objective import advantage, iw_opd_loss, prefix_weights
-from ..results import PipelineResult
+from .results import PipelineResult
 from .tokens import token_strip
 
 #: Series the explorers colour by (names of :data:`~iwopd_kit.views.names.SERIES_NAMES`).
