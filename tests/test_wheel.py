@@ -90,6 +90,25 @@ def test_the_installed_package_finds_its_data_inside_the_new_venv(installed, tmp
     print(f"wheel {wheel.name}: {wheel.stat().st_size} bytes")
 
 
+# Checkout-only code that once lived in the package: the wheel must not carry it back.
+CHECKOUT_ONLY = ("research/", "tests/")
+MOVED_OUT = ("iwopd_kit/browser.py", "iwopd_kit/random_models.py", "iwopd_kit/study.py", "iwopd_kit/study_stats.py",
+             "iwopd_kit/views/study.py")
+
+
+def test_the_wheel_holds_the_kit_and_nothing_of_the_checkout(installed):
+    _, _, wheel = installed
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    assert "iwopd_kit/__init__.py" in names and "iwopd_kit/engines/scoring.py" in names
+    tops = {n.split("/", 1)[0] for n in names}
+    others = sorted(tops - {"iwopd_kit"})
+    assert len(others) == 1 and others[0].endswith(".dist-info"), \
+        f"the wheel's top-level entries: {sorted(tops)} (expected iwopd_kit/ and its .dist-info/ only)"
+    carried = sorted(n for n in names if n.startswith(CHECKOUT_ONLY) or n in MOVED_OUT)
+    assert carried == [], f"the wheel carries checkout-only files: {carried}"
+
+
 def test_demo_runs_from_the_wheel_in_a_temp_dir(installed, tmp_path):
     venv, env, _ = installed
     proc = _run([venv / "bin" / "iwopd-kit", "demo", "--n", "2", "--max-tokens", "24", "--html", "out/demo.html"],
