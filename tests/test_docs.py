@@ -3,8 +3,12 @@
 - every link into docs/method.md lands on an anchor that exists, and every relative link of the
   README, CONTRIBUTING.md, docs/ and the notebooks resolves: the file, and the ``#anchor`` in it;
 - no file in the repository cites a document that is not in the repository;
+- every file the README, CONTRIBUTING.md, docs/ and the notebooks name in backticks exists: a repository path
+  (```iwopd_kit/engines/scoring.py```, ```docs/method.md```), a path inside the kit (```engines/scoring.py```),
+  or a bare module file name (```scoring.py```); a file that moved or was renamed fails the page that names it;
 - every flag of every ``iwopd-kit`` subcommand, and each of its choices (read from the argparse parser), is in docs/check.md,
-  and every name of ``iwopd_kit.__all__`` is on the API page;
+  and every name of ``iwopd_kit.__all__`` is on the API page, its ``:::`` directive resolving (as mkdocstrings
+  resolves it) to that very object;
 - the floor table of docs/ARCHITECTURE.md is the one tests/test_architecture.py enforces;
 - docs/index.md links every page of the site, in the site's order; the README is a front door
   (at most 150 lines, its first Python block on the first screen, and that block runs);
@@ -23,6 +27,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
+import pytest
 import yaml
 
 import iwopd_kit
@@ -133,6 +138,62 @@ def test_no_file_cites_a_document_outside_the_repository():
     assert not OUTSIDE.search("SPECIAL_TOKENS, SPEC_FILE, SPEC = RandomModelSpec()")
 
 
+REPO_TOPS = ("iwopd_kit", "research", "scripts", "tests", "benchmarks", "docs", "notebooks")
+TICKED = re.compile(r"`([^`\s]+)`")
+FILE_EXT = re.compile(r"\.(py|md|ipynb|sh|txt|json|jsonl|toml|ya?ml|cfg|html)$")
+PLACEHOLDER = re.compile(r"[<*]|\.\.\.|\bNAME\b|\bNN_")          # `scripts/NAME.py`, `iwopd_kit/formats/<layout>.py`
+CODE_DIRS = ("iwopd_kit", "research", "scripts", "benchmarks", "tests")
+ROOMS = tuple(sorted(p.name for p in (ROOT / "iwopd_kit").iterdir() if (p / "__init__.py").exists()))
+
+
+def file_names(text: str, module_names: set[str]) -> list[tuple[str, bool]]:
+    """The backticked file names of ``text`` (outside code blocks), each with whether the repository has it:
+
+    - a path under a top folder of the repository (```iwopd_kit/engines/scoring.py```, ```tests/test_x.py::test_y```,
+      ```docs/method.md```, ```scripts/env.sh```, a folder ```iwopd_kit/formats/```): it exists at that path;
+    - a path that starts with a room of the kit (```engines/scoring.py```, ```alignment/check.py```): it exists
+      under ``iwopd_kit/``;
+    - a bare module file name (```scoring.py```): some file of ``module_names`` (the ``.py`` names under
+      iwopd_kit/, research/, scripts/, benchmarks/, tests/) has that name.
+    Another project's file is cited by its path in that project (```trl/trainer/grpo_config.py```), which is none of these.
+    """
+    out = []
+    for token in TICKED.findall(FENCE.sub("", text)):
+        if PLACEHOLDER.search(token):
+            continue
+        path = token.split("::", 1)[0].rstrip(".,;:")
+        head = path.split("/", 1)[0]
+        if "/" in path and head in REPO_TOPS and (FILE_EXT.search(path) or path.endswith("/")):
+            out.append((token, (ROOT / path).exists()))
+        elif "/" in path and head in ROOMS and path.endswith(".py"):
+            out.append((token, (ROOT / "iwopd_kit" / path).exists()))
+        elif re.fullmatch(r"\w+\.py", path):
+            out.append((token, path in module_names))
+    return out
+
+
+MODULE_NAMES = {p.name for d in CODE_DIRS for p in (ROOT / d).rglob("*.py")}
+
+
+@pytest.mark.parametrize("doc", [_rel(p) for p in [*DOC_FILES, *NOTEBOOKS]])
+def test_every_file_a_doc_names_exists(doc):
+    """README.md, CONTRIBUTING.md, docs/ and the notebooks' Markdown name files that exist (see :func:`file_names`)."""
+    stale = [t for t, ok in file_names(_markdown(ROOT / doc), MODULE_NAMES) if not ok]
+    assert stale == [], f"{doc} names files that are not in the repository (moved? renamed?): {stale}"
+
+
+def test_the_file_name_check_sees_a_stale_name():
+    assert sum(len(file_names(text, MODULE_NAMES)) for text in _texts().values()) > 200
+    assert "scoring.py" in MODULE_NAMES and "objective.py" not in MODULE_NAMES
+    text = ("`iwopd_kit/engines/scoring.py` `engines/scoring.py` `scoring.py` `tests/test_docs.py::test_x` "
+            "`iwopd_kit/formats/` `scripts/NAME.py` `trl/trainer/grpo_config.py` `iwopd_kit/mismatch/...`\n"
+            "```\n`objective.py` in a code block\n```\n")
+    assert [ok for _, ok in file_names(text, MODULE_NAMES)] == [True] * 5
+    text = ("`iwopd_kit/objective.py` `objective.py` `toy.py` `views/study.py` `iwopd_kit/study.py` `research/figure.py` "
+            "`docs/methods.md` `notebooks/00_tours.ipynb` `tests/test_nothing.py::test_x` `iwopd_kit/engine/`")
+    assert file_names(text, MODULE_NAMES) == [(t, False) for t in TICKED.findall(text)]
+
+
 def _section(text: str, heading: str) -> str:
     start = text.index(heading) + len(heading)
     nxt = re.search(r"^#{1,3} ", text[start:], re.M)
@@ -163,11 +224,42 @@ def test_every_cli_flag_is_in_the_check_reference():
     assert flags >= 20
 
 
+def _runtime_object(ident: str):
+    """What a dotted name is at run time: the longest importable module prefix, then attributes."""
+    parts = ident.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(ident)
+
+
 def test_every_public_name_is_on_the_api_page():
+    """Each ``:::`` directive of docs/api.md resolves the way mkdocstrings resolves it (griffe, statically), and
+    each name of ``iwopd_kit.__all__`` has one whose object is that name's (not, say, a module of the same name)."""
+    import griffe
+
     api = (ROOT / "docs" / "api.md").read_text()
+    idents = re.findall(r"^::: (\S+)$", api, re.M)
+    kit = griffe.load("iwopd_kit", search_paths=[str(ROOT)], resolve_aliases=False)
+    unresolved = []
+    for ident in idents:
+        try:
+            obj = kit
+            for part in ident.split(".")[1:]:
+                obj = obj[part]
+            _ = obj.final_target if obj.is_alias else obj        # raises when the alias leads nowhere
+        except (KeyError, griffe.AliasResolutionError, griffe.CyclicAliasError):
+            unresolved.append(ident)
+    assert unresolved == [], f"docs/api.md's ::: directives that mkdocstrings cannot resolve: {unresolved}"
     # a name iwopd_kit loads on first use (the run extra) is documented at its home module
-    missing = [n for n in iwopd_kit.__all__ if not re.search(rf"^::: iwopd_kit(\.\w+)*\.{n}\n", api, re.M)]
-    assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md: {missing}"
+    missing = [n for n in iwopd_kit.__all__
+               if not any(i.rsplit(".", 1)[-1] == n and _runtime_object(i) is getattr(iwopd_kit, n) for i in idents)]
+    assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md (or documented as another object): {missing}"
 
 
 def _floors_from_table() -> dict[str, int]:
