@@ -52,10 +52,11 @@ __version__ = "0.1.0"
 
 # Modules that lived at the top level before the rooms (``batch``, ``objective`` and ``toy`` are rooms of
 # their own name that re-export them): the old dotted name still imports the module, with a
-# DeprecationWarning naming its home. The research modules left the package: a clear error.
+# DeprecationWarning naming its home (not ``rollout``: ``iwopd_kit.rollout`` is the function, and
+# importing a module by that name would replace it). The research modules left the package: a clear error.
 _MOVED = {
     "ragged": "batch.ragged", "fields": "batch.fields", "sampling": "batch.sampling", "mismatch": "alignment.mismatch",
-    "envdefaults": "engines.envdefaults", "rollout": "engines.rollout", "scoring": "engines.scoring",
+    "envdefaults": "engines.envdefaults", "scoring": "engines.scoring",
     "rescore": "engines.rescore", "server": "engines.server", "chat": "engines.chat",
     "chromium": "views.chromium", "results": "views.results",
     "exercise_base": "teaching.exercise_base", "exercises": "teaching.exercises",

@@ -27,6 +27,12 @@ def test_from_the_package_import_an_old_module_name(monkeypatch):
     assert scoring.score_batch is iwopd_kit.score_batch
 
 
+def test_no_old_module_name_is_a_public_name():
+    # importing a submodule sets it as an attribute of the package: it would replace the public name
+    assert set(iwopd_kit._MOVED) & set(iwopd_kit.__all__) == set()
+    assert callable(iwopd_kit.rollout)
+
+
 @pytest.mark.parametrize("old", sorted(iwopd_kit._LEFT))
 def test_a_module_that_left_the_package_says_where_it_is(old):
     with pytest.raises(ModuleNotFoundError, match=f"{iwopd_kit._LEFT[old]} in the repository's checkout"):
