@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from iwopd_kit.toy import REPO_ROOT
+from research import REPO_ROOT
 
 RESULTS_DIR: Path = REPO_ROOT / "docs" / "results"
 #: The paper's four curves, then the extra objectives, in the order tables list them.
