@@ -50,7 +50,7 @@ def _run(seed: int, accs: list[float], steps: list[int], correct: list[list[bool
         if correct is not None:
             ev["greedy_correct"] = S.pack_bits(correct[i])
         recs.append({"step": s, "eval": ev})
-    return {"config": {"seed": seed, "eval_prompts": len(correct[0]) if correct else 0}, "records": recs}
+    return {"config": {"run_seed": seed, "eval_prompts": len(correct[0]) if correct else 0}, "records": recs}
 
 
 def test_pack_and_paired_difference():
