@@ -8,22 +8,19 @@ use) and keeps the best of a few runs.
 The baseline, measured in the same run: the lag scan alone, written the naive way — a Python loop
 over rows and lags over the ragged lists (mean |rollout[j + k] - student[j]| per row and lag).
 
-    .venv/bin/python benchmarks/bench_alignment.py
+    .venv/bin/python -m benchmarks.bench_alignment
 """
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_of  # noqa: E402
 
 import torch
 
 import iwopd_kit as K
 from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
+
+from benchmarks.timing import best_of
 
 B, L, MAX_LAG = 64, 4096, 4
 

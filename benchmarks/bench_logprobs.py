@@ -11,7 +11,7 @@ The bf16 case: the baseline is a float32 log_softmax + gather (``logits.float()`
 answer; "max |kit - base|" is the kit's largest difference from it (goal <= 1e-3 nats), next to
 that of a log_softmax + gather computed in bf16 itself.
 
-    .venv/bin/python benchmarks/bench_logprobs.py [--quick]
+    .venv/bin/python -m benchmarks.bench_logprobs [--quick]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def child(shape: tuple[int, int, int], variant: str, job: str, repeats: int) -> 
 
 
 def measure(shape, variant, job, repeats) -> dict:
-    code = ("import json,sys; sys.path.insert(0,'benchmarks'); import bench_logprobs as b; "
+    code = ("import json; from benchmarks import bench_logprobs as b; "
             f"print(json.dumps(b.child({tuple(shape)!r}, {variant!r}, {job!r}, {repeats})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

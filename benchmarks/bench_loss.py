@@ -12,7 +12,7 @@ Timing: kit and reference calls alternate (so a drift of a shared machine hits b
 is the median over ``repeats`` pairs, with many repeats where a call takes about a millisecond
 (single timings are noise there) and a few at the 2 GB shape.
 
-    .venv/bin/python benchmarks/bench_loss.py [--quick]
+    .venv/bin/python -m benchmarks.bench_loss [--quick]
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Paths timed in-process (best of 3): a `Batch` from ragged lists at [256, 48] (wh
 conversion builds) and at [64, 4096]; `from_trl_batch` at [64, 4096] (the TRL capture);
 `check_alignment` at [64, 4096] on a fresh batch; `read_jsonl` of the large dump.
 
-    .venv/bin/python benchmarks/bench_memory.py [--rows 512 --tokens 4096]
+    .venv/bin/python -m benchmarks.bench_memory [--rows 512 --tokens 4096]
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_of  # noqa: E402
+from benchmarks.timing import best_of
 
 VOCAB = 151_936
 
@@ -87,8 +86,7 @@ def child(mode: str, path: Path, kit_src: str = "") -> dict:
 
 PATHS = SHIM + r"""
 import json
-sys.path.insert(0, sys.argv[4])
-import bench_memory
+from benchmarks import bench_memory
 print(json.dumps(bench_memory.time_paths(bench_memory.Path(sys.argv[2]))))
 """
 
@@ -154,8 +152,8 @@ def main() -> None:
         print(f"(kit imported from {kit})")
         if not args.no_paths:
             print("\n| path | seconds (best of 3) |\n|---|---|")
-            out = subprocess.run([sys.executable, "-c", PATHS, "paths", str(big), args.kit_src,
-                                  str(Path(__file__).resolve().parent)], capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-c", PATHS, "paths", str(big), args.kit_src],
+                                 capture_output=True, text=True, check=True)
             for name, t in json.loads(out.stdout.strip().splitlines()[-1]):
                 print(f"| {name} | {t:.3f} |", flush=True)
 

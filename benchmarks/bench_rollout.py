@@ -16,25 +16,23 @@ per-token log-probs requested on every path.
 
 Each timing is the best of ``--repeats`` calls after a warm-up call. Run with the project's env::
 
-    source scripts/env.sh && .venv/bin/python benchmarks/bench_rollout.py
+    source scripts/env.sh && .venv/bin/python -m benchmarks.bench_rollout
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_of  # noqa: E402
+from iwopd_kit import Sampling, TransformersEngine, VLLMEngine, from_request_outputs, toy
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.engines.scoring import load_model, load_tokenizer
 
-from iwopd_kit import Sampling, TransformersEngine, VLLMEngine, from_request_outputs, toy  # noqa: E402
-from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
-from iwopd_kit.engines.scoring import load_model, load_tokenizer  # noqa: E402
+from benchmarks.timing import best_of
 
 
 def make_random_model(out: Path, hidden: int = 160, layers: int = 4, intermediate: int = 512) -> int:

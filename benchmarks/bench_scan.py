@@ -14,8 +14,8 @@ reads but cannot reset) minus the baseline, of the 1-worker scan, which runs its
 (the same task a pool worker runs). Goals: >= 1M tokens / s per worker including the check, >= 1.7x with 2
 workers on 2 cores, <= 50 bytes per token of the largest step.
 
-    nice -n 0 .venv/bin/python benchmarks/bench_scan.py [--steps 20 --ranks 2 --rows 256 --mean-len 2048]
-    .venv/bin/python benchmarks/bench_scan.py --steps 2 --profile      # cProfile of a 1-worker scan, top 25
+    nice -n 0 .venv/bin/python -m benchmarks.bench_scan [--steps 20 --ranks 2 --rows 256 --mean-len 2048]
+    .venv/bin/python -m benchmarks.bench_scan --steps 2 --profile      # cProfile of a 1-worker scan, top 25
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scan_data  # noqa: E402
+from benchmarks import scan_data
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,19 +3,15 @@
 The ratio printed is against a baseline measured in the same run: the same tokens as one
 unstyled ``<span title=...>`` each (the minimum any hoverable per-token view must emit).
 
-    .venv/bin/python benchmarks/bench_views.py
+    .venv/bin/python -m benchmarks.bench_views
 """
 
 from __future__ import annotations
 
 import html
 import random
-import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_of  # noqa: E402
+from benchmarks.timing import best_of
 
 from iwopd_kit.views import token_strip
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +77,7 @@ def write_run(run: Path, steps: int, ranks: int, n_rows: int, mean_len: int, shi
 
 def same_as_fixture() -> None:
     """Raise unless :func:`record` equals ``tests/run_fixtures.py``'s ``primerl_record`` on the same rows."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from run_fixtures import primerl_record
+    from tests.run_fixtures import primerl_record
 
     for i, (prompt, comp, roll, stud, group, reward) in enumerate(rows(1, 0, 4, 16, 1)):
         row = {"prompt_ids": prompt.tolist(), "completion_ids": comp.tolist(), "rollout": roll.tolist(),

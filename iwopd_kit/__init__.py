@@ -5,6 +5,12 @@ Every per-token tensor is [B, L] in completion coordinates (token j = the j-th g
 the row; right-padded; ``mask`` bool [B, L]).
 """
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+import warnings
+
 from .alignment import AlignmentReport, Finding, Tolerances, check_alignment, lag_scan
 from .batch import Batch, BatchError, read_jsonl, write_jsonl
 from .formats import (
@@ -43,6 +49,49 @@ from .apps.service import check_dump
 from . import views
 
 __version__ = "0.1.0"
+
+# Modules that lived at the top level before the rooms (``batch``, ``objective`` and ``toy`` are rooms of
+# their own name that re-export them): the old dotted name still imports the module, with a
+# DeprecationWarning naming its home (not ``rollout``: ``iwopd_kit.rollout`` is the function, and
+# importing a module by that name would replace it). The research modules left the package: a clear error.
+_MOVED = {
+    "ragged": "batch.ragged", "fields": "batch.fields", "sampling": "batch.sampling", "mismatch": "alignment.mismatch",
+    "envdefaults": "engines.envdefaults", "scoring": "engines.scoring",
+    "rescore": "engines.rescore", "server": "engines.server", "chat": "engines.chat",
+    "chromium": "views.chromium", "results": "views.results",
+    "exercise_base": "teaching.harness", "exercises": "teaching.exercises",
+    "exercises_pairing": "teaching.pairing", "solutions": "teaching.solutions",
+    "check_result": "apps.check_result", "service": "apps.service", "replay": "apps.replay",
+    "replay_io": "apps.replay_io", "replay_rules": "apps.replay_rules", "pipeline": "apps.pipeline",
+    "train": "apps.train",
+}
+_LEFT = {"study": "research/study.py", "study_stats": "research/study_stats.py", "views.study": "research/figures.py",
+         "random_models": "research/random_models.py", "browser": "tests/browser.py"}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """``import iwopd_kit.scoring`` -> the module ``iwopd_kit.engines.scoring`` (the same object)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        old = fullname.removeprefix(__name__ + ".") if fullname.startswith(__name__ + ".") else None
+        if old in _LEFT:
+            raise ModuleNotFoundError(f"{fullname} is not part of the package any more: it is {_LEFT[old]} in the "
+                                      "repository's checkout (not in the wheel)", name=fullname)
+        if old in _MOVED:
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        new = f"{__name__}.{_MOVED[spec.name.removeprefix(__name__ + '.')]}"
+        warnings.warn(f"{spec.name} moved to {new}", DeprecationWarning, stacklevel=2)
+        return importlib.import_module(new)
+
+    def exec_module(self, module):
+        pass
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules())
 
 
 def __getattr__(name: str):

@@ -5,3 +5,8 @@ at a real vocabulary used for calibration (``random_models.py``).
 Checkout-only: ``scripts/setup.sh`` puts the repository root on the virtual environment's path
 (a ``.pth`` file), so ``import research`` works in scripts, tests and notebook kernels.
 """
+
+from pathlib import Path
+
+#: The repository's checkout (the folder that holds ``iwopd_kit/``, ``research/``, ``docs/``, ``data/``).
+REPO_ROOT: Path = Path(__file__).resolve().parents[1]

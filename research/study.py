@@ -1,7 +1,8 @@
 """The position-bias study's results: load the committed run files and summarise them.
 
 Each run of ``scripts/run_study.py`` is one JSON file ``docs/results/<task>/<objective>_seed<k>.json``
-with ``config`` (a :class:`~iwopd_kit.apps.train.LoopConfig` as a dict, the seed included), ``records``
+with ``config`` (a :class:`~iwopd_kit.apps.train.LoopConfig` as a dict: its ``run_seed``, or ``seed`` in the
+files written before the config's rollout settings moved into ``sampling``; read it with :func:`run_seed`), ``records``
 (one per step: loss, TRL metrics, drift; ``eval`` filled every ``eval_every`` steps and at the end)
 and the command, versions and wall time. Everything here is pure Python over those dicts.
 
@@ -19,7 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from iwopd_kit.toy import REPO_ROOT
+from research import REPO_ROOT
 
 RESULTS_DIR: Path = REPO_ROOT / "docs" / "results"
 #: The paper's four curves, then the extra objectives, in the order tables list them.
@@ -41,8 +42,18 @@ def load_runs(task: str = "main", results_dir: str | Path = RESULTS_DIR) -> dict
             raise ValueError(f"{path}: not a study run file (expected 'config' and 'records')")
         runs[run["config"]["objective"]].append(run)
     for objective in runs:
-        runs[objective].sort(key=lambda r: r["config"]["seed"])
+        runs[objective].sort(key=run_seed)
     return {k: runs[k] for k in sorted(runs, key=lambda k: ORDER.index(k) if k in ORDER else len(ORDER))}
+
+
+def run_seed(run: Run) -> int:
+    """The seed of a run: ``config["run_seed"]``, or ``config["seed"]`` in the older files (the same loop seed:
+    torch's seed, the prompt order and the base of each rollout request's seed)."""
+    cfg = run["config"]
+    for key in ("run_seed", "seed"):
+        if key in cfg:
+            return int(cfg[key])
+    raise ValueError(f"a run's config has neither 'run_seed' nor 'seed' (keys: {sorted(cfg)})")
 
 
 def evals(run: Run) -> list[tuple[int, dict[str, Any]]]:
@@ -70,7 +81,7 @@ def mean_curve(runs: list[Run], metric: str) -> tuple[list[int], list[float], li
     for run in runs:
         s, v = curve(run, metric)
         if s != steps:
-            raise ValueError(f"seed {run['config']['seed']}: eval steps {s} differ from {steps}")
+            raise ValueError(f"seed {run_seed(run)}: eval steps {s} differ from {steps}")
         cols.append(v)
     stats = [mean_sd([c[i] for c in cols]) for i in range(len(steps))]
     return steps, [m for m, _ in stats], [sd for _, sd in stats]
@@ -92,7 +103,7 @@ def position_profile(runs: list[Run], step: int = 0) -> list[float]:
     for run in runs:
         match = [e for s, e in evals(run) if s == step]
         if not match:
-            raise ValueError(f"seed {run['config']['seed']}: no evaluation at step {step}")
+            raise ValueError(f"seed {run_seed(run)}: no evaluation at step {step}")
         rows.append(match[0]["abs_adv_by_position"])
     return [statistics.mean(r[i] for r in rows if not math.isnan(r[i])) for i in range(len(rows[0]))]
 
@@ -101,7 +112,7 @@ def summary_rows(runs: dict[str, list[Run]]) -> list[dict[str, Any]]:
     """One row per objective: seeds, and start / end mean and sd of the three scalar metrics."""
     out = []
     for objective, rs in runs.items():
-        row: dict[str, Any] = {"objective": objective, "seeds": [r["config"]["seed"] for r in rs],
+        row: dict[str, Any] = {"objective": objective, "seeds": [run_seed(r) for r in rs],
                                "steps": evals(rs[0])[-1][0]}
         for metric in ("greedy_acc", "sampled_acc", "reverse_kl_per_token"):
             row[metric] = {"start": mean_sd([evals(r)[0][1][metric] for r in rs]), "end": final(rs, metric)}

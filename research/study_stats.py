@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from iwopd_kit.apps.train import pack_bits, unpack_bits
-from research.study import RESULTS_DIR, load_runs
+from research.study import RESULTS_DIR, load_runs, mean_curve, run_seed
 
 Run = dict[str, Any]
 #: Where scripts/run_when.py writes: ``<task>/<student>/<objective>_seed<k>.json``.
@@ -50,14 +50,14 @@ def eval_at(run: Run, step: int) -> dict[str, Any]:
     for r in run["records"]:
         if r["step"] == step and r["eval"]:
             return r["eval"]
-    raise ValueError(f"seed {run['config']['seed']}: no evaluation at step {step}")
+    raise ValueError(f"seed {run_seed(run)}: no evaluation at step {step}")
 
 
 def correct_at(run: Run, step: int) -> list[bool]:
     """Per-prompt greedy exact match of ``run`` at ``step``."""
     ev = eval_at(run, step)
     if "greedy_correct" not in ev:
-        raise ValueError(f"seed {run['config']['seed']}, step {step}: no per-prompt 'greedy_correct' "
+        raise ValueError(f"seed {run_seed(run)}, step {step}: no per-prompt 'greedy_correct' "
                          "(runs from before the early-step protocol)")
     return unpack_bits(ev["greedy_correct"], run["config"]["eval_prompts"])
 
@@ -76,19 +76,9 @@ def binomial_se(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 0.0) / n)
 
 
-def mean_curve(runs: list[Run], metric: str = "greedy_acc") -> tuple[list[int], list[float]]:
-    """Steps and the mean over runs of ``metric`` (runs must share their evaluation steps)."""
-    curves = [[(r["step"], r["eval"][metric]) for r in run["records"] if r["eval"]] for run in runs]
-    steps = [s for s, _ in curves[0]]
-    for run, c in zip(runs, curves):
-        if [s for s, _ in c] != steps:
-            raise ValueError(f"seed {run['config']['seed']}: eval steps differ from {steps}")
-    return steps, [statistics.mean(c[i][1] for c in curves) for i in range(len(steps))]
-
-
 def gain_target(opd_runs: list[Run], fraction: float = 0.9, metric: str = "greedy_acc") -> tuple[float, float, float]:
     """(start, final, target): OPD's mean start and final ``metric`` and start + fraction * (final - start)."""
-    _, m = mean_curve(opd_runs, metric)
+    _, m, _ = mean_curve(opd_runs, metric)
     return m[0], m[-1], m[0] + fraction * (m[-1] - m[0])
 
 
@@ -134,8 +124,8 @@ def bootstrap(stat: Callable[[list, list], float | None], a: Sequence[Any], b: S
 
 
 def _by_seed(a: list[Run], b: list[Run]) -> tuple[list[Run], list[Run]]:
-    sa = {r["config"]["seed"]: r for r in a}
-    sb = {r["config"]["seed"]: r for r in b}
+    sa = {run_seed(r): r for r in a}
+    sb = {run_seed(r): r for r in b}
     common = sorted(set(sa) & set(sb))
     return [sa[k] for k in common], [sb[k] for k in common]
 
@@ -150,15 +140,16 @@ def speed_summary(opd: list[Run], iw: list[Run], fraction: float = 0.9, at: Sequ
     if not opd:
         raise ValueError("speed_summary: no seed run with both objectives")
     start, final, target = gain_target(opd, fraction)
-    _, iw_mean = mean_curve(iw)
-    out: dict[str, Any] = {"seeds": [r["config"]["seed"] for r in opd], "start": start, "opd_final": final,
+    _, iw_mean, _ = mean_curve(iw, "greedy_acc")
+    out: dict[str, Any] = {"seeds": [run_seed(r) for r in opd], "start": start, "opd_final": final,
                            "iw_final": iw_mean[-1], "target": target, "fraction": fraction,
                            "eval_prompts": opd[0]["config"]["eval_prompts"],
                            "steps_opd": steps_to_target(opd, target), "steps_iw": steps_to_target(iw, target)}
 
     def reach(group: str):
         def f(a: list[Run], b: list[Run]) -> int | None:
-            return first_reach(*mean_curve(a if group == "opd" else b), gain_target(a, fraction)[2])
+            steps, mean, _ = mean_curve(a if group == "opd" else b, "greedy_acc")
+            return first_reach(steps, mean, gain_target(a, fraction)[2])
         return f
 
     def diff_reach(a: list[Run], b: list[Run]) -> float | None:
@@ -216,5 +207,5 @@ def speed_markdown(rows: dict[str, dict[str, Any]], at: Sequence[int] = (5, 10, 
     return "\n".join(lines)
 
 
-__all__ = ["WHEN_DIR", "SIZES", "when_runs", "compression_points", "difference_at", "pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se", "mean_curve",
+__all__ = ["WHEN_DIR", "SIZES", "when_runs", "compression_points", "difference_at", "pack_bits", "unpack_bits", "eval_at", "correct_at", "paired_difference", "binomial_se",
            "gain_target", "first_reach", "steps_to_target", "bootstrap", "speed_summary", "speed_markdown"]

@@ -9,8 +9,8 @@ unset VLLM_LOGGING_LEVEL             # the table's value (ERROR), whatever the c
 source scripts/env.sh
 echo "== $(date -u +%FT%TZ) | $(nproc) CPUs | $(.venv/bin/python -c 'import torch, vllm; print("torch", torch.__version__, "| vllm", vllm.__version__)')"
 for b in bench_logprobs bench_loss bench_memory bench_alignment bench_views bench_rollout bench_scan; do
-  echo; echo "== benchmarks/$b.py"
-  .venv/bin/python "benchmarks/$b.py"
+  echo; echo "== python -m benchmarks.$b"
+  .venv/bin/python -m "benchmarks.$b"
 done
 if [ "${BENCH_SUITE:-0}" = "1" ]; then
   echo; echo "== the test suite (scripts/test.sh)"

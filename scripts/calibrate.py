@@ -38,6 +38,7 @@ import torch
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
+from research import REPO_ROOT
 
 from make_fixtures import MAX_TOKENS, pick_prompts  # noqa: E402
 
@@ -330,7 +331,7 @@ def gap_tables() -> None:
     print("| fixture | what differs | smallest per-token change | median | largest | smallest broken-row mean abs(rollout - student) "
           "| caught |")
     print("|---|---|---|---|---|---|---|")
-    fx = toy.REPO_ROOT / "data" / "fixtures"
+    fx = REPO_ROOT / "data" / "fixtures"
     base = K.read_jsonl(fx / "healthy_fp32_t1.jsonl")
     for f in sorted(fx.glob("*.jsonl")):
         if f.name.startswith("healthy_"):
@@ -354,7 +355,7 @@ def gap_tables() -> None:
 def caught(b: K.Batch) -> str:
     """The check's findings of the fixture's own kind: their severity and whether they sit where it was broken."""
     info = b.meta[0]["fixture"]
-    extra = {k: K.load_tokenizer(toy.REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
+    extra = {k: K.load_tokenizer(REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
     extra.update({k: info[k] for k in ("num_items", "reduction") if k in info})
     report = K.check_alignment(b, **extra)
     hits = report.by_kind(info["kind"])

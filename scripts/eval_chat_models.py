@@ -35,7 +35,7 @@ def hf_exact_match(model, tok, prompts, temperature: float, seed: int = 0) -> fl
         ids = torch.tensor([[pad] * (w - len(p)) + p for p in ps])
         attn = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in ps])
         kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 else dict(do_sample=False)
-        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=48, eos_token_id=eos,
+        out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=ROLLOUT_MAX_TOKENS, eos_token_id=eos,
                              pad_token_id=pad, **kw)[:, w:].tolist()
         for p, row in zip(chunk, out):
             correct += eos in row and toy.is_correct(p, tok.decode(row[:row.index(eos)]))

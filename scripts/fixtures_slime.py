@@ -50,8 +50,9 @@ import torch
 
 import iwopd_kit as K
 from iwopd_kit import toy
+from research import REPO_ROOT
 
-OUT = toy.REPO_ROOT / "data" / "fixtures" / "slime"
+OUT = REPO_ROOT / "data" / "fixtures" / "slime"
 PROMPTS = ("5+7+8=", "9+7+5=", "4+2+1+9=", "8+7+7+8=")   # held-out prompts, 3 and 4 terms
 N_SAMPLES = 2                 # --n-samples-per-prompt
 MAX_NEW = 24                  # --rollout-max-response-len

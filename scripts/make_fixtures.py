@@ -26,8 +26,9 @@ import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
 from iwopd_kit.batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
+from research import REPO_ROOT
 
-ROOT = toy.REPO_ROOT
+ROOT = REPO_ROOT
 OUT = ROOT / "data" / "fixtures"
 SEED = 0
 MAX_TOKENS = ROLLOUT_MAX_TOKENS

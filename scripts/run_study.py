@@ -61,7 +61,7 @@ def main() -> None:
         if path.exists():
             continue
         engine = engine or VLLMEngine(toy.get_task(args.task).student_dir)
-        cfg = LoopConfig(objective=obj, seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        cfg = LoopConfig(objective=obj, run_seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, eval_prompts=args.eval_prompts, task=args.task)
         t0 = time.time()
         records = train(cfg, engine=engine)

@@ -99,7 +99,7 @@ def main() -> None:
             continue
         if args.engine == "vllm":
             engine = engine or VLLMEngine(sdir, dtype=args.rollout_dtype)
-        cfg = LoopConfig(objective=obj, seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        cfg = LoopConfig(objective=obj, run_seed=seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, early_eval_every=args.early_every,
                          early_eval_until=args.early_until, eval_set=args.eval_set, eval_prompts=args.eval_prompts,
                          eval_sampled_prompts=args.eval_sampled_prompts, eval_engine=args.eval_engine,

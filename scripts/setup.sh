@@ -13,9 +13,17 @@ if [ "${IWOPD_SKIP_CHROMIUM:-0}" != "1" ] && [ ! -x /usr/bin/chromium ]; then
     echo "setup: /usr/bin/chromium missing; the browser tests need it (sudo apt-get install chromium)" >&2
   fi
 fi
+# The checkout's own packages that are not in the wheel (research/, benchmarks/) import from the
+# repository root: one .pth file in the venv puts the root on its path (no sys.path edits in scripts).
+put_checkout_on_path() {
+  local site
+  site=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+  echo "$PWD" > "$site/iwopd_kit_checkout.pth"
+}
 stamp_now=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 stamp_file=.venv/.iwopd-stamp
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_now" ] && .venv/bin/python -c "import vllm, iwopd_kit" 2>/dev/null; then
+  put_checkout_on_path
   echo "setup: .venv up to date"
   exit 0
 fi
@@ -26,4 +34,5 @@ echo "setup: installing the locked environment into .venv (a few minutes the fir
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r requirements/lock.txt 2> >(grep -v "is ignored" >&2)
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2> >(grep -v "is ignored" >&2)
 .venv/bin/python -c "import vllm, iwopd_kit; print('setup: vllm', vllm.__version__, '| iwopd_kit', iwopd_kit.__version__)"
+put_checkout_on_path
 echo "$stamp_now" > "$stamp_file"

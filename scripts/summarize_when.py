@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 from research import study_stats as S  # noqa: E402
+from research.study import run_seed  # noqa: E402
 
 WHEN = S.WHEN_DIR
 SIZES = S.SIZES
@@ -65,7 +66,7 @@ def tis() -> str:
             ev = [r for r in run["records"] if r["eval"]]
             at10 = S.eval_at(run, 10)["greedy_acc"]
             dtype, on = folder.name.split("_")
-            lines.append(f"| vLLM {dtype} | {on} | {run['config']['seed']} | {max(drifts):.4f} | "
+            lines.append(f"| vLLM {dtype} | {on} | {run_seed(run)} | {max(drifts):.4f} | "
                          f"{statistics.mean(drifts):.4f} | "
                          + (f"{statistics.mean(ratio):.4f} | {statistics.mean(clip):.5f}" if ratio[0] is not None
                             else "- | -")

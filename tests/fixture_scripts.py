@@ -8,8 +8,9 @@ import sys
 from types import ModuleType
 
 from iwopd_kit import toy
+from research import REPO_ROOT
 
-SCRIPTS = toy.REPO_ROOT / "scripts"
+SCRIPTS = REPO_ROOT / "scripts"
 
 
 def script(name: str) -> ModuleType:

@@ -65,15 +65,14 @@ def test_report_carries_the_offset_decision_per_row_and_the_explained_rows():
     report = K.check_alignment(batch)
     assert sorted(f.row for f in report.by_kind("offset")) == [1, 4]
     assert [x.row for x in report.row_lags] == list(range(B))
-    lags = {x.row: x.lag for x in report.row_lags}
-    assert lags == {0: 0, 1: -2, 2: 0, 3: 0, 4: -2, 5: 0}          # the lag scan's k (compatibility field)
-    assert report.row_shifts == (0, 2, 0, 0, 2, 0)                  # what readers see: d = -k
-    assert all(x.shift == -x.lag and x.gap_at_shift == x.gap_at_lag for x in report.row_lags)
+    assert {x.row: x.shift for x in report.row_lags} == {0: 0, 1: 2, 2: 0, 3: 0, 4: 2, 5: 0}   # d (the scan's k = -2)
+    assert report.row_shifts == (0, 2, 0, 0, 2, 0)
+    assert not hasattr(report.row_lags[0], "lag")                   # one name for it: shift
     for x in report.row_lags:
-        if x.lag == 0:
-            assert x.gap_at_lag == x.gap_at_0
+        if x.shift == 0:
+            assert x.gap_at_shift == x.gap_at_0
         else:
-            assert x.gap_at_lag * 10 <= x.gap_at_0
+            assert x.gap_at_shift * 10 <= x.gap_at_0
     assert report.explained_rows == (1, 4) and not report.gap_explained
     # the detector alone reports the same rows as the registry run
     assert A.detector("offset")(Context(batch)) == report.by_kind("offset")

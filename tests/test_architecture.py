@@ -5,7 +5,7 @@ The top level of the package is a handful of rooms by role; each room stands on 
 only from itself and from rooms on lower floors (two rooms on one floor do not import each other);
 no cycles between modules, inside a room or across; the views import data types and the objective
 only; nothing in the kit imports the checkout-only packages (``research``, ``tests``); no module over
-400 lines.
+400 lines; no module imports another's ``_private`` names.
 """
 
 from __future__ import annotations
@@ -188,6 +188,57 @@ TYPE_MODULES = {"iwopd_kit.alignment.core", "iwopd_kit.alignment.context", "iwop
 def test_the_detector_types_do_not_import_the_detectors():
     for module in TYPE_MODULES:
         assert all(_room(t) in {"batch", "objective"} or t in TYPE_MODULES for t in GRAPH[module]), module
+
+
+# Where a module may not import another module's private (``_name``) names: a name shared between
+# modules is public there (and in its ``__all__``). The whole kit.
+NO_PRIVATE_IMPORTS = ("iwopd_kit",)
+
+
+def _private_imports(module: str, path: Path) -> list[str]:
+    """``from <a module of the kit> import _name`` statements of one module (dunder names are not private)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and _targets(module, path, node):
+            out += [f"{module}:{node.lineno} imports {a.name} from {'.' * node.level}{node.module or ''}"
+                    for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    return out
+
+
+def test_the_private_import_scan_sees_one(tmp_path):
+    path = tmp_path / "tables.py"
+    path.write_text("from .batches import _streams, rl_advantages\nfrom . import __version__\n")
+    assert _private_imports("iwopd_kit.run.tables", path) == ["iwopd_kit.run.tables:1 imports _streams from .batches"]
+
+
+def test_no_module_imports_another_modules_private_names():
+    scoped = [m for m in MODULES if any(m == s or m.startswith(s + ".") for s in NO_PRIVATE_IMPORTS)]
+    assert scoped, f"no module under {NO_PRIVATE_IMPORTS}"
+    bad = [hit for m in scoped for hit in _private_imports(m, MODULES[m])]
+    assert bad == [], "imports of another module's private names (make them public, in its __all__):\n" + "\n".join(bad)
+
+
+def test_names_shared_in_teaching_are_in_their_modules_all():
+    """What a teaching module imports from a sibling is in the sibling's ``__all__`` (its public interface)."""
+    missing = []
+    for module, path in MODULES.items():
+        if not module.startswith("iwopd_kit.teaching."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                source = f"iwopd_kit.teaching.{node.module}"
+                exported = _all_of(MODULES[source])
+                missing += [f"{module} imports {a.name} from {source}, not in its __all__"
+                            for a in node.names if a.name not in exported]
+    assert missing == [], "\n".join(missing)
+
+
+def _all_of(path: Path) -> set[str]:
+    """The names of a module's ``__all__`` (a literal list or tuple of strings); empty when it has none."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return set()
 
 
 @pytest.mark.parametrize("module", sorted(MODULES), ids=lambda m: m)

@@ -17,7 +17,7 @@ from iwopd_kit import toy
 from iwopd_kit.alignment import detect_tokenizer_mismatch
 from iwopd_kit.engines.chat import (CHAT_FIXTURES_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,
                             chat_prompt_ids, load_chat_tokenizer)
-from iwopd_kit.toy import REPO_ROOT
+from research import REPO_ROOT
 
 LLAMA3_DIR = REPO_ROOT / ".cache" / "tokenizer_llama3"
 EOT = "<|eot_id|>"        # Llama-3's end of turn (its tokenizer_config's eos is <|end_of_text|>)

@@ -14,6 +14,7 @@ import torch
 import iwopd_kit as K
 from iwopd_kit.alignment import KINDS, Tolerances
 from iwopd_kit.alignment.mismatch import mismatch_metrics
+from research import REPO_ROOT
 
 V = 40
 
@@ -331,7 +332,7 @@ def test_healthy_fixtures_stay_clean_without_settings_and_in_groups(name):
     # alone once read as a temperature error), and the same rows as 4 groups judged one by one
     from iwopd_kit import toy
 
-    batch = K.read_jsonl(toy.REPO_ROOT / "data" / "fixtures" / f"{name}.jsonl")
+    batch = K.read_jsonl(REPO_ROOT / "data" / "fixtures" / f"{name}.jsonl")
     tok = K.load_tokenizer(toy.STUDENT_DIR)
     for variant in (batch.replace(sampling=None), batch.replace(groups=[f"g{i % 4}" for i in range(batch.size)])):
         report = K.check_alignment(variant, student_tokenizer=tok)

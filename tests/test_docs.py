@@ -9,7 +9,7 @@
 - every flag of every ``iwopd-kit`` subcommand, and each of its choices (read from the argparse parser), is in docs/check.md,
   and every name of ``iwopd_kit.__all__`` is on the API page, its ``:::`` directive resolving (as mkdocstrings
   resolves it) to that very object;
-- the floor table of docs/ARCHITECTURE.md is the one tests/test_architecture.py enforces;
+- the room table of docs/ARCHITECTURE.md is the one tests/test_architecture.py enforces, with every module;
 - docs/index.md links every page of the site, in the site's order; the README is a front door
   (at most 150 lines, its first Python block on the first screen, and that block runs);
 - what docs/environment.md says scripts/env.sh sets is what it sets.
@@ -262,29 +262,28 @@ def test_every_public_name_is_on_the_api_page():
     assert missing == [], f"names of iwopd_kit.__all__ not on docs/api.md (or documented as another object): {missing}"
 
 
-def _floors_from_table() -> dict[str, int]:
+def _rooms_from_table() -> dict[str, tuple[int, str, list[str]]]:
+    """docs/ARCHITECTURE.md's room table: room -> (floor, what it is for, its modules)."""
     text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
-    table = _section(text, "## The floors")
-    floors = {}
-    for line in table.splitlines():
-        m = re.match(r"\|\s*(\d+)[^|]*\|([^|]*)\|", line)
-        if not m:
-            continue
-        for path in re.findall(r"`([\w/]+(?:\.py|/))`", m.group(2)):
-            name = "iwopd_kit" if path == "iwopd_kit/__init__.py" else \
-                "iwopd_kit." + path.removesuffix(".py").removesuffix("/").replace("/", ".")
-            floors[name] = int(m.group(1))
-    return floors
+    rooms = {}
+    for line in _section(text, "## The rooms").splitlines():
+        m = re.match(r"\|\s*(\d+)\s*\|\s*`([\w.]+?)/?`\s*\|([^|]*)\|([^|]*)\|", line)
+        if m:
+            room = m.group(2).removesuffix(".py")
+            rooms[room] = (int(m.group(1)), m.group(3).strip(), re.findall(r"`([\w]+\.py)`", m.group(4)))
+    return rooms
 
 
-def test_the_architecture_floor_table_is_the_one_the_test_enforces():
+def test_the_architecture_room_table_is_the_one_the_test_enforces():
     spec = importlib.util.spec_from_file_location("_arch", ROOT / "tests" / "test_architecture.py")
     arch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(arch)
-    table = _floors_from_table()
-    assert len(table) >= 20
-    assert table == arch.FLOORS, (f"docs/ARCHITECTURE.md only: {sorted(set(table.items()) - set(arch.FLOORS.items()))}; "
-                                  f"tests/test_architecture.py only: {sorted(set(arch.FLOORS.items()) - set(table.items()))}")
+    table = _rooms_from_table()
+    assert {r: v[:2] for r, v in table.items()} == arch.ROOMS, "docs/ARCHITECTURE.md's room table differs from ROOMS"
+    for room, (_, _, modules) in table.items():
+        folder = ROOT / "iwopd_kit" / room
+        on_disk = sorted(p.name for p in folder.glob("*.py") if p.name != "__init__.py") if folder.is_dir() else [f"{room}.py"]
+        assert sorted(modules) == on_disk, f"docs/ARCHITECTURE.md's row for {room}: {sorted(modules)}; on disk: {on_disk}"
 
 
 class _Loader(yaml.SafeLoader):

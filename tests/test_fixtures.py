@@ -14,8 +14,9 @@ import pytest
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.alignment import KINDS
+from research import REPO_ROOT
 
-FIXTURES = toy.REPO_ROOT / "data" / "fixtures"
+FIXTURES = REPO_ROOT / "data" / "fixtures"
 FILES = sorted(FIXTURES.glob("*.jsonl"))
 HEALTHY = [f for f in FILES if f.name.startswith("healthy_")]
 BROKEN = [f for f in FILES if not f.name.startswith("healthy_")]
@@ -30,7 +31,7 @@ def _info(batch: K.Batch) -> dict:
 def _check(path: Path) -> tuple[dict, K.AlignmentReport]:
     batch = K.read_jsonl(path)
     info = _info(batch)
-    extra = {k: K.load_tokenizer(toy.REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
+    extra = {k: K.load_tokenizer(REPO_ROOT / info[k]) for k in ("student_tokenizer", "teacher_tokenizer") if k in info}
     extra.update({k: info[k] for k in ("num_items", "reduction") if k in info})
     return info, K.check_alignment(batch, **extra)
 

@@ -19,10 +19,11 @@ import torch
 import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.formats import detect_format, from_nemorl_records, load_any
+from research import REPO_ROOT
 
 from fixture_scripts import same, script
 
-DIR = toy.REPO_ROOT / "data" / "fixtures" / "nemorl"
+DIR = REPO_ROOT / "data" / "fixtures" / "nemorl"
 MANIFEST = json.loads((DIR.parent / "nemorl.json").read_text())["fixtures"]
 W = script("nemorl_writer")
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from iwopd_kit.teaching import exercises as E
+from iwopd_kit.teaching.pairing import offset_case
 from iwopd_kit.alignment import AlignmentReport
 from iwopd_kit.batch import Batch
 from iwopd_kit.objective import advantage, iw_opd_loss, opd_loss, prefix_weights
@@ -262,7 +263,7 @@ def test_offset_cases_have_the_shifts_they_claim():
     """The reference recovers every built shift, and the cases include shifted, healthy and empty rows."""
     shifted = empty = 0
     for i in range(E.N_CASES):
-        case, rollout, student, shifts = E._offset_case(i)
+        case, rollout, student, shifts = offset_case(i)
         assert torch.equal(E.reference_offset_detector(rollout, student, case.mask), shifts)
         shifted += int((shifts != 0).sum())
         empty += int((~case.mask.any(dim=1)).sum())

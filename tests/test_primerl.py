@@ -23,10 +23,11 @@ import iwopd_kit as K
 from iwopd_kit import toy
 from iwopd_kit.cli import main
 from iwopd_kit.formats import detect_format, from_primerl_records, load_any
+from research import REPO_ROOT
 
 from fixture_scripts import same, script
 
-DIR = toy.REPO_ROOT / "data" / "fixtures" / "primerl"
+DIR = REPO_ROOT / "data" / "fixtures" / "primerl"
 MANIFEST = json.loads((DIR.parent / "primerl.json").read_text())["fixtures"]
 
 

@@ -40,14 +40,19 @@ def test_rollout_takes_one_settings_object_or_its_fields():
         K.rollout(engine, [[1, 2]], settings, tempreature=1.0)
 
 
-def test_loop_config_builds_its_request_in_one_place():
-    cfg = LoopConfig(temperature=0.5, max_tokens=20, seed=7)
-    assert cfg.sampling == SamplingSettings(temperature=0.5, max_tokens=20, seed=7)
-    assert LoopConfig().sampling == K.Sampling()
-    again = LoopConfig.with_sampling(cfg.sampling, steps=3)
-    assert again == LoopConfig(temperature=0.5, max_tokens=20, seed=7, steps=3)
+def test_loop_config_keeps_its_request_in_sampling():
+    cfg = LoopConfig(sampling=SamplingSettings(temperature=0.5, max_tokens=20), run_seed=7)
+    assert cfg.sampling == SamplingSettings(temperature=0.5, max_tokens=20) and cfg.run_seed == 7
+    assert LoopConfig().sampling == SamplingSettings(max_tokens=ROLLOUT_MAX_TOKENS)
+    assert LoopConfig(sampling=SamplingSettings()).sampling.max_tokens == ROLLOUT_MAX_TOKENS   # the default, recorded
     with pytest.raises(ValueError, match="top_p=1 and top_k=0; got top_p=0.9"):
-        LoopConfig.with_sampling(SamplingSettings(top_p=0.9))
+        LoopConfig(sampling=SamplingSettings(top_p=0.9))
+    with pytest.raises(ValueError, match="seed from run_seed .* got seed=0"):
+        LoopConfig(sampling=K.Sampling())
+    with pytest.raises(TypeError, match="sampling must be a SamplingSettings, got dict"):
+        LoopConfig(sampling={"temperature": 0.5})
+    with pytest.raises(TypeError, match="temperature"):
+        LoopConfig(temperature=0.5)                                   # no second home for it
 
 
 @pytest.mark.slow                           # loads the tiny student and teacher twice (~4 s)

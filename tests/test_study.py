@@ -13,7 +13,7 @@ from research.figures import position_profile_figure, study_curves_figure
 
 
 def _run(objective: str, seed: int, accs: list[float], profile: list[float]) -> tuple[LoopConfig, list[StepRecord]]:
-    cfg = LoopConfig(objective=objective, seed=seed, steps=25 * (len(accs) - 1), eval_every=25)
+    cfg = LoopConfig(objective=objective, run_seed=seed, steps=25 * (len(accs) - 1), eval_every=25)
     records = []
     for i, acc in enumerate(accs):
         ev = {"greedy_acc": acc, "sampled_acc": acc / 2, "reverse_kl_per_token": 1 - acc,
@@ -37,7 +37,17 @@ def results(tmp_path):
 def test_load_runs_orders_objectives_and_seeds(results):
     runs = study.load_runs("toytask", results)
     assert list(runs) == ["opd", "iw_opd", "suffix30"]
-    assert [r["config"]["seed"] for r in runs["opd"]] == [0, 1]
+    assert [study.run_seed(r) for r in runs["opd"]] == [0, 1]
+
+
+def test_run_files_keep_the_config_as_the_loop_ran_it(results):
+    cfg = json.loads((results / "toytask" / "opd_seed1.json").read_text())["config"]
+    assert cfg["run_seed"] == 1 and cfg["objective"] == "opd" and cfg["eval_prompts"] == 256
+    assert cfg["sampling"]["temperature"] == 1.0 and cfg["sampling"]["max_tokens"] == 48    # ROLLOUT_MAX_TOKENS
+    assert cfg["sampling"]["top_p"] == 1.0 and cfg["sampling"]["seed"] is None
+    assert not {"seed", "temperature", "max_tokens"} & set(cfg)                             # one home: sampling
+    with pytest.raises(ValueError, match="neither 'run_seed' nor 'seed'"):
+        study.run_seed({"config": {"objective": "opd"}})
 
 
 def test_curves_final_and_steps_to_reach(results):
@@ -91,4 +101,5 @@ def test_committed_results_load():
     for rs in runs.values():
         for r in rs:
             assert study.evals(r)[-1][0] == r["config"]["steps"] == 300
+            assert study.run_seed(r) == r["config"]["seed"]          # files from before LoopConfig.sampling
             assert r["versions"]["vllm"] and r["wall_s"] > 0

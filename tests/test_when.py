@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from research import study_stats as S
+from research import study, study_stats as S
 from iwopd_kit import toy
 from iwopd_kit.apps.train import LoopConfig, eval_steps, train
 
@@ -50,7 +50,7 @@ def _run(seed: int, accs: list[float], steps: list[int], correct: list[list[bool
         if correct is not None:
             ev["greedy_correct"] = S.pack_bits(correct[i])
         recs.append({"step": s, "eval": ev})
-    return {"config": {"seed": seed, "eval_prompts": len(correct[0]) if correct else 0}, "records": recs}
+    return {"config": {"run_seed": seed, "eval_prompts": len(correct[0]) if correct else 0}, "records": recs}
 
 
 def test_pack_and_paired_difference():
@@ -73,8 +73,12 @@ def test_gain_target_steps_and_bootstrap():
     start, final, target = S.gain_target(opd)
     assert (start, final) == (0.5, 0.8) and target == pytest.approx(0.77)
     assert S.steps_to_target(opd, target) == [15, 10] and S.steps_to_target(iw, target) == [5, 10]
-    value, lo, hi, never = S.bootstrap(lambda a, b: S.first_reach(*S.mean_curve(b), S.gain_target(a)[2]), opd, iw,
-                                       n=500, seed=1)
+
+    def reach(a, b):                         # the IW-OPD mean curve's first step at OPD's target
+        steps, mean, _ = study.mean_curve(b, "greedy_acc")
+        return S.first_reach(steps, mean, S.gain_target(a)[2])
+
+    value, lo, hi, never = S.bootstrap(reach, opd, iw, n=500, seed=1)
     assert value == 10 and lo <= value <= hi and never == 0.0
     assert S.bootstrap(lambda a, b: None, opd, iw, n=10)[1:] == (math.inf, math.inf, 1.0)
 

@@ -52,31 +52,17 @@ class Finding:
 class RowLag:
     """The offset check's decision for one row: the shift it settled on and the mean |gap| there.
 
-    Read it as :attr:`shift` (d): the row is shifted by d when token j carries the rollout log-prob
-    of token j + d (``rollout[j] ≈ student[j + d]``), the convention of every finding, table and
-    view; d is 0 where the check reported no offset. :attr:`gap_at_shift` is the mean |gap| once
-    the shift is undone (= ``gap_at_0``, the mean |gap| as stored, when d = 0). NaN where the row
-    has no overlapping values.
-
-    The stored fields keep the lag scan's internal convention for compatibility: ``lag`` = k = -d
-    (lag k pairs ``rollout[j + k]`` with ``student[j]``) and ``gap_at_lag`` = :attr:`gap_at_shift`.
-    The ``repr`` shows the shift.
+    :attr:`shift` (d): the row is shifted by d when token j carries the rollout log-prob of token
+    j + d (``rollout[j] ≈ student[j + d]``), the convention of every finding, table and view; d is 0
+    where the check reported no offset (the lag scan's internal k is -d). :attr:`gap_at_shift` is the
+    mean |rollout[j] - student[j + d]| over the row's valid pairs, the shift undone (= ``gap_at_0``,
+    the mean |gap| as stored, when d = 0). NaN where the row has no overlapping values.
     """
 
     row: int
-    lag: int
+    shift: int
     gap_at_0: float
-    gap_at_lag: float
-
-    @property
-    def shift(self) -> int:
-        """d: token j carries the rollout log-prob of token j + d (0 for a row the check left alone)."""
-        return -self.lag
-
-    @property
-    def gap_at_shift(self) -> float:
-        """The mean |rollout[j] - student[j + d]| over the row's valid pairs (the shift undone)."""
-        return self.gap_at_lag
+    gap_at_shift: float
 
     def __repr__(self) -> str:
         d = f"{self.shift:+d}" if self.shift else "0"

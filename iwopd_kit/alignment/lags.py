@@ -140,9 +140,9 @@ def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[sl
 
 
 def _row_lags(flagged: Tensor, k: Tensor, e0: Tensor, e: Tensor) -> tuple[RowLag, ...]:
-    """One :class:`RowLag` per row from [B] tensors: lag ``k`` and gap ``e`` where ``flagged``, else 0 and ``e0``."""
+    """One :class:`RowLag` per row from [B] tensors: shift -``k`` and gap ``e`` where ``flagged``, else 0 and ``e0``."""
     rows = zip(flagged.tolist(), k.tolist(), e0.tolist(), e.tolist())
-    return tuple(RowLag(b, int(kb), g0, g) if hit else RowLag(b, 0, g0, g0) for b, (hit, kb, g0, g) in enumerate(rows))
+    return tuple(RowLag(b, -int(kb), g0, g) if hit else RowLag(b, 0, g0, g0) for b, (hit, kb, g0, g) in enumerate(rows))
 
 
 @dataclass(frozen=True)

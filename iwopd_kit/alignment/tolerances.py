@@ -51,10 +51,10 @@ class Tolerances:
         trainer log-prob may sit and still be a nucleus of one (the estimate is an upper bound on top_p).
     temperature_r, temperature_min_tokens: without recorded settings, a pool whose mismatch is within the
         numerics bounds is still named ``temperature`` (a warning) when the signed gap follows the log-prob
-        (\|Pearson r\| of rollout - trainer against the trainer's log-prob >= ``temperature_r``) over at least
+        (|Pearson r| of rollout - trainer against the trainer's log-prob >= ``temperature_r``) over at least
         ``temperature_min_tokens`` tokens that differ by more than ``same``: a 1/T rescaling moves every
         token's log-prob by a smooth function of it, rounding moves it by noise of either sign (tiny
-        student, 48 prompts x 3 seeds: T 0.7 / 0.9 / 1.5 gave \|r\| 0.95-0.97 / 0.91-0.95 / 0.63-0.77, a bf16
+        student, 48 prompts x 3 seeds: T 0.7 / 0.9 / 1.5 gave |r| 0.95-0.97 / 0.91-0.95 / 0.63-0.77, a bf16
         trainer 0.07-0.17; 16 prompts of vLLM raw at T 0.7: 0.80).
     min_top_p: without recorded settings, the lowest top_p the data may suggest: a token whose
         trainer - rollout is below log(min_top_p) is not counted as renormalised.

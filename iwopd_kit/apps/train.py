@@ -22,7 +22,7 @@ from .. import toy
 from ..batch import ROLLOUT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from ..objective import iw_opd_loss, jsd_top1_loss, position_mask
 from ..engines.rollout import TransformersEngine, VLLMEngine
-from ..batch.sampling import ROLLOUT_MAX_TOKENS, Sampling, SamplingSettings
+from ..batch.sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
 from ..engines.scoring import completion_logits, load_model, load_tokenizer, score, score_batch
 
 OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
@@ -30,7 +30,13 @@ OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """Settings of one run. ``objective`` is one of :data:`OBJECTIVES`."""
+    """Settings of one run. ``objective`` is one of :data:`OBJECTIVES`.
+
+    ``sampling`` is the rollout request (top_p 1, top_k 0: the paper's setting; ``max_tokens`` None means
+    :data:`~iwopd_kit.batch.sampling.ROLLOUT_MAX_TOKENS`). Its ``seed`` and ``stop_token_ids`` stay None: each
+    request gets a seed derived from ``run_seed`` and the tokenizer's EOS. ``sampling.temperature`` is also the
+    temperature the student and teacher are scored at.
+    """
 
     objective: str = "iw_opd"
     gamma: float = 0.5
@@ -38,9 +44,8 @@ class LoopConfig:
     lr: float = 3e-5
     batch_size: int = 64
     steps: int = 20
-    temperature: float = 1.0
-    max_tokens: int = ROLLOUT_MAX_TOKENS
-    seed: int = 0
+    sampling: SamplingSettings = field(default_factory=lambda: SamplingSettings(max_tokens=ROLLOUT_MAX_TOKENS))
+    run_seed: int = 0                  # torch's seed, the prompt order, and the base of each request's seed
     eval_every: int = 10
     eval_prompts: int = 256
     sync: bool = True
@@ -57,6 +62,17 @@ class LoopConfig:
 
     def __post_init__(self) -> None:
         toy.get_task(self.task)   # a clear error for an unknown task
+        if not isinstance(self.sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a SamplingSettings, got {type(self.sampling).__name__}")
+        if self.sampling.truncates:
+            raise ValueError(f"the loop samples with top_p=1 and top_k=0; got top_p={self.sampling.top_p}, "
+                             f"top_k={self.sampling.top_k}")
+        if self.sampling.seed is not None or self.sampling.stop_token_ids is not None:
+            raise ValueError("sampling.seed and sampling.stop_token_ids must be None: the loop derives each request's "
+                             "seed from run_seed and stops at the tokenizer's EOS; got "
+                             f"seed={self.sampling.seed!r}, stop_token_ids={self.sampling.stop_token_ids!r}")
+        if self.sampling.max_tokens is None:   # recorded in the results JSON as the loop ran it
+            object.__setattr__(self, "sampling", replace(self.sampling, max_tokens=ROLLOUT_MAX_TOKENS))
         if self.eval_every < 1 or self.early_eval_every < 0 or self.early_eval_until < 0:
             raise ValueError(f"eval_every must be >= 1 and early_eval_every, early_eval_until >= 0; got "
                              f"{self.eval_every}, {self.early_eval_every}, {self.early_eval_until}")
@@ -66,21 +82,6 @@ class LoopConfig:
             raise ValueError(f"engine must be 'vllm' or 'transformers', got {self.engine!r}")
         if self.eval_engine not in ("rollout", "transformers"):
             raise ValueError(f"eval_engine must be 'rollout' or 'transformers', got {self.eval_engine!r}")
-
-    @property
-    def sampling(self) -> SamplingSettings:
-        """The loop's rollout request, built in this one place from ``temperature``, ``max_tokens`` and ``seed``
-        (top_p 1, top_k 0: the paper's setting); each engine call sets its own seed / stop ids on a copy."""
-        return Sampling(temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed)
-
-    @classmethod
-    def with_sampling(cls, sampling: SamplingSettings, **rest: Any) -> "LoopConfig":
-        """A config whose rollout settings come from one :class:`SamplingSettings` (``rest``: the other fields).
-        The loop samples at top_p 1 and top_k 0 only; other values are an error, not dropped."""
-        if sampling.truncates:
-            raise ValueError(f"the loop samples with top_p=1 and top_k=0; got top_p={sampling.top_p}, top_k={sampling.top_k}")
-        return cls(temperature=sampling.temperature, seed=0 if sampling.seed is None else sampling.seed,
-                   max_tokens=ROLLOUT_MAX_TOKENS if sampling.max_tokens is None else sampling.max_tokens, **rest)
 
 
 @dataclass
@@ -126,7 +127,7 @@ def _objective(cfg: LoopConfig, student, teacher, batch: Batch, student_lp: torc
         s_logits = completion_logits(student, batch)
         with torch.no_grad():
             t_logits = completion_logits(teacher, batch)
-        return jsd_top1_loss(s_logits, t_logits, batch.tokens(), mask, beta=cfg.jsd_beta, temperature=cfg.temperature)
+        return jsd_top1_loss(s_logits, t_logits, batch.tokens(), mask, beta=cfg.jsd_beta, temperature=cfg.sampling.temperature)
     gamma = 0.0 if cfg.objective in ("opd", "prefix30", "suffix30") else cfg.gamma
     if cfg.objective in ("prefix30", "suffix30"):
         mask = position_mask(mask, cfg.objective[:6], 0.3)
@@ -157,8 +158,8 @@ def evaluate(engine, student, teacher, tok, prompts: list[str], cfg: LoopConfig)
     eos = (tok.eos_token_id,)
     task = toy.get_task(cfg.task)
     k = len(ids) if cfg.eval_sampled_prompts is None else cfg.eval_sampled_prompts
-    greedy = engine.generate(ids, replace(cfg.sampling, temperature=0.0, stop_token_ids=eos))
-    sampled = engine.generate(ids[:k], replace(cfg.sampling, temperature=1.0, seed=cfg.seed + 10_000, stop_token_ids=eos))
+    greedy = engine.generate(ids, replace(cfg.sampling, temperature=0.0, seed=cfg.run_seed, stop_token_ids=eos))
+    sampled = engine.generate(ids[:k], replace(cfg.sampling, temperature=1.0, seed=cfg.run_seed + 10_000, stop_token_ids=eos))
 
     def correct(batch: Batch) -> list[bool]:
         texts = [tok.decode(c, skip_special_tokens=True) for c in batch.completion_ids]
@@ -187,8 +188,8 @@ def train(cfg: LoopConfig, student_dir: str | Path | None = None, teacher_dir: s
     task = toy.get_task(cfg.task)
     student_dir = student_dir if student_dir is not None else task.student_dir
     teacher_dir = teacher_dir if teacher_dir is not None else task.teacher_dir
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.run_seed)
+    rng = random.Random(cfg.run_seed)
     tok = load_tokenizer(student_dir)
     student = load_model(student_dir).train()
     teacher = load_model(teacher_dir)
@@ -232,12 +233,12 @@ def _loop(cfg, engine, student, teacher, tok, rng, opt, train_prompts, eval_prom
         t0 = time.perf_counter()
         prompts = [rng.choice(train_prompts) for _ in range(cfg.batch_size)]
         ids = [tok(p)["input_ids"] for p in prompts]
-        batch = engine.generate(ids, replace(cfg.sampling, seed=cfg.seed * 1_000_003 + step * cfg.batch_size,
+        batch = engine.generate(ids, replace(cfg.sampling, seed=cfg.run_seed * 1_000_003 + step * cfg.batch_size,
                                              stop_token_ids=(tok.eos_token_id,)))
         mask = batch.valid()
-        student_lp = score(student, batch, cfg.temperature, grad=True)       # the gradient pass
+        student_lp = score(student, batch, cfg.sampling.temperature, grad=True)       # the gradient pass
         with torch.no_grad():                                                # the scored batch: the one scoring path
-            batch = score_batch(batch, teacher=teacher, student_logprobs=student_lp.detach(), temperature=cfg.temperature)
+            batch = score_batch(batch, teacher=teacher, student_logprobs=student_lp.detach(), temperature=cfg.sampling.temperature)
         teacher_lp = batch.series(TEACHER_LOGPROBS)
         roll = batch.series(ROLLOUT_LOGPROBS)
         drift = float((roll - student_lp.detach()).abs()[mask].max())

@@ -2,7 +2,7 @@
 
 :class:`SamplingSettings` is what an engine is asked for (``engine.generate(ids, settings)``) and what
 it records on the batch it returns (``batch.sampling``, with its own name and ``logprobs_mode``).
-:func:`Sampling` builds one with the rollout defaults (``max_tokens=48``, ``seed=0``); it is the
+:func:`Sampling` builds one with the rollout defaults (``max_tokens=ROLLOUT_MAX_TOKENS``, ``seed=0``); it is the
 same type, kept under its old name.
 """
 

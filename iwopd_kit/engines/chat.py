@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..batch import Batch
-from ..toy import REPO_ROOT
+from ..toy import DATA_DIR
 
-#: Where the Qwen3-tokenizer chat pair and the real tokenizer files live (the checkout's ``data/chat``).
-CHAT_DIR: Path = REPO_ROOT / "data" / "chat"
+#: Where the Qwen3-tokenizer chat pair and the real tokenizer files live: ``data/chat`` of the checkout
+#: (``iwopd_kit/data`` links to it), not in the wheel (a wheel's user passes their own folders).
+CHAT_DIR: Path = DATA_DIR / "chat"
 CHAT_STUDENT_DIR: Path = CHAT_DIR / "student"
 CHAT_TEACHER_DIR: Path = CHAT_DIR / "teacher"
 QWEN3_TOKENIZER_DIR: Path = CHAT_DIR / "tokenizer_qwen3"
@@ -36,7 +37,8 @@ TEKKEN = "tekken_240911.json"
 
 
 def load_chat_tokenizer(spec: str | Path) -> Any:
-    """A tokenizer from a folder (relative paths from the checkout) or ``mistral_common:FILE``.
+    """A tokenizer from a folder or ``mistral_common:FILE``; a relative ``data/...`` path (as the fixtures'
+    info files write it) is read under the kit's data folder, so it resolves from any working directory.
 
     ``mistral_common:tekken_240911.json`` loads that tekken file of the installed ``mistral_common``
     package through ``transformers.AutoTokenizer`` (from a temporary folder holding a link to it).
@@ -46,7 +48,7 @@ def load_chat_tokenizer(spec: str | Path) -> Any:
     text = str(spec)
     if not text.startswith("mistral_common:"):
         path = Path(text)
-        text = str(path if path.is_absolute() else REPO_ROOT / path)
+        text = str(path if path.is_absolute() else DATA_DIR.parent / path)
     return _load_tokenizer(text)
 
 

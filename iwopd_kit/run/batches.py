@@ -26,8 +26,9 @@ def _fill(kind: str, n: int) -> torch.Tensor:
     return torch.zeros(n, dtype=torch.int8)          # token_source: policy
 
 
-def _streams(b: Batch) -> dict[str, Packed]:
-    return dict(b.__dict__.get("_weights") or {})     # the packed weight streams (Batch.weights builds lists)
+def packed_weights(b: Batch) -> dict[str, Packed]:
+    """The batch's named weight streams as stored (packed; ``Batch.weights`` builds Python lists)."""
+    return dict(b.__dict__.get("_weights") or {})
 
 
 def _concat_packed(parts: list[Packed | None], lengths: list[np.ndarray], kind: str) -> Packed | None:
@@ -60,8 +61,8 @@ def concat(batches: list[Batch], files: list[str]) -> Batch:
             "source" if name == "token_source" else "series"
         lens = [b.packed("prompt_ids").lengths for b in batches] if name == "prompt_ids" else lengths
         kw[name] = _concat_packed(parts, lens, kind)
-    names = sorted({k for b in batches for k in _streams(b)})
-    kw["weights"] = {k: _concat_packed([_streams(b).get(k) for b in batches], lengths, "series") for k in names} or None
+    names = sorted({k for b in batches for k in packed_weights(b)})
+    kw["weights"] = {k: _concat_packed([packed_weights(b).get(k) for b in batches], lengths, "series") for k in names} or None
     for name, fill in (("groups", lambda b: [None] * b.size), ("finish_reasons", lambda b: [None] * b.size),
                        ("kept_ids", lambda b: [None] * b.size), ("meta", lambda b: [{} for _ in range(b.size)])):
         vals = [getattr(b, name) for b in batches]
@@ -129,7 +130,7 @@ def rl_advantages(batch: Batch) -> torch.Tensor | None:
     From a weight stream named ``advantages`` / ``advantage``, else a scalar ``meta["advantage"]`` per row
     (GRPO's sequence advantage, the same on every token). Needed by prime-rl's DPPO mask (its sign picks the bound).
     """
-    streams = _streams(batch)
+    streams = packed_weights(batch)
     for name in ("advantages", "advantage"):
         if name in streams:
             return batch.weight(name, torch.float64)
@@ -142,4 +143,4 @@ def rl_advantages(batch: Batch) -> torch.Tensor | None:
     return out.masked_fill_(~batch.padding_mask(), float("nan"))
 
 
-__all__ = ["concat", "read_step", "row_groups", "row_rewards", "rl_advantages", "REWARD_KEYS"]
+__all__ = ["concat", "packed_weights", "read_step", "row_groups", "row_rewards", "rl_advantages", "REWARD_KEYS"]

@@ -23,7 +23,7 @@ from ..alignment.core import KINDS, AlignmentReport
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
 from ..alignment.mismatch import MISMATCH_KEYS, metrics_from_delta
 from ..objective import advantage, prefix_weights
-from .batches import _streams, rl_advantages, row_groups, row_rewards
+from .batches import packed_weights, rl_advantages, row_groups, row_rewards
 from .steps import rank_number
 from .store import KIND_COLUMNS, METRICS, STREAMS
 
@@ -89,7 +89,7 @@ def flat_masks(batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]
         return policy, np.zeros(n, np.bool_), None
     pool = policy.copy()
     if batch.metric_pool:                               # Batch.metric_mask: a non-zero weight in a pool stream
-        streams, hit = _streams(batch), np.zeros(n, np.bool_)
+        streams, hit = packed_weights(batch), np.zeros(n, np.bool_)
         for name in batch.metric_pool:
             hit |= np.nan_to_num(streams[name].values.numpy().astype(np.float64), nan=0.0) != 0
         pool &= hit
@@ -185,7 +185,7 @@ def token_table(run: str, batch: Batch, report: AlignmentReport, files: list[str
         "prefix_weight": _col(w, n),
         "rl_advantage": _col(None if rl is None else _flat(batch, rl), n),
     }
-    streams = _streams(batch)
+    streams = packed_weights(batch)
     for name in sorted(set(STREAMS) | set(streams)):
         p = streams.get(name)
         cols[f"w_{name}"] = _col(None if p is None else p.values.to(torch.float64).numpy(), n)

@@ -1,3 +1,4 @@
-"""The notebooks' exercises: the checkers (``exercises.py``, ``exercises_pairing.py`` over the
-harness in ``exercise_base.py``) and the worked solutions (``solutions.py``).
+"""The notebooks' exercises: the checkers (``exercises.py``: the objective's, and every checker
+re-exported; ``pairing.py``: which log-prob belongs to which token) over the exercise harness
+(``harness.py``: cases, comparisons, messages), and the worked solutions (``solutions.py``).
 """

@@ -1,10 +1,12 @@
 """Checkers for the notebooks' exercises: run the reader's function against the kit's reference.
 
-Every checker is importable from here: :func:`check_advantage` (notebook 03),
-:func:`check_prefix_weights` (04) and :func:`check_iw_opd_loss` (05) are defined in this module;
-:func:`check_sampled_logprobs` (01), :func:`check_offset_detector` (02) and :func:`check_realign` (06)
-in :mod:`iwopd_kit.teaching.exercises_pairing`; the shared cases and messages in :mod:`iwopd_kit.teaching.exercise_base`.
-Worked solutions, under other names, are in :mod:`iwopd_kit.teaching.solutions`.
+Every checker is importable from here (the notebooks do): the objective's checkers
+:func:`check_advantage` (notebook 03), :func:`check_prefix_weights` (04) and :func:`check_iw_opd_loss`
+(05) are defined in this module; the pairing checkers :func:`check_sampled_logprobs` (01),
+:func:`check_offset_detector` (02) and :func:`check_realign` (06) in :mod:`iwopd_kit.teaching.pairing`
+and re-exported here; both are built on the harness :mod:`iwopd_kit.teaching.harness` (the cases,
+the comparisons and the messages). Worked solutions, under other names, are in
+:mod:`iwopd_kit.teaching.solutions`.
 
 Each checker calls the reader's function and the reference on the same random ragged batches
 (``N_CASES`` cases; case i uses ``torch.Generator().manual_seed(BASE_SEED + i)``; B in 1..5 rows,
@@ -31,14 +33,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .exercise_base import (
-    BASE_SEED, MAX_SHIFT, N_CASES, TOL, ExerciseResult, _as_tensor, _call, _Case, _cases, _check_shape,
-    _close, _first_bad, _fmt, _Fail, _hint, _logprobs, _mismatch_message, _aligned, _run,
-)
-from .exercises_pairing import (
-    _offset_case, check_offset_detector, check_realign, check_sampled_logprobs, reference_offset_detector,
-)
 from ..objective import advantage, iw_opd_loss, prefix_weights
+from .harness import (
+    BASE_SEED, MAX_SHIFT, N_CASES, TOL, Case, CheckFailed, ExerciseResult, aligned, as_tensor, call_reader, cases,
+    check_shape, close, first_mismatch, fmt, hint_for, mismatch_message, random_logprobs, run_checker,
+)
+from .pairing import check_offset_detector, check_realign, check_sampled_logprobs, reference_offset_detector
+
 
 # ------------------------------------------------------------------------------------------ advantage
 def check_advantage(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> ExerciseResult:
@@ -52,37 +53,37 @@ def check_advantage(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> ExerciseR
 
     def body() -> str:
         total = 0
-        for case, g in _cases():
+        for case, g in cases():
             B, L = case.shape
-            teacher = _logprobs(g, (B, L)).masked_fill(~case.padding, -math.inf)
-            rollout = _logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
+            teacher = random_logprobs(g, (B, L)).masked_fill(~case.padding, -math.inf)
+            rollout = random_logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
             args = {"teacher": teacher, "rollout": rollout, "mask": case.mask}
-            got = _as_tensor(_call(name, fn, args, case), name, case, "", "[B, L]")
-            _check_shape(got, (B, L), name, case, "", "[B, L] = teacher.shape")
+            got = as_tensor(call_reader(name, fn, args, case), name, case, "", "[B, L]")
+            check_shape(got, (B, L), name, case, "", "[B, L] = teacher.shape")
             exp = advantage(teacher.double(), rollout.double(), case.mask)
             everywhere = torch.ones(B, L, dtype=torch.bool)
-            bad = _first_bad(exp, got, everywhere)
+            bad = first_mismatch(exp, got, everywhere)
             if bad is not None:
                 t, r, m = teacher.double(), rollout.double(), case.mask
-                hint = _hint(got, everywhere, [
+                hint = hint_for(got, everywhere, [
                     ("A is rollout - teacher here; the advantage is teacher - rollout.", lambda: torch.where(m, r - t, 0.0)),
                     ("-inf * 0 is NaN: multiplying by the mask does not clear the teacher's -inf at padding; "
                      "use torch.where(mask, teacher - rollout, 0).", lambda: (t - r) * m),
                     ("the mask is not applied: A must be 0 on masked-out tokens and padding.", lambda: t - r),
                 ])
-                raise _Fail(_mismatch_message(name, case, "", *bad, exp, got,
-                                              {"teacher": teacher, "rollout": rollout, "mask": case.mask}) + hint)
+                raise CheckFailed(mismatch_message(name, case, "", *bad, exp, got,
+                                                   {"teacher": teacher, "rollout": rollout, "mask": case.mask}) + hint)
             total += B * L
         return f"✓ {name}: {N_CASES} cases, {total} positions compared (valid, masked and padding), all within {TOL:g}."
 
-    return _run(body)
+    return run_checker(body)
 
 
 # ------------------------------------------------------------------------------------- prefix weights
 _GAMMAS = (0.5, 1.0, 0.25, 2.0, 0.0)
 
 
-def _random_advantages(g: torch.Generator, case: _Case) -> Tensor:
+def _random_advantages(g: torch.Generator, case: Case) -> Tensor:
     """A float32 [B, L]: N(0, 1) on valid tokens with some exact zeros and some all-zero rows.
 
     Odd cases also leave non-zero values on masked-out positions (they must not count in S).
@@ -117,19 +118,19 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, float, float], Tensor]) -
 
     def body() -> str:
         total = 0
-        for case, g in _cases():
+        for case, g in cases():
             B, L = case.shape
             gamma, eps = _GAMMAS[case.index % len(_GAMMAS)], 1e-8
             extra = f"gamma={gamma:g}, eps={eps:g}"
             a = _random_advantages(g, case)
             args = {"advantages": a, "mask": case.mask, "gamma": gamma, "eps": eps}
-            got = _as_tensor(_call(name, fn, args, case, extra), name, case, extra, "[B, L]")
-            _check_shape(got, (B, L), name, case, extra, "[B, L] = advantages.shape")
+            got = as_tensor(call_reader(name, fn, args, case, extra), name, case, extra, "[B, L]")
+            check_shape(got, (B, L), name, case, extra, "[B, L] = advantages.shape")
             exp = prefix_weights(a.double(), case.mask, gamma=gamma, eps=eps)
-            bad = _first_bad(exp, got, case.mask)
+            bad = first_mismatch(exp, got, case.mask)
             if bad is not None:
                 a64, m = a.double(), case.mask
-                hint = _hint(got, m, [
+                hint = hint_for(got, m, [
                     ("this is the inclusive prefix sum (k <= j); S_<j sums the tokens strictly before j, "
                      "so w_0 = 1 + gamma.", lambda: _weights_variant(a64, m, gamma, eps, inclusive=True)),
                     ("masked-out tokens count in S here; sum |A| over valid tokens only.",
@@ -141,13 +142,13 @@ def check_prefix_weights(fn: Callable[[Tensor, Tensor, float, float], Tensor]) -
                 ])
                 if not hint and bool(torch.isnan(got.detach()[bad[0], bad[1]])):
                     hint = "\n  hint: NaN on a row whose |A| sums to 0: divide by max(S, eps), not S."
-                raise _Fail(_mismatch_message(name, case, extra, *bad, exp, got,
-                                              {"advantages": a, "mask": case.mask},
-                                              note="(compared on valid positions only)") + hint)
+                raise CheckFailed(mismatch_message(name, case, extra, *bad, exp, got,
+                                                   {"advantages": a, "mask": case.mask},
+                                                   note="(compared on valid positions only)") + hint)
             total += int(case.mask.sum())
         return f"✓ {name}: {N_CASES} cases, {total} valid tokens compared, all within {TOL:g}."
 
-    return _run(body)
+    return run_checker(body)
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -170,20 +171,20 @@ def check_iw_opd_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], Any]
 
     def body() -> str:
         values = grads = 0
-        for case, g in _cases(ensure_valid=True):
+        for case, g in cases(ensure_valid=True):
             B, L = case.shape
             gamma = _GAMMAS[case.index % len(_GAMMAS)]
             extra = f"gamma={gamma:g}"
-            student = _logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
-            teacher = _logprobs(g, (B, L)).masked_fill(~case.padding, -math.inf)
-            rollout = _logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
+            student = random_logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
+            teacher = random_logprobs(g, (B, L)).masked_fill(~case.padding, -math.inf)
+            rollout = random_logprobs(g, (B, L)).masked_fill(~case.padding, 0.0)
             s_leaf = student.clone().requires_grad_(True)
             args = {"student": s_leaf, "teacher": teacher, "mask": case.mask, "rollout": rollout, "gamma": gamma}
-            out = _loss_of(_call(name, fn, args, case, extra))
-            got = _as_tensor(out, name, case, extra, "scalar loss")
+            out = _loss_of(call_reader(name, fn, args, case, extra))
+            got = as_tensor(out, name, case, extra, "scalar loss")
             if got.numel() != 1:
-                raise _Fail(f"{case.header(name, extra)}\n  shape mismatch: expected a scalar loss (shape [] or [1]), "
-                            f"got shape {list(got.shape)}; reduce with the token mean over valid tokens")
+                raise CheckFailed(f"{case.header(name, extra)}\n  shape mismatch: expected a scalar loss "
+                                  f"(shape [] or [1]), got shape {list(got.shape)}; reduce with the token mean over valid tokens")
             ref_leaf = student.double().requires_grad_(True)
             ref = iw_opd_loss(ref_leaf, teacher.double(), case.mask, rollout.double(), gamma=gamma)
             ref.loss.backward()
@@ -192,33 +193,34 @@ def check_iw_opd_loss(fn: Callable[[Tensor, Tensor, Tensor, Tensor, float], Any]
             msg = _loss_mismatch(name, case, extra, ref.loss.detach(), got.detach().reshape(()),
                                  exp_grad, got_grad, student, teacher, rollout, gamma)
             if msg:
-                raise _Fail(msg)
+                raise CheckFailed(msg)
             values += 1
             grads += B * L
         return (f"✓ {name}: {N_CASES} cases, {values} loss values and {grads} gradient entries "
                 f"d loss / d student[b, j] compared, all within {TOL:g}.")
 
-    return _run(body)
+    return run_checker(body)
 
 
-def _reader_grad(loss: Tensor, leaf: Tensor, name: str, case: _Case, extra: str) -> Tensor:
+def _reader_grad(loss: Tensor, leaf: Tensor, name: str, case: Case, extra: str) -> Tensor:
     """d loss / d student of the reader's loss (zeros where the student does not enter)."""
     if not loss.requires_grad:
-        raise _Fail(f"{case.header(name, extra)}\n  the loss does not depend on the student log-probs (no gradient); "
-                    "the gradient must flow through log pi_theta = student (and only through it)")
+        raise CheckFailed(f"{case.header(name, extra)}\n  the loss does not depend on the student log-probs "
+                          "(no gradient); the gradient must flow through log pi_theta = student (and only through it)")
     try:
         (grad,) = torch.autograd.grad(loss.reshape(()), leaf, allow_unused=True)
     except Exception as e:  # noqa: BLE001
-        raise _Fail(f"{case.header(name, extra)}\n  backward through your loss failed: {type(e).__name__}: {e}") from None
+        raise CheckFailed(f"{case.header(name, extra)}\n  backward through your loss failed: "
+                          f"{type(e).__name__}: {e}") from None
     return torch.zeros_like(leaf) if grad is None else grad
 
 
-def _loss_mismatch(name: str, case: _Case, extra: str, exp: Tensor, got: Tensor, exp_grad: Tensor,
+def _loss_mismatch(name: str, case: Case, extra: str, exp: Tensor, got: Tensor, exp_grad: Tensor,
                    got_grad: Tensor, student: Tensor, teacher: Tensor, rollout: Tensor, gamma: float) -> str:
     """The message for the first difference in value or gradient ('' when both match)."""
-    value_ok = bool(_close(exp, got))
+    value_ok = bool(close(exp, got))
     everywhere = torch.ones_like(case.mask)
-    bad = _first_bad(exp_grad, got_grad, everywhere)
+    bad = first_mismatch(exp_grad, got_grad, everywhere)
     if value_ok and bad is None:
         return ""
     m = case.mask
@@ -226,9 +228,9 @@ def _loss_mismatch(name: str, case: _Case, extra: str, exp: Tensor, got: Tensor,
     s64, t64, r64 = student.double(), teacher.double(), rollout.double()
     lines = [case.header(name, extra)]
     if not value_ok:
-        lines.append(f"  loss value: expected {_fmt(float(exp))}, got {_fmt(float(got))} "
+        lines.append(f"  loss value: expected {fmt(float(exp))}, got {fmt(float(got))} "
                      f"(N = {n} valid tokens)")
-        hint = _hint(got.reshape(1, 1), torch.ones(1, 1, dtype=torch.bool), [
+        hint = hint_for(got.reshape(1, 1), torch.ones(1, 1, dtype=torch.bool), [
             ("this is the sum over tokens; the loss is the token mean (divide by N valid tokens).",
              lambda: (exp * n).reshape(1, 1)),
             ("this is plain OPD (every weight 1): the prefix weights are missing.",
@@ -243,15 +245,15 @@ def _loss_mismatch(name: str, case: _Case, extra: str, exp: Tensor, got: Tensor,
         ])
         lines[-1] += hint
     else:
-        lines.append(f"  loss value matches ({_fmt(float(exp))}) but the gradient does not")
+        lines.append(f"  loss value matches ({fmt(float(exp))}) but the gradient does not")
     if bad is not None:
         b, j = bad
         e, gv = float(exp_grad[b, j]), float(got_grad[b, j])
         lines.append(f"  first gradient mismatch at row {b}, position {j} ({case.where(b, j)}): "
-                     f"d loss / d student[{b}, {j}] expected {_fmt(e)}, got {_fmt(gv)}")
-        lines += _aligned([(f"row {b} {k}", v[b]) for k, v in
-                           (("student", student), ("teacher", teacher), ("rollout", rollout), ("mask", m))]
-                          + [(f"row {b} gradient expected", exp_grad[b]), (f"row {b} gradient got", got_grad[b])])
+                     f"d loss / d student[{b}, {j}] expected {fmt(e)}, got {fmt(gv)}")
+        lines += aligned([(f"row {b} {k}", v[b]) for k, v in
+                          (("student", student), ("teacher", teacher), ("rollout", rollout), ("mask", m))]
+                         + [(f"row {b} gradient expected", exp_grad[b]), (f"row {b} gradient got", got_grad[b])])
         if bool(torch.isnan(got_grad[b, j])):
             lines.append("  hint: NaN in the gradient: the teacher's -inf at padding leaks; "
                          "select with torch.where(mask, ..., 0) before multiplying.")

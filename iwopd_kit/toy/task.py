@@ -25,9 +25,8 @@ Paths: the shipped prompts, tiny models and fixtures are package data, found thr
 :mod:`importlib.resources` as ``iwopd_kit/data`` (:data:`DATA_DIR`). In the repository,
 ``iwopd_kit/data`` is a symbolic link to the checkout's ``data/`` (so the editable install and
 every ``data/...`` path relative to the repository keep working); a wheel or sdist carries the
-files themselves. ``REPO_ROOT`` (the parent of the ``iwopd_kit`` package directory) is the
-checkout, for the scripts and tests that write into it; in an installed wheel it is the
-``site-packages`` directory and means nothing.
+files themselves. The checkout's own root, for the scripts and tests that write into it, is
+``research.REPO_ROOT`` (checkout-only, not in the wheel).
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from typing import Callable
 
 #: Repository root, for the scripts and tests that write into the checkout (valid in an editable
 #: install or when run from the checkout, where this file sits in ``<repo>/iwopd_kit/``).
-REPO_ROOT: Path = Path(__file__).resolve().parents[2]
 #: The bundled data (package data ``iwopd_kit/data``; in the checkout the link resolves to ``data/``).
 DATA_DIR: Path = Path(str(resources.files("iwopd_kit").joinpath("data"))).resolve()
 TEACHER_DIR: Path = DATA_DIR / "models" / "teacher"

@@ -24,7 +24,8 @@ SHIFT_HEADER = ("row", "shift d", "mean gap as stored", "mean gap, shift undone"
 SHIFT_NOTE = "shift d: token j carries the rollout log-prob of token j + d (0: not shifted)"
 
 
-def _anchor(b: int) -> str:
+def row_anchor(b: int) -> str:
+    """The HTML id of row ``b``'s strip (the findings table and the check page link to it)."""
     return f"iwopd-align-row-{b}"
 
 
@@ -62,7 +63,7 @@ class AlignmentView:
                 return "—"
             label = f'row {row}{"" if pos is None else f", position {pos}"}'
             drawn = self.rows if self.linked_rows is None else self.linked_rows
-            return f'<a href="#{_anchor(row)}">{label}</a>' if row in drawn else label   # no link to a row not drawn
+            return f'<a href="#{row_anchor(row)}">{label}</a>' if row in drawn else label   # no link to a row not drawn
 
         items = "".join(
             f"<li><b>[{html.escape(sev)}] {html.escape(kind)}</b> {link(row, pos)}: {html.escape(msg)}</li>"
@@ -72,7 +73,7 @@ class AlignmentView:
         parts = [f"<div class='iwopd-align'><p><b>alignment: {status}</b></p><ul>{items}</ul>",
                  f"<p>{html.escape(SHIFT_NOTE)}</p>", self._shift_table(html_table)]
         for b, strip_html in zip(self.rows, self.strips_html):
-            parts.append(f"<div id='{_anchor(b)}'>{strip_html}</div>")
+            parts.append(f"<div id='{row_anchor(b)}'>{strip_html}</div>")
         parts.append("</div>")
         return "".join(parts)
 

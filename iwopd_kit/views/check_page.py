@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..alignment.core import AlignmentReport
 from ..batch import Batch
-from .alignment import _anchor, alignment_view, finding_counts
+from .alignment import row_anchor, alignment_view, finding_counts
 from .findings import finding_strips
 from .mismatch import batch_delta, mismatch_html
 from .report import html_page, html_table
@@ -40,7 +40,7 @@ def check_html(path: str, batch: Batch, report: AlignmentReport, tokenizer: Any 
     summary = html_table(*finding_counts(report)) if report.findings else "<p>no findings</p>"
     note_html = "".join(f'<p class="iwn">{html.escape(n)}</p>' for n in notes)
     unchecked = (f"<p>not checked: {html.escape(report.unchecked_text())}</p>" if report.unchecked else "")
-    strips, n_row = finding_strips(batch, report, tokens, max_strips=max_strips, anchor=_anchor)
+    strips, n_row = finding_strips(batch, report, tokens, max_strips=max_strips, anchor=row_anchor)
     more = (f"<p>per-token views of the first {max_strips} of {n_row} findings with a row</p>"
             if n_row > max_strips else "")
     ids = "" if tokens is not None else ("<p>no tokenizer given (pass --student/--teacher DIR): tokens are shown "

@@ -4,7 +4,14 @@
 * :func:`check_offset_detector` (notebook 02): per row, the shift d (token j carries the log-prob of token j + d);
 * :func:`check_realign` (notebook 06): move a shifted row's values back onto their tokens.
 
-Same cases, tolerance and messages as :mod:`iwopd_kit.teaching.exercises` (see :mod:`iwopd_kit.teaching.exercise_base`).
+Built on the harness :mod:`iwopd_kit.teaching.harness` (same cases, tolerance and messages as the
+objective's checkers in :mod:`iwopd_kit.teaching.exercises`, which re-exports these checkers: the
+notebooks import every checker from there). :func:`offset_case` (the offset detector's cases) is
+public so that the tests can hold each case to the shifts it claims.
+
+Frame: every per-token tensor is ``[B, L]`` in completion coordinates (token j = the j-th generated
+token of row b; right-padded; ``mask`` bool ``[B, L]``); ``logits`` are ``[B, L, V]``, already
+shifted (``logits[b, j]`` predicts ``tokens[b, j]``).
 """
 
 from __future__ import annotations
@@ -16,11 +23,12 @@ import torch
 from torch import Tensor
 
 from ..alignment import lag_scan
-from .exercise_base import (
-    MAX_SHIFT, N_CASES, TOL, ExerciseResult, _aligned, _as_tensor, _call, _Case, _case, _cases, _check_shape,
-    _first_bad, _fmt, _fmt_row, _Fail, _hint, _logprobs, _matches, _mismatch_message, _randint, _run,
-)
 from ..engines.scoring import sampled_logprobs
+from .harness import (
+    MAX_SHIFT, N_CASES, TOL, Case, CheckFailed, ExerciseResult, aligned, as_tensor, call_reader, cases, check_shape,
+    first_mismatch, fmt, fmt_row, hint_for, make_case, matches, mismatch_message, randint, random_logprobs,
+    run_checker,
+)
 
 # --------------------------------------------------------------------------------- sampled log-probs
 _TEMPERATURES = (0.7, 1.0, 2.0, 0.5, 1.3)
@@ -57,25 +65,25 @@ def check_sampled_logprobs(fn: Callable[[Tensor, Tensor, float], Tensor]) -> Exe
 
     def body() -> str:
         total = 0
-        for case, g in _cases():
+        for case, g in cases():
             B, L = case.shape
-            V = _randint(g, 2, 12)
+            V = randint(g, 2, 12)
             T = _TEMPERATURES[case.index % len(_TEMPERATURES)]
             extra = f"V={V}, temperature={T:g}"
             logits = torch.randn(B, L, V, generator=g) * 3.0
             tokens = torch.randint(0, V, (B, L), generator=g).masked_fill(~case.padding, 0)
             args = {"logits": logits, "tokens": tokens, "temperature": T}
-            got = _as_tensor(_call(name, fn, args, case, extra), name, case, extra, "[B, L]")
-            _check_shape(got, (B, L), name, case, extra, "[B, L] = tokens.shape",
-                         hints=[((B, L - 1), _OFF_BY_ONE + " (pairing logits[:, :-1] with tokens[:, 1:] "
-                                 "shifts a second time and loses a position)")])
+            got = as_tensor(call_reader(name, fn, args, case, extra), name, case, extra, "[B, L]")
+            check_shape(got, (B, L), name, case, extra, "[B, L] = tokens.shape",
+                        hints=[((B, L - 1), _OFF_BY_ONE + " (pairing logits[:, :-1] with tokens[:, 1:] "
+                                "shifts a second time and loses a position)")])
             z = logits.double()
             exp = sampled_logprobs(z, tokens, temperature=T)
             everywhere = torch.ones(B, L, dtype=torch.bool)
-            bad = _first_bad(exp, got, everywhere)
+            bad = first_mismatch(exp, got, everywhere)
             if bad is not None:
                 pick = lambda lp: lp.gather(-1, tokens[..., None]).squeeze(-1)  # noqa: E731
-                hint = _hint(got, everywhere, [
+                hint = hint_for(got, everywhere, [
                     ("the temperature is missing: divide the logits by T before log_softmax.",
                      lambda: pick(torch.log_softmax(z, -1))),
                     ("the logits are multiplied by T; divide them by T.", lambda: pick(torch.log_softmax(z * T, -1))),
@@ -92,13 +100,13 @@ def check_sampled_logprobs(fn: Callable[[Tensor, Tensor, float], Tensor]) -> Exe
                 ])
                 b, j = bad
                 note = (f"token id at (row {b}, position {j}) = {int(tokens[b, j])}; "
-                        f"logits[{b}, {j}] = {_fmt_row(logits[b, j])}")
-                raise _Fail(_mismatch_message(name, case, extra, b, j, exp, got,
-                                              {"tokens": tokens.double()}, note=note) + hint)
+                        f"logits[{b}, {j}] = {fmt_row(logits[b, j])}")
+                raise CheckFailed(mismatch_message(name, case, extra, b, j, exp, got,
+                                                   {"tokens": tokens.double()}, note=note) + hint)
             total += B * L
         return f"✓ {name}: {N_CASES} cases, {total} positions compared, all within {TOL:g}."
 
-    return _run(body)
+    return run_checker(body)
 
 
 # ---------------------------------------------------------------------------------- offset detector
@@ -121,16 +129,16 @@ def _scan(rollout: Tensor, student: Tensor, mask: Tensor, max_shift: int) -> tup
     return -lags, err
 
 
-def _offset_case(index: int) -> tuple[_Case, Tensor, Tensor, Tensor]:
+def offset_case(index: int) -> tuple[Case, Tensor, Tensor, Tensor]:
     """A case with rows shifted by known shifts: returns (case, rollout, student, shifts [B]).
 
     Row b shifted by d satisfies rollout[b, j] ≈ student[b, j + d] (token j carries the log-prob of
     token j + d; rounding noise 1e-4); rows too short for their shift (L_b < |d| + 3) and fully-masked
     rows have d = 0; fully-masked rows hold unrelated values. Both series are NaN at padding.
     """
-    case, g = _case(index, holes=False)
+    case, g = make_case(index, holes=False)
     B, L = case.shape
-    base = _logprobs(g, (B, L + 2 * MAX_SHIFT))
+    base = random_logprobs(g, (B, L + 2 * MAX_SHIFT))
     noise = torch.randn(B, L, generator=g) * 1e-4
     shifts = -torch.randint(-3, 4, (B,), generator=g)
     lengths = torch.tensor(case.lengths)
@@ -139,7 +147,7 @@ def _offset_case(index: int) -> tuple[_Case, Tensor, Tensor, Tensor]:
     student = base[:, MAX_SHIFT:MAX_SHIFT + L]
     idx = (torch.arange(L)[None, :] + shifts[:, None]) + MAX_SHIFT    # rollout[j] = student[j + d]
     rollout = base.gather(1, idx) + noise
-    unrelated = _logprobs(g, (B, L))
+    unrelated = random_logprobs(g, (B, L))
     rollout = torch.where(valid_row[:, None], rollout, unrelated)
     nan = torch.tensor(float("nan"))
     return case, rollout.masked_fill(~case.padding, nan), student.masked_fill(~case.padding, nan), shifts
@@ -159,22 +167,22 @@ def check_offset_detector(fn: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Exe
     def body() -> str:
         rows = shifted = 0
         for i in range(N_CASES):
-            case, rollout, student, shifts = _offset_case(i)
+            case, rollout, student, shifts = offset_case(i)
             B, L = case.shape
             args = {"rollout": rollout, "student": student, "mask": case.mask}
-            got = _as_tensor(_call(name, fn, args, case), name, case, "", "LongTensor [B]")
-            _check_shape(got, (B,), name, case, "", "one shift per row, [B]")
+            got = as_tensor(call_reader(name, fn, args, case), name, case, "", "LongTensor [B]")
+            check_shape(got, (B,), name, case, "", "one shift per row, [B]")
             if got.is_floating_point() and not bool((got == got.round()).all()):
-                raise _Fail(f"{case.header(name)}\n  shifts must be integers, got {_fmt_row(got)}")
+                raise CheckFailed(f"{case.header(name)}\n  shifts must be integers, got {fmt_row(got)}")
             wrong = (got.long() != shifts).nonzero().flatten()
             if len(wrong):
-                raise _Fail(_offset_message(name, case, int(wrong[0]), shifts, got.long(), rollout, student))
+                raise CheckFailed(_offset_message(name, case, int(wrong[0]), shifts, got.long(), rollout, student))
             rows += B
             shifted += int((shifts != 0).sum())
         return (f"✓ {name}: {N_CASES} cases, {rows} rows compared ({shifted} of them shifted), "
                 "every shift found.")
 
-    return _run(body)
+    return run_checker(body)
 
 
 def _j(d: int) -> str:
@@ -182,13 +190,13 @@ def _j(d: int) -> str:
     return "j" if d == 0 else f"j {'+' if d > 0 else '-'} {abs(d)}"
 
 
-def _offset_message(name: str, case: _Case, b: int, shifts: Tensor, got: Tensor, rollout: Tensor, student: Tensor) -> str:
+def _offset_message(name: str, case: Case, b: int, shifts: Tensor, got: Tensor, rollout: Tensor, student: Tensor) -> str:
     d, gd = int(shifts[b]), int(got[b])
     tried, err = _scan(rollout, student, case.mask, MAX_SHIFT)
     errs = {int(x): float(e) for x, e in zip(tried.tolist(), err[b].tolist())}
 
     def gap(x: int) -> str:
-        return _fmt(errs[x]) if x in errs and not math.isnan(errs[x]) else "no overlap"
+        return fmt(errs[x]) if x in errs and not math.isnan(errs[x]) else "no overlap"
 
     if not bool(case.mask[b].any()):
         built = "row b has no valid token (fully masked), so its shift is 0"
@@ -200,8 +208,8 @@ def _offset_message(name: str, case: _Case, b: int, shifts: Tensor, got: Tensor,
              f"  first mismatch at row {b} (position {b} of the output [B]): expected shift {d:+d}, got {gd:+d}",
              "  " + built.replace("row b", f"row {b}"),
              f"  mean |rollout[j] - student[j + d]| over valid j: {gap(d)} at d = {d:+d}, {gap(gd)} at d = {gd:+d}",
-             *_aligned([(f"row {b} rollout", rollout[b]), (f"row {b} student", student[b]),
-                        (f"row {b} mask", case.mask[b])])]
+             *aligned([(f"row {b} rollout", rollout[b]), (f"row {b} student", student[b]),
+                       (f"row {b} mask", case.mask[b])])]
     pairs = [(int(x), int(y)) for x, y in zip(shifts.tolist(), got.tolist())]
     if all(y == -x for x, y in pairs) and any(x != 0 for x, _ in pairs):
         lines.append("  hint: the sign is flipped: d is the shift with rollout[j] ≈ student[j + d] "
@@ -214,9 +222,6 @@ def _offset_message(name: str, case: _Case, b: int, shifts: Tensor, got: Tensor,
     elif not bool(case.mask[b].any()):
         lines.append("  hint: a row without valid tokens gives no evidence; report shift 0 for it.")
     return "\n".join(lines)
-
-
-__all__ = ["check_offset_detector", "check_realign", "check_sampled_logprobs", "reference_offset_detector"]
 
 
 # ------------------------------------------------------------------------------------------ realign
@@ -238,9 +243,9 @@ def _realign_reference(rollout: Tensor, mask: Tensor, shifts: Tensor) -> tuple[T
     return values, mask & ~values.isnan()
 
 
-def _realign_case(index: int) -> tuple[_Case, Tensor, Tensor]:
+def _realign_case(index: int) -> tuple[Case, Tensor, Tensor]:
     """A case with one shift per row: (case, stored rollout [B, L] NaN at padding, shifts [B] in -3..3)."""
-    case, g = _case(index)
+    case, g = make_case(index)
     B, L = case.shape
     rollout = (-(torch.rand(B, L, generator=g) * 4.0 + 0.05)).masked_fill(~case.padding, float("nan"))
     shifts = torch.randint(-3, 4, (B,), generator=g)
@@ -272,27 +277,27 @@ def check_realign(fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]])
             B, L = case.shape
             extra = f"shifts {shifts.tolist()}"
             args = {"rollout": rollout, "mask": case.mask, "shifts": shifts}
-            out = _call(name, fn, args, case, extra)
+            out = call_reader(name, fn, args, case, extra)
             if not (isinstance(out, (tuple, list)) and len(out) == 2):
-                raise _Fail(f"{case.header(name, extra)}\n  your function returned {type(out).__name__}; "
-                            "expected a pair (values [B, L] float, new_mask [B, L] bool)")
-            got_v = _as_tensor(out[0], name, case, extra, "[B, L] of values")
-            got_m = _as_tensor(out[1], name, case, extra, "[B, L] bool mask")
-            _check_shape(got_v, (B, L), name, case, extra, "values, [B, L] = rollout.shape")
-            _check_shape(got_m, (B, L), name, case, extra, "new_mask, [B, L] = mask.shape")
+                raise CheckFailed(f"{case.header(name, extra)}\n  your function returned {type(out).__name__}; "
+                                  "expected a pair (values [B, L] float, new_mask [B, L] bool)")
+            got_v = as_tensor(out[0], name, case, extra, "[B, L] of values")
+            got_m = as_tensor(out[1], name, case, extra, "[B, L] bool mask")
+            check_shape(got_v, (B, L), name, case, extra, "values, [B, L] = rollout.shape")
+            check_shape(got_m, (B, L), name, case, extra, "new_mask, [B, L] = mask.shape")
             exp_v, exp_m = _realign_reference(rollout.double(), case.mask, shifts)
             msg = _realign_mismatch(name, case, extra, rollout, shifts, exp_v, exp_m, got_v, got_m.bool())
             if msg:
-                raise _Fail(msg)
+                raise CheckFailed(msg)
             values_n += int(exp_m.sum())
             dropped += int((case.mask & ~exp_m).sum())
         return (f"✓ {name}: {N_CASES} cases, {values_n} realigned values compared and every mask entry "
                 f"({dropped} tokens correctly dropped for lack of a stored value), all within {TOL:g}.")
 
-    return _run(body)
+    return run_checker(body)
 
 
-def _realign_mismatch(name: str, case: _Case, extra: str, rollout: Tensor, shifts: Tensor, exp_v: Tensor,
+def _realign_mismatch(name: str, case: Case, extra: str, rollout: Tensor, shifts: Tensor, exp_v: Tensor,
                       exp_m: Tensor, got_v: Tensor, got_m: Tensor) -> str:
     """The message for the first wrong mask entry, else the first wrong value ('' when both match)."""
     B, L = case.shape
@@ -310,7 +315,7 @@ def _realign_mismatch(name: str, case: _Case, extra: str, rollout: Tensor, shift
     bad_m = (got_m != exp_m).nonzero()
     if len(bad_m):
         b, j = (int(v) for v in bad_m[0])
-        if _matches(wrong_way[0], got_v, got_m & wrong_way[1]) and bool((got_m == wrong_way[1]).all()):
+        if matches(wrong_way[0], got_v, got_m & wrong_way[1]) and bool((got_m == wrong_way[1]).all()):
             hint = f"\n  hint: {_WRONG_WAY}"
         else:
             hint = next((f"\n  hint: {t}" for t, make in variants_m if bool((make() == got_m).all())), "")
@@ -318,19 +323,24 @@ def _realign_mismatch(name: str, case: _Case, extra: str, rollout: Tensor, shift
         lines = [case.header(name, extra),
                  f"  first mismatch in new_mask at row {b}, position {j} ({case.where(b, j)}; row {b} is shifted "
                  f"by d = {d:+d}): expected {int(exp_m[b, j])}, got {int(got_m[b, j])}",
-                 *_aligned([(f"row {b} rollout (stored)", rollout[b]), (f"row {b} mask", case.mask[b]),
-                            (f"row {b} expected values", exp_v[b]), (f"row {b} expected new_mask", exp_m[b]),
-                            (f"row {b} got values", got_v.detach()[b]), (f"row {b} got new_mask", got_m[b])])]
+                 *aligned([(f"row {b} rollout (stored)", rollout[b]), (f"row {b} mask", case.mask[b]),
+                           (f"row {b} expected values", exp_v[b]), (f"row {b} expected new_mask", exp_m[b]),
+                           (f"row {b} got values", got_v.detach()[b]), (f"row {b} got new_mask", got_m[b])])]
         return "\n".join(lines) + hint
-    bad = _first_bad(exp_v, got_v, exp_m)
+    bad = first_mismatch(exp_v, got_v, exp_m)
     if bad is None:
         return ""
     b, j = bad
     d = int(shifts[b])
-    hint = _hint(got_v, exp_m, [
+    hint = hint_for(got_v, exp_m, [
         (_WRONG_WAY, lambda: wrong_way[0]),
         ("these are the stored values, not moved: values[b, j] = rollout[b, j - d].", lambda: r64),
     ])
-    return _mismatch_message(name, case, extra, b, j, exp_v, got_v, {"rollout (stored)": rollout, "mask": case.mask},
-                             note=f"row {b} is shifted by d = {d:+d}: token {j}'s value is stored at slot {j - d}; "
-                                  "values are compared where the expected new_mask is True") + hint
+    return mismatch_message(name, case, extra, b, j, exp_v, got_v, {"rollout (stored)": rollout, "mask": case.mask},
+                            note=f"row {b} is shifted by d = {d:+d}: token {j}'s value is stored at slot {j - d}; "
+                                 "values are compared where the expected new_mask is True") + hint
+
+
+__all__ = [
+    "check_offset_detector", "check_realign", "check_sampled_logprobs", "offset_case", "reference_offset_detector",
+]
