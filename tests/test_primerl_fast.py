@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ from iwopd_kit.formats.primerl_fast import read_primerl_fast
 from iwopd_kit.formats.registry import read_dump
 from iwopd_kit.batch.fields import RAGGED
 
+from research import REPO_ROOT as ROOT
 from run_fixtures import primerl_record, make_rows, write_primerl_run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def exact(path: Path):
@@ -50,7 +48,7 @@ def _files(root: Path) -> list[Path]:
 def test_the_writer_fixtures_and_generated_runs_read_the_same(tmp_path):
     fixtures = _files(ROOT / "data" / "fixtures" / "primerl")
     run = write_primerl_run(tmp_path / "run", steps=range(1, 7))
-    import scan_data
+    from benchmarks import scan_data
 
     scan_data.write_run(tmp_path / "big", 1, 1, 6, 300, shift_step=1)
     fast_read = 0

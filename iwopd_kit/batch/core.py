@@ -275,7 +275,7 @@ class Batch:
 
     def with_meta(self, **values: Any) -> "Batch":
         """A new batch with ``meta[b][key] = value`` for every row (a list of B values sets one per row)."""
-        metas = [dict(m) for m in (self.meta or [{}] * self.size)]
+        metas = [dict(m or {}) for m in (self.meta or [{}] * self.size)]
         for key, v in values.items():
             per_row = v if isinstance(v, list) else [v] * self.size
             if len(per_row) != self.size:

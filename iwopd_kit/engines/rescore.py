@@ -47,14 +47,6 @@ def _top_id(batch) -> tuple[int, int, int]:
     return int(packed.values[i]), b, i - int(offsets[b])
 
 
-def _with_trainer_dtype(batch, dtype: str):
-    """Record the dtype the student was rescored in (meta ``trainer_dtype``): the numerics rule names it."""
-    meta = [dict(m or {}) for m in (batch.meta or [{}] * batch.size)]
-    for m in meta:
-        m["trainer_dtype"] = dtype
-    return batch.replace(meta=meta)
-
-
 @dataclass
 class Rescored:
     """What :func:`rescore` gives: the ``batch`` with the series it could score, the tokenizers it
@@ -158,7 +150,7 @@ def rescore(batch, *, student=None, teacher=None, student_tokenizer=None, teache
                                  "was made with") from None
             made[side] = f"rescored with {shown if given[side] is not None else _shown_path(d)}, {used_dtype}"
             if side == "student":
-                batch = _with_trainer_dtype(batch, used_dtype)
+                batch = batch.with_meta(trainer_dtype=used_dtype)   # the numerics rule names the dtype
             if given[side] is None:
                 fell_back.append(side)
             elif used_dtype != "float32":
