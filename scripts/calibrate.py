@@ -67,16 +67,9 @@ FULL_PRECISION = ("fp32, T=1", "fp32, processed T=0.7")
 LOW_PRECISION = ("bf16 vLLM vs fp32 trainer", "bf16 vLLM vs bf16-autocast trainer")
 
 
-def score_in_chunks(batch: K.Batch, trainer, temperature: float, autocast) -> K.Batch:
-    """The student series, SCORE_ROWS rows per forward pass (a 151,936-wide logit tensor per position)."""
-    rows: list[list[float]] = []
-    for s in range(0, batch.size, SCORE_ROWS):
-        part = batch.select(range(s, min(s + SCORE_ROWS, batch.size)))
-        ctx = torch.autocast("cpu", dtype=autocast) if autocast is not None else torch.autocast("cpu", enabled=False)
-        with ctx:
-            lp = K.score(trainer, part, temperature)
-        rows += [lp[i, :n].tolist() for i, n in enumerate(part.lengths)]
-    return batch.with_series(STUDENT_LOGPROBS, rows, temperature=temperature)
+def autocast(dtype):
+    """The trainer's precision: a CPU autocast context in ``dtype``, or float32 when None."""
+    return torch.autocast("cpu", dtype=dtype) if dtype is not None else torch.autocast("cpu", enabled=False)
 
 
 def kept_logmass(batch: K.Batch, trainer, top_p: float) -> list[list[float]]:
@@ -99,15 +92,15 @@ def healthy_batches(model_dir, prompts, max_tokens, tokenizer, seeds):
     rollout_dtype / trainer_dtype recorded), ``bare`` (without), ``nothing`` (no dtypes, no sampling
     settings), ``groups`` (dtypes, rows split into 4 groups) and, for top-p, ``kept`` (with kept_logmass)."""
     trainer = K.load_model(model_dir)
-    for setting, dtype, sampling, score_t, autocast in HEALTHY:
+    for setting, dtype, sampling, score_t, trainer_dtype in HEALTHY:
         engine = K.VLLMEngine(model_dir, dtype=dtype, logprobs_mode="processed_logprobs")  # = raw at T=1, top_p 1
         for seed in seeds:
             b = K.rollout(engine, prompts, max_tokens=max_tokens, seed=seed, **sampling)
-            b = score_in_chunks(b, trainer, score_t, autocast)
+            with autocast(trainer_dtype):    # the student series, SCORE_ROWS rows per forward pass
+                b = K.score_batch(b, student=trainer, temperature=score_t, rows_per_pass=SCORE_ROWS)
             check = lambda x: K.check_alignment(x, student_tokenizer=tokenizer)  # noqa: E731
             reports = {"bare": check(b), "nothing": check(b.replace(sampling=None))}
-            td = str(autocast or torch.float32).removeprefix("torch.")
-            b = b.replace(meta=[dict(m or {}, rollout_dtype=dtype, trainer_dtype=td) for m in (b.meta or [{}] * b.size)])
+            b = b.with_meta(rollout_dtype=dtype, trainer_dtype=str(trainer_dtype or torch.float32).removeprefix("torch."))
             reports["dtypes"] = check(b)
             reports["groups"] = check(b.replace(groups=[f"g{i % 4}" for i in range(b.size)]))
             if "top_p" in sampling:

@@ -13,7 +13,10 @@ requests draw independent random streams and a run is reproducible.
 
 ``--check-logprobs`` recomputes the log-prob of every sampled token with a
 float32 transformers forward pass (teacher forcing on prompt + completion) and
-prints the largest absolute difference from the log-probs vLLM returned.
+prints the largest absolute difference from the log-probs vLLM returned. This is
+an independent cross-check, written here with plain transformers on purpose and
+not through the kit's scoring path (``iwopd_kit.engines.scoring``): it checks
+the engines and the kit's scoring against a third implementation.
 """
 
 from __future__ import annotations
@@ -124,7 +127,8 @@ def load_hf(model_dir: Path):
 
 @torch.no_grad()
 def teacher_forced_logprobs(model, prompt: list[int], completion: list[int]) -> list[float]:
-    """log p(y_j | prompt, y_<j) for every completion token, in float32."""
+    """log p(y_j | prompt, y_<j) for every completion token, in float32 (the independent cross-check: not
+    the kit's ``sampled_logprobs``, on purpose)."""
     ids = torch.tensor([prompt + completion])
     logits = model(input_ids=ids).logits[0].float()
     logp = torch.log_softmax(logits, dim=-1)
