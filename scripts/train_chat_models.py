@@ -34,28 +34,21 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
-from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
-from iwopd_kit.engines.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,  # noqa: E402
-                            chat_prompt_ids)
+from iwopd_kit import toy
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
+from iwopd_kit.engines.chat import (CHAT_DIR, QWEN3_TOKENIZER_DIR, chat_completion_ids, chat_messages,
+                                    chat_prompt_ids)
+from research.tiny_training import ModelSpec, collate, exact_match, lr_at, make_model
 
 MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
 MAX_POS = 128
 PAD_TO = 64
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
 
 
 TEACHER = ModelSpec(hidden=96, layers=4, heads=3, intermediate=384)
@@ -94,26 +87,11 @@ class Compact:
         return [self.index[i] for i in ids]
 
 
-def make_model(spec: ModelSpec, vocab: int, tok, ids=lambda i: i) -> LlamaForCausalLM:
-    assert spec.hidden == spec.heads * 32
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
-                      num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
-                      num_key_value_heads=spec.heads, head_dim=32, max_position_embeddings=MAX_POS,
-                      tie_word_embeddings=True, bos_token_id=None, eos_token_id=ids(tok.eos_token_id),
-                      pad_token_id=ids(tok.pad_token_id), dtype="float32")
-    return LlamaForCausalLM(cfg).float()
-
-
-def collate(examples, pad: int):
-    width = max(len(p) + len(c) for p, c in examples)
-    ids, labels, mask = [], [], []
-    for p, c in examples:
-        seq = p + c
-        n = width - len(seq)
-        ids.append(seq + [pad] * n)
-        labels.append([-100] * len(p) + c + [-100] * n)
-        mask.append([1] * len(seq) + [0] * n)
-    return torch.tensor(ids), torch.tensor(labels), torch.tensor(mask)
+def chat_model(spec: ModelSpec, vocab: int, tok, ids=lambda i: i) -> LlamaForCausalLM:
+    """The chat pair's model (:func:`research.tiny_training.make_model`): tied embeddings, 128 positions,
+    no BOS; ``ids`` maps the tokenizer's end/pad ids to rows (the compact model's, or unchanged)."""
+    return make_model(spec, vocab, max_positions=MAX_POS, tie_embeddings=True, bos_id=None,
+                      eos_id=ids(tok.eos_token_id), pad_id=ids(tok.pad_token_id))
 
 
 def full_vocab_loss(model, ids, labels, mask, log_unused: float) -> torch.Tensor:
@@ -125,41 +103,16 @@ def full_vocab_loss(model, ids, labels, mask, log_unused: float) -> torch.Tensor
                                              ignore_index=-100)
 
 
-def lr_at(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-@torch.no_grad()
-def exact_match(model, eval_set: tuple, temperature: float, seed: int) -> float:
-    """Share of prompts whose completion (up to EOS) is exactly right; left-padded ``generate``."""
+def chat_exact_match(model, eval_set: tuple, temperature: float, seed: int) -> float:
+    """Share of prompts whose completion (cut at EOS; one that never ends is wrong) decodes to the answer."""
     prompts_ids, pairs, eos, pad, decode = eval_set
-    model.eval()
-    correct = 0
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for s in range(0, len(prompts_ids), 256):
-            chunk = prompts_ids[s:s + 256]
-            w = max(map(len, chunk))
-            ids = torch.tensor([[pad] * (w - len(p)) + p for p in chunk])
-            attn = torch.tensor([[0] * (w - len(p)) + [1] * len(p) for p in chunk])
-            kw = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
-                else dict(do_sample=False)
-            out = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=MAX_NEW_TOKENS,
-                                 eos_token_id=eos, pad_token_id=pad, **kw)
-            for (prompt, answer), row in zip(pairs[s:s + 256], out[:, w:].tolist()):
-                if eos not in row:
-                    continue
-                correct += decode(row[:row.index(eos)]) == answer
-    model.train()
-    return correct / len(prompts_ids)
+    return exact_match(model, prompts_ids, lambda k, row: decode(row) == pairs[k][1], temperature, seed,
+                       eos_id=eos, pad_id=pad, max_new_tokens=MAX_NEW_TOKENS, eos_required=True)
 
 
 def train(spec, name, examples, compact, tok, eval_set, args, select: bool):
     torch.manual_seed(args.seed + (1 if select else 0))
-    model = make_model(spec, len(compact.used), tok, compact.index.__getitem__)
+    model = chat_model(spec, len(compact.used), tok, compact.index.__getitem__)
     opt = torch.optim.Adam(model.parameters(), lr=args.student_lr if select else args.teacher_lr,
                            betas=(0.9, 0.98))
     base = args.student_lr if select else args.teacher_lr
@@ -175,15 +128,16 @@ def train(spec, name, examples, compact, tok, eval_set, args, select: bool):
         del order[:args.batch_size]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, base, args.warmup, total)
-        loss = full_vocab_loss(model, *collate(batch, pad), compact.log_unused)
+        b = collate(batch, pad)
+        loss = full_vocab_loss(model, b["input_ids"], b["labels"], b["attention_mask"], compact.log_unused)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         every = args.eval_every if select else args.teacher_eval_every
         if (step + 1) % every == 0:
-            acc = {"greedy": exact_match(model, eval_set, 0.0, args.seed),
-                   "sampled_t1": exact_match(model, eval_set, 1.0, args.seed)}
+            acc = {"greedy": chat_exact_match(model, eval_set, 0.0, args.seed),
+                   "sampled_t1": chat_exact_match(model, eval_set, 1.0, args.seed)}
             history.append({"step": step + 1, "loss": round(loss.item(), 4), **acc,
                             "wall_s": round(time.time() - t0, 1)})
             print(f"{name} step {step + 1} loss {loss.item():.4f} {acc} {time.time() - t0:.0f}s", flush=True)
@@ -205,7 +159,7 @@ def train(spec, name, examples, compact, tok, eval_set, args, select: bool):
 
 def expand(compact_model, spec, compact: Compact, vocab: int, tok) -> LlamaForCausalLM:
     """The full-vocabulary model: the compact rows scattered into a zero embedding (tied)."""
-    full = make_model(spec, vocab, tok)
+    full = chat_model(spec, vocab, tok)
     sd = {k: v for k, v in compact_model.state_dict().items() if not k.startswith(("model.embed_tokens", "lm_head"))}
     emb = torch.zeros(vocab, spec.hidden)
     emb[torch.tensor(compact.used)] = compact_model.model.embed_tokens.weight.detach()

@@ -43,23 +43,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import GenerationConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from iwopd_kit import toy  # noqa: E402
-from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS  # noqa: E402
+from iwopd_kit import toy
+from iwopd_kit.batch.sampling import ROLLOUT_MAX_TOKENS
+from research import REPO_ROOT
+from research.tiny_training import TOY_MAX_POSITIONS, ModelSpec, collate, exact_match, lr_at, make_model, n_params
 
 MAX_NEW_TOKENS = ROLLOUT_MAX_TOKENS
-MAX_LEN = 64
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Size of one tiny Llama (head_dim is fixed to 32)."""
-
-    hidden: int
-    layers: int
-    heads: int
-    intermediate: int
+MAX_LEN = TOY_MAX_POSITIONS
 
 
 @dataclass(frozen=True)
@@ -98,7 +90,7 @@ STUDENT = ModelSpec(hidden=64, layers=3, heads=2, intermediate=256)
 SIZES = {"50k": ModelSpec(hidden=32, layers=3, heads=1, intermediate=128),
          "200k": STUDENT,
          "800k": ModelSpec(hidden=128, layers=4, heads=4, intermediate=352)}
-STUDY_STUDENTS = Path(__file__).resolve().parents[1] / "data" / "study_students"
+STUDY_STUDENTS = REPO_ROOT / "data" / "study_students"
 
 
 # --------------------------------------------------------------------------- #
@@ -139,15 +131,9 @@ def check_tokenizer(tok: PreTrainedTokenizerFast) -> None:
 # Data
 # --------------------------------------------------------------------------- #
 def split_prompts(n_train: int, n_eval: int, seed: int) -> tuple[list[str], list[str]]:
-    """Draw unique prompts; the first ``n_eval`` are held out for evaluation."""
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    ordered: list[str] = []
-    while len(ordered) < n_eval + n_train:
-        prompt = toy.make_prompt(rng)
-        if prompt not in seen:
-            seen.add(prompt)
-            ordered.append(prompt)
+    """Draw distinct prompts (:func:`iwopd_kit.toy.make_heldout_prompts`); the first ``n_eval``
+    are held out for evaluation, the next ``n_train`` are for training."""
+    ordered = toy.make_heldout_prompts(n_eval + n_train, seed)
     return ordered[n_eval:], ordered[:n_eval]
 
 
@@ -160,22 +146,10 @@ def write_jsonl(path: Path, prompts: list[str]) -> None:
 
 
 def encode_example(tok: PreTrainedTokenizerFast, prompt: str) -> tuple[list[int], list[int]]:
-    """Token ids of ``<s> prompt completion </s>`` and labels masking the prompt."""
+    """Token ids of ``<s> prompt`` and of ``completion </s>`` (the loss is on the second only)."""
     prompt_ids = tok(prompt)["input_ids"]
     completion_ids = tok(TASK.solve(prompt), add_special_tokens=False)["input_ids"] + [toy.EOS_ID]
-    ids = prompt_ids + completion_ids
-    labels = [-100] * len(prompt_ids) + completion_ids
-    return ids, labels
-
-
-def collate(examples: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
-    """Right-pad a batch (positions then start at 0 for every row)."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = [e[0] + [toy.PAD_ID] * (width - len(e[0])) for e in examples]
-    labels = [e[1] + [-100] * (width - len(e[1])) for e in examples]
-    mask = [[1] * len(e[0]) + [0] * (width - len(e[0])) for e in examples]
-    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
-            "attention_mask": torch.tensor(mask)}
+    return prompt_ids, completion_ids
 
 
 def batch_stream(examples: list, batch_size: int, seed: int):
@@ -191,35 +165,6 @@ def batch_stream(examples: list, batch_size: int, seed: int):
 # --------------------------------------------------------------------------- #
 # Model, training, evaluation
 # --------------------------------------------------------------------------- #
-def make_model(spec: ModelSpec) -> LlamaForCausalLM:
-    """A float32 Llama with untied embeddings and head_dim 32."""
-    config = LlamaConfig(
-        vocab_size=len(toy.VOCAB),
-        hidden_size=spec.hidden,
-        intermediate_size=spec.intermediate,
-        num_hidden_layers=spec.layers,
-        num_attention_heads=spec.heads,
-        num_key_value_heads=spec.heads,
-        head_dim=32,
-        max_position_embeddings=MAX_LEN,
-        tie_word_embeddings=False,
-        bos_token_id=toy.BOS_ID,
-        eos_token_id=toy.EOS_ID,
-        pad_token_id=toy.PAD_ID,
-        dtype="float32",
-    )
-    assert spec.hidden == spec.heads * 32
-    return LlamaForCausalLM(config).float()
-
-
-def lr_at(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of ``base_lr`` at ``total``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base_lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def train_steps(model, batches, optimizer, first: int, last: int, base_lr: float,
                 warmup: int, total: int) -> float:
     """Run CE steps ``first..last-1``; return the mean loss of those steps."""
@@ -237,31 +182,13 @@ def train_steps(model, batches, optimizer, first: int, last: int, base_lr: float
     return total / max(1, last - first)
 
 
-@torch.no_grad()
-def exact_match(model, tok, prompts: list[str], temperature: float, seed: int = 0,
-                batch_size: int = 256) -> float:
-    """Share of prompts whose generated completion is exactly right.
-
-    ``temperature == 0`` means greedy; otherwise plain sampling (top_p 1,
-    no top-k). Batches are left-padded with an attention mask. The global
-    torch RNG is forked so evaluation does not disturb training.
-    """
-    model.eval()
-    correct = 0
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
-            enc = tok(chunk, return_tensors="pt", padding=True, padding_side="left")
-            sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) \
-                if temperature > 0 else dict(do_sample=False)
-            out = model.generate(**enc, max_new_tokens=MAX_NEW_TOKENS, eos_token_id=toy.EOS_ID,
-                                 pad_token_id=toy.PAD_ID, **sampling)
-            new = out[:, enc["input_ids"].shape[1]:]
-            for prompt, row in zip(chunk, new.tolist()):
-                text = completion_text(row)
-                correct += TASK.is_correct(prompt, text)
-    return correct / len(prompts)
+def toy_exact_match(model, tok, prompts: list[str], temperature: float, seed: int = 0) -> float:
+    """Share of ``prompts`` whose generated completion solves :data:`TASK` exactly
+    (:func:`research.tiny_training.exact_match`; a row that never ends is judged as it stands)."""
+    prompt_ids = [tok(p)["input_ids"] for p in prompts]
+    return exact_match(model, prompt_ids, lambda k, row: TASK.is_correct(prompts[k], completion_text(row)),
+                       temperature, seed, eos_id=toy.EOS_ID, pad_id=toy.PAD_ID,
+                       max_new_tokens=MAX_NEW_TOKENS, eos_required=False)
 
 
 def completion_text(token_ids: list[int]) -> str:
@@ -273,13 +200,8 @@ def completion_text(token_ids: list[int]) -> str:
 
 def accuracies(model, tok, prompts: list[str], seed: int) -> dict[str, float]:
     """Greedy and T=1 exact match on ``prompts``."""
-    return {"greedy": exact_match(model, tok, prompts, 0.0),
-            "sampled_t1": exact_match(model, tok, prompts, 1.0, seed=seed)}
-
-
-def n_params(model) -> int:
-    """Number of parameters (embeddings and LM head included)."""
-    return sum(p.numel() for p in model.parameters())
+    return {"greedy": toy_exact_match(model, tok, prompts, 0.0),
+            "sampled_t1": toy_exact_match(model, tok, prompts, 1.0, seed=seed)}
 
 
 def train_teacher(tok, examples, eval_prompts, args) -> tuple[LlamaForCausalLM, dict]:
@@ -295,7 +217,7 @@ def train_teacher(tok, examples, eval_prompts, args) -> tuple[LlamaForCausalLM, 
                            args.teacher_steps)
         print(f"teacher step {last:4d} loss {loss:.4f}", flush=True)
         if args.teacher_stop_at is not None and last % 250 == 0:
-            greedy = exact_match(model, tok, eval_prompts[:args.n_select], 0.0)
+            greedy = toy_exact_match(model, tok, eval_prompts[:args.n_select], 0.0)
             print(f"teacher step {last:4d} greedy {greedy:.3f}", flush=True)
             if greedy >= args.teacher_stop_at:
                 break
@@ -484,7 +406,7 @@ def main() -> None:
     write_jsonl(TASK.train_prompts, train_prompts)
     write_jsonl(TASK.eval_prompts, eval_prompts)
     examples = [encode_example(tok, p) for p in train_prompts]
-    assert max(len(ids) for ids, _ in examples) <= MAX_LEN
+    assert max(len(p) + len(c) for p, c in examples) <= MAX_LEN
 
     report = json.loads(report_path.read_text()) if report_path.exists() and args.only else {}
     report.update({"seed": args.seed, "n_train": len(train_prompts), "n_eval": len(eval_prompts),

@@ -50,3 +50,16 @@ def test_shipped_data_matches_the_task(name):
     tok = load_tokenizer(task.student_dir)
     text = evals[0]["prompt"] + evals[0]["answer"]
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_heldout_prompts_are_distinct_seeded_and_avoid_the_excluded():
+    """The prompt picker the training script splits train/eval with (``split_prompts``)."""
+    drawn = toy.make_heldout_prompts(300, seed=4)
+    assert len(set(drawn)) == 300 and all(toy.parse_prompt(p) for p in drawn)
+    assert toy.make_heldout_prompts(300, seed=4) == drawn
+    assert toy.make_heldout_prompts(100, seed=4) == drawn[:100]       # a longer draw extends a shorter one
+    assert toy.make_heldout_prompts(300, seed=5) != drawn
+    exclude = set(drawn[:50])
+    fresh = toy.make_heldout_prompts(200, seed=4, exclude=exclude)
+    assert not exclude & set(fresh) and len(set(fresh)) == 200
+    assert fresh == drawn[50:250]       # the same stream, the excluded ones skipped

@@ -4,13 +4,16 @@ bundled assets (``iwopd_kit/data``: models, prompts, fixtures). The ground floor
 
 from .task import (
     BOS_ID,
+    BOS_TOKEN,
     DATA_DIR,
     EOS_ID,
+    EOS_TOKEN,
     EVAL_PROMPTS,
     FIXTURES_DIR,
     MAX_TERMS,
     MIN_TERMS,
     PAD_ID,
+    PAD_TOKEN,
     STUDENT_DIR,
     TASKS,
     TEACHER_DIR,
@@ -32,13 +35,16 @@ from .task import (
 
 __all__ = [
     "BOS_ID",
+    "BOS_TOKEN",
     "DATA_DIR",
     "EOS_ID",
+    "EOS_TOKEN",
     "EVAL_PROMPTS",
     "FIXTURES_DIR",
     "MAX_TERMS",
     "MIN_TERMS",
     "PAD_ID",
+    "PAD_TOKEN",
     "STUDENT_DIR",
     "TASKS",
     "TEACHER_DIR",
