@@ -22,7 +22,7 @@ It writes (for ``--task main``; the variant writes the same files under
 
 Both models are trained with plain cross-entropy (teacher forcing on
 ``<s> prompt completion </s>``, loss on completion and EOS only; Adam, linear
-warm-up then cosine decay, batch 64). The teacher
+warm-up, then not the cosine decay it meant: see :func:`train_steps`; batch 64). The teacher
 is trained until it solves the task almost perfectly. The student is a much
 smaller model evaluated every few steps; the checkpoint kept is the one whose
 held-out accuracy is closest to a *mediocre* target (about 55% greedy, 20%
@@ -167,19 +167,25 @@ def batch_stream(examples: list, batch_size: int, seed: int):
 # --------------------------------------------------------------------------- #
 def train_steps(model, batches, optimizer, first: int, last: int, base_lr: float,
                 warmup: int, total: int) -> float:
-    """Run CE steps ``first..last-1``; return the mean loss of those steps."""
+    """Run CE steps ``first..last-1``; return the mean loss of those steps.
+
+    A known quirk, kept so that this script rebuilds the shipped models: after warm-up the rate is
+    ``lr_at(step, base_lr, warmup, <this call's running loss sum>)``, not the cosine over ``total`` steps
+    (the loss sum used to shadow ``total``), so it mostly sits at the 10% floor. The shipped models were
+    trained so; following the cosine means retraining them.
+    """
     model.train()
-    total = 0.0
+    loss_sum = 0.0
     for step in range(first, last):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, base_lr, warmup, total)
+            group["lr"] = lr_at(step, base_lr, warmup, loss_sum)   # the quirk above (``total`` unused)
         loss = model(**next(batches)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        total += loss.item()
-    return total / max(1, last - first)
+        loss_sum += loss.item()
+    return loss_sum / max(1, last - first)
 
 
 def toy_exact_match(model, tok, prompts: list[str], temperature: float, seed: int = 0) -> float:
