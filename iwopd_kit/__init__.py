@@ -3,6 +3,15 @@
 The data flows one way: rollout -> score -> check -> advantage -> weights -> loss -> view.
 Every per-token tensor is [B, L] in completion coordinates (token j = the j-th generated token of
 the row; right-padded; ``mask`` bool [B, L]).
+
+The package is a handful of rooms, one per role, each importing only from rooms on lower floors
+(docs/ARCHITECTURE.md):
+
+- ``batch`` (the data model), ``objective`` (the math), ``toy`` (the toy task, bundled data);
+- ``formats`` (other projects' dumps), ``alignment`` (the check, the mismatch metrics);
+- ``engines`` (rollouts, the one scoring path), ``views`` (draw, never decide);
+- ``run`` (a whole run), ``integrations`` (the TRL callback), ``teaching`` (the exercises);
+- ``apps`` (pipeline, training loop, ``check_dump``, replay); ``cli`` (``iwopd-kit``).
 """
 
 import importlib
