@@ -79,7 +79,7 @@ def kept_logmass(batch: K.Batch, trainer, top_p: float) -> list[list[float]]:
     for s in range(0, batch.size, SCORE_ROWS):
         part = batch.select(range(s, min(s + SCORE_ROWS, batch.size)))
         with torch.no_grad():
-            probs = torch.softmax(K.scoring.completion_logits(trainer, part).double(), -1)
+            probs = torch.softmax(K.completion_logits(trainer, part).double(), -1)
         sp = probs.sort(-1, descending=True).values
         mass = torch.where((sp.cumsum(-1) - sp) < top_p, sp, torch.zeros_like(sp)).sum(-1)
         rows += [mass[i, :n].log().tolist() for i, n in enumerate(part.lengths)]

@@ -141,7 +141,7 @@ def test_teacher_beats_student_on_held_out_chat_prompts(chat_student, chat_teach
     acc = {}
     for name, model in (("student", chat_student), ("teacher", chat_teacher)):
         with torch.no_grad():
-            right = K.scoring.completion_logits(model, batch, pad_id=qwen3.pad_token_id).argmax(-1) == target
+            right = K.completion_logits(model, batch, pad_id=qwen3.pad_token_id).argmax(-1) == target
         acc[name] = float((right | ~valid).all(1).float().mean())
     assert acc["teacher"] >= 0.9 and acc["teacher"] - acc["student"] >= 0.3, acc
 

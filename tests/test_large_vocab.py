@@ -17,9 +17,7 @@ from __future__ import annotations
 import torch
 import pytest
 
-from iwopd_kit import Tolerances, VLLMEngine, check_alignment, score_batch
-
-from iwopd_kit.engines import rollout
+from iwopd_kit import Tolerances, VLLMEngine, check_alignment, rollout, score_batch
 from iwopd_kit.alignment.mismatch import abs_delta_quantiles, pooled_delta
 from research.random_models import (
     QWEN_VOCAB, RandomModelSpec, random_model, random_model_dir, random_prompts, random_tokenizer,
