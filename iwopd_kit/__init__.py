@@ -42,8 +42,8 @@ from .objective import (
     prefix_weights,
 )
 from .apps.replay import ReplayResult, replay_row
-from .engines.rollout import TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .batch.sampling import Sampling, SamplingSettings
+from .engines.rollout import TransformersEngine, VLLMEngine, VLLMServerEngine, configure_vllm_env, rollout
 from .engines.scoring import (
     completion_logits,
     load_model,

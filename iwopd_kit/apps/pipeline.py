@@ -13,11 +13,11 @@ from typing import Any
 from .. import toy
 from ..alignment import check_alignment
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
-from ..objective import iw_opd_loss, opd_loss
-from ..views.results import PipelineResult
 from ..batch.sampling import ROLLOUT_MAX_TOKENS, Sampling, SamplingSettings
 from ..engines.scoring import load_model, load_tokenizer, score_batch
+from ..objective import iw_opd_loss, opd_loss
 from ..views.report import html_page, html_table, text_table
+from ..views.results import PipelineResult
 from ..views.series import per_token_series
 from ..views.text import readable_tokens, token_style
 from ..views.tokens import TokenStrip, token_strip

@@ -34,10 +34,10 @@ import torch
 
 from ..alignment.core import FULL_PRECISION, Tolerances
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch, BatchError
-from .replay_rules import RAW, diagnose, settings_text
 from ..engines.rollout import VLLMEngine, process_logits, quiet_output
 from ..engines.scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs
 from ..views.report import text_table
+from .replay_rules import RAW, diagnose, settings_text
 
 DTYPES = ("float32", "bfloat16")
 SERIES = (("rollout", ROLLOUT_LOGPROBS), ("trainer", STUDENT_LOGPROBS))

@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 
 from ..batch import Batch, BatchError
-from ..formats.dirs import dump_of
-from .replay import DTYPES, ReplayResult, replay_row
 from ..engines.rescore import device_error
+from ..formats.dirs import dump_of
 from ..run.batches import read_step
 from ..run.steps import find_steps
+from .replay import DTYPES, ReplayResult, replay_row
 
 
 def is_store(path: Path) -> bool:

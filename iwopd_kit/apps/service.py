@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from ..alignment import Tolerances, check_alignment
-from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
-from .check_result import CheckResult, DirCheckResult, StepSummary, unchecked_of
-from ..formats.dirs import Dump, dump_of, plan_directory
 from ..alignment.mismatch import batch_delta, metrics_from_delta
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch, BatchError
 from ..engines.rescore import device_error, rescore
+from ..formats.dirs import Dump, dump_of, plan_directory
+from .check_result import CheckResult, DirCheckResult, StepSummary, unchecked_of
 
 READ_ERRORS: tuple[type[Exception], ...] = (BatchError, OSError, ValueError, RuntimeError)
 """What :func:`check_dump` raises for a file it cannot read, group or score (BatchError is a ValueError)."""

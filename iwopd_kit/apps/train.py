@@ -20,10 +20,10 @@ import torch
 
 from .. import toy
 from ..batch import ROLLOUT_LOGPROBS, TEACHER_LOGPROBS, Batch
-from ..objective import iw_opd_loss, jsd_top1_loss, position_mask
-from ..engines.rollout import TransformersEngine, VLLMEngine
 from ..batch.sampling import ROLLOUT_MAX_TOKENS, SamplingSettings
+from ..engines.rollout import TransformersEngine, VLLMEngine
 from ..engines.scoring import completion_logits, load_model, load_tokenizer, score, score_batch
+from ..objective import iw_opd_loss, jsd_top1_loss, position_mask
 
 OBJECTIVES = ("opd", "iw_opd", "iw_opd_signed", "prefix30", "suffix30", "jsd")
 

@@ -71,12 +71,12 @@ from torch import Tensor
 from transformers import TrainerCallback
 
 from ..alignment import AlignmentReport, Tolerances, check_alignment
-from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
-from ..formats.trl import IGNORE_INDEX, from_trl_batch
 from ..alignment.mismatch import mismatch_metrics
-from ..objective import iw_opd_loss
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, Batch
 from ..batch.sampling import LOGPROBS_MODES
 from ..engines.scoring import sampled_logprobs
+from ..formats.trl import IGNORE_INDEX, from_trl_batch
+from ..objective import iw_opd_loss
 from .trl_vllm import EngineRecorder, guard_weight_sync, vllm_engine_kwargs
 
 __all__ = ["Capture", "IWOPDCheckCallback", "TRL_VERSION", "vllm_engine_kwargs"]

@@ -20,8 +20,8 @@ import pyarrow as pa
 import torch
 
 from ..alignment.core import KINDS, AlignmentReport
-from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
 from ..alignment.mismatch import MISMATCH_KEYS, metrics_from_delta
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
 from ..objective import advantage, prefix_weights
 from .batches import packed_weights, rl_advantages, row_groups, row_rewards
 from .steps import rank_number

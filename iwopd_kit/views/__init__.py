@@ -20,8 +20,8 @@ from .tokens import (
     token_strip,
     visible_text,
 )
-from .text import readable_tokens, token_style
 from .static import auto_enable as _auto_enable
+from .text import readable_tokens, token_style
 
 # In a Jupyter kernel: PNG copies of figures and HTML views for static front ends (views/static.py).
 _auto_enable()

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from ..alignment.core import KINDS, AlignmentReport
 from ..batch import Batch
-from .report import html_table, text_table
 from .findings import LABELS, series_for
+from .report import html_table, text_table
 from .series import per_token_series
 from .tokens import token_strip
 

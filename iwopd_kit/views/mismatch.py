@@ -15,9 +15,9 @@ import math
 import numpy as np
 import torch
 
-from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
 from ..alignment.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS, abs_delta_quantiles, beyond_usual
 from ..alignment.mismatch import batch_delta as pooled_batch_delta
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
 from .report import html_table, text_table
 
 METRIC_HEADER = ["metric", "value", "usual threshold", "vs usual"]
