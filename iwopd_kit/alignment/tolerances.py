@@ -87,7 +87,7 @@ class Tolerances:
     temperature_r: float = 0.6
     temperature_min_tokens: int = 50
     teacher_lag_gain: float = 1.5
-    teacher_wide_lag_gain: float = 2.0
+    teacher_wide_lag_gain: float = 1.75
     teacher_min_tokens: int = 100
     teacher_row_share: float = 0.9
 
