@@ -34,10 +34,10 @@ Directories (each ``data_0.pt`` + ``train_0.pt``; in each, sample 1 is multi-tur
 stops at ",", a tool turn "=0," follows, masked out): ``healthy`` (T 1, top-p 1, SGLang teacher),
 ``top_p`` (T 1.3, top-p 0.9, kept sets, a Megatron teacher in the train dump), ``shift`` (healthy,
 but a custom generate stored each rollout log-prob one token early), ``teacher_offset`` (healthy, but
-the teacher slice taken one token early: ``[-R - 1:-1]``), ``teacher_offset_2`` (healthy, but the teacher slice
-taken two tokens early: ``[-R - 2:-2]``, as a custom post-process that drops one token too many from both ends of
-``input_token_logprobs[1:]`` would; the first two response tokens carry the teacher's log-probs of the prompt's
-last two tokens).
+the teacher slice taken one token early: ``[-R - 1:-1]``), ``teacher_offset_2`` (healthy, but the teacher
+slice of step 3 taken two tokens early: ``input_token_logprobs[1:][-R - 2:-2]``, so the first two response tokens
+carry the teacher's log-probs of the prompt's last two tokens; the check: an offset warning per row naming the
+shift -2).
 """
 
 from __future__ import annotations
