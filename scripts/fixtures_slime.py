@@ -34,7 +34,10 @@ Directories (each ``data_0.pt`` + ``train_0.pt``; in each, sample 1 is multi-tur
 stops at ",", a tool turn "=0," follows, masked out): ``healthy`` (T 1, top-p 1, SGLang teacher),
 ``top_p`` (T 1.3, top-p 0.9, kept sets, a Megatron teacher in the train dump), ``shift`` (healthy,
 but a custom generate stored each rollout log-prob one token early), ``teacher_offset`` (healthy, but
-the teacher slice taken one token early: ``[-R - 1:-1]``).
+the teacher slice taken one token early: ``[-R - 1:-1]``), ``teacher_offset_2`` (healthy, but the teacher
+slice of step 3 taken two tokens early: ``input_token_logprobs[1:][-R - 2:-2]``, so the first two response tokens
+carry the teacher's log-probs of the prompt's last two tokens; the check: an offset warning per row naming the
+shift -2).
 """
 
 from __future__ import annotations
@@ -407,6 +410,13 @@ def main() -> None:
     write("teacher_offset", offset, train_dump(offset, student, teacher, 1.0, 1.0, False),
           "teacher log-probs sliced [-R - 1:-1]: token j holds the teacher's log-prob of token j-1 (the check: an "
           "offset warning per row naming the teacher series)")
+    offset2 = rollout(student, teacher, tok, 1.0, 1.0, sglang_teacher=True, seed=0)
+    for s in offset2:        # the teacher slice taken two tokens early: [-R - 2:-2]
+        t = torch.tensor(input_token_logprobs(teacher, s.tokens, 1.0)[1:], dtype=torch.float32)
+        s.teacher_log_probs = t[-s.response_length - 2:-2]
+    write("teacher_offset_2", offset2, train_dump(offset2, student, teacher, 1.0, 1.0, False),
+          "teacher log-probs sliced [-R - 2:-2]: token j holds the teacher's log-prob of token j-2 (the check: an "
+          "offset warning per row naming the teacher series and the shift -2)")
     write_readme()
 
 

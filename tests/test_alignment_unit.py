@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import iwopd_kit as K
@@ -236,9 +237,38 @@ def test_a_teacher_series_sliced_one_token_early_is_an_offset_warning_on_its_row
     assert {f.message.split(" token(s)")[0] for f in _teacher_offsets(y, student, late)} == {"teacher log-probs look shifted by +1"}
 
 
+def _shifted_teacher(teacher: torch.Tensor, d: int) -> torch.Tensor:
+    """Token j holds the teacher's value of token j + d; the |d| tokens at the edge hold their neighbour's value
+    minus one nat (what a slice into the prompt or past the end carries: some other token's log-prob)."""
+    if d < 0:
+        return torch.cat([teacher[:, :1].expand(-1, -d) - 1.0, teacher[:, :d]], dim=1)
+    return torch.cat([teacher[:, d:], teacher[:, -1:].expand(-1, d) - 1.0], dim=1)
+
+
+@pytest.mark.parametrize("d", [-3, -2, 2, 3])
+def test_a_teacher_series_shifted_by_two_or_three_tokens_is_found_with_its_shift(d):
+    y, student, teacher = _teacher_case(0, sigma=0.5, independent=False)
+    found = _teacher_offsets(y, student, _shifted_teacher(teacher, d))
+    assert sorted(f.row for f in found) == list(range(y.shape[0])) and {f.severity for f in found} == {"warning"}
+    assert {f.message.split(" token(s)")[0] for f in found} == {f"teacher log-probs look shifted by {d:+d}"}
+    assert f"carries the teacher's log-prob of token j{d:+d} " in found[0].message
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0, 3.0, 5.0, 8.0])
+def test_a_healthy_teacher_is_not_called_shifted_at_any_distance_from_its_student(sigma):
+    """Teacher logits = the student's + N(0, sigma^2): the farther the teacher, the nearer every lag's fit comes
+    to lag 0's (from below), never 1.5x beyond it, at any of the lags |k| <= max_lag (3 seeds each); at sigma 8
+    teacher and student differ by nats on a typical token."""
+    for seed in range(3):
+        y, student, teacher = _teacher_case(seed, sigma=sigma, independent=False)
+        if sigma >= 5:
+            assert (teacher - student).abs().mean() > 1.0
+        assert _teacher_offsets(y, student, teacher) == []
+
+
 def test_an_early_training_student_far_from_its_teacher_is_no_teacher_offset():
     """Teacher logits independent of the student's (|teacher - student| ~ nats on every token): lag 0 fits no
-    better than +-1, but no shift fits 1.5x better either, so there is no finding (10 seeds)."""
+    better than any lag |k| <= max_lag, but no shift fits 1.5x better either, so there is no finding (10 seeds)."""
     for seed in range(10):
         y, student, teacher = _teacher_case(seed, sigma=0.0, independent=True)
         assert (teacher - student).abs().mean() > 1.0

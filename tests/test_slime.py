@@ -35,7 +35,7 @@ def test_dumps_load_weights_only_and_are_recognised():
     s = rollout["samples"][0]
     assert s["status"] == "completed" and isinstance(s["rollout_top_p_token_offsets"], torch.Tensor)
     assert {"log_probs", "ref_log_probs", "rollout_position", "sample_index", "loss_masks"} <= set(train["samples"][0])
-    for name in ("healthy", "top_p", "shift", "teacher_offset"):
+    for name in ("healthy", "top_p", "shift", "teacher_offset", "teacher_offset_2"):
         assert detect_format(DIR / name / "data_0.pt") == "slime"
         assert detect_format(DIR / name / "train_0.pt") == "slime_train"
 
@@ -181,6 +181,14 @@ def test_teacher_offset_is_read_one_token_early():
         assert b.teacher_logprobs[r][1:] != pytest.approx(healthy.teacher_logprobs[r][1:], abs=1e-3)
 
 
+def test_teacher_offset_2_is_read_two_tokens_early():
+    b, healthy = joined("teacher_offset_2"), joined("healthy")
+    assert b.completion_ids == healthy.completion_ids
+    for r in range(b.size):
+        assert b.teacher_logprobs[r][2:] == pytest.approx(healthy.teacher_logprobs[r][:-2], abs=1e-6)
+        assert b.teacher_logprobs[r][2:] != pytest.approx(healthy.teacher_logprobs[r][2:], abs=1e-3)
+
+
 def test_remove_sample_masks_the_whole_response():
     rollout, _ = dumps("healthy")
     rollout["samples"][3]["remove_sample"] = True
@@ -230,6 +238,17 @@ def test_teacher_offset_is_an_offset_warning_on_every_row_and_healthy_teachers_a
     assert all(f.message.startswith("teacher log-probs look shifted by -1 token(s)") for f in found)
     for name in ("healthy", "top_p", "shift"):
         assert not [f for f in K.check_alignment(joined(name)).findings if f.message.startswith("teacher log-probs")]
+
+
+def test_a_teacher_two_tokens_early_is_an_offset_warning_naming_the_shift_on_every_row():
+    """The scan covers every lag up to Tolerances.max_lag: the best, lag +2 (d = -2), fits 4.4x better than lag 0
+    here (docs/calibration.md), and the rollout-vs-student check stays silent (its series are healthy)."""
+    report = K.check_alignment(joined("teacher_offset_2"))
+    found = [f for f in report.findings if f.kind == "offset"]
+    assert sorted(f.row for f in found) == list(range(8)) and {f.severity for f in found} == {"warning"}
+    assert all(f.message.startswith("teacher log-probs look shifted by -2 token(s)") for f in found)
+    assert "[-R - 2:-2] slice" in found[0].message
+    assert not [f for f in report.findings if f.severity == "error" and f.kind == "offset"]
 
 
 def test_the_teacher_offset_finding_is_drawn_by_the_teacher_series():

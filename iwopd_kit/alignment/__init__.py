@@ -25,7 +25,7 @@ Where things live:
 - ``lags``: the segment-aware lag scan and the offset rule (``fit_shifts``; ``shifted_rows`` per row);
 - the detectors, by family: ``gap_rows`` (offset A, ordering L, padding F; 0.0 values: ``zeros``),
   ``gap_batch`` (temperature H, processed I, staleness J, fitted per group), ``numerics`` (M),
-  ``coverage`` (missing values B, teacher coverage C, truncation G; the teacher's one-token shift:
+  ``coverage`` (missing values B, teacher coverage C, truncation G; the teacher's shift by up to max_lag tokens:
   ``teacher_shift``, an offset warning), ``tokens`` (tokenizer mismatch D,
   BOS/EOS E; "stop" rows: ``stops``), ``normalisation`` (K);
 - ``check``: the ordered ``REGISTRY`` and ``check_alignment``; one class alone:

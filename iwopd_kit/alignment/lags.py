@@ -3,8 +3,9 @@
 ``lag_scan`` scores every lag in a window per row, ``row_lag_error`` a per-row lag, ``lag_pairs`` how
 many token pairs a lag compares, ``prompt_length_lags`` the shifts a batch-wide prompt-length slicing
 bug produces, ``segment_ids`` numbers the contiguous runs of a mask, ``segment_scan`` scores lags per
-segment, ``fit_shifts`` is the offset decision per segment (the rule class A reports and the views
-show), ``best_lags`` / ``shifted_rows`` its per-row summary.
+segment (``blocked_segment_scan``: over a whole batch, a block of rows at a time; the teacher-shift rule
+of ``teacher_shift.py`` scans with it too), ``fit_shifts`` is the offset decision per segment (the rule
+class A reports and the views show), ``best_lags`` / ``shifted_rows`` its per-row summary.
 
 Which tokens: the open policy tokens of :class:`~iwopd_kit.alignment.core.Context` (``batch.policy_mask()``
 with a finite rollout and trainer value, not yet explained); a pair (rollout[j + k], trainer[j]) counts
@@ -139,6 +140,27 @@ def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[sl
     return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
 
 
+def blocked_segment_scan(r: Tensor, s: Tensor, ok: Tensor, seg_all: Tensor, lags: Tensor, n_seg: int) -> tuple[Tensor, Tensor]:
+    """:func:`segment_scan` over the whole batch, a block of rows (:func:`row_blocks`) at a time.
+
+    ``r``, ``s`` [B, L] float64 (the shifted series r[j + k] is compared with s[j]), ``ok`` [B, L] bool,
+    ``seg_all`` [B, L] (``segment_ids``, numbered row-major over the batch), ``lags`` [B, n] per-row lags.
+    Returns ``(sum [n_seg, n], count [n_seg, n])`` (float64)."""
+    total = torch.zeros(n_seg, lags.shape[1], dtype=torch.float64)
+    count = torch.zeros_like(total)
+    for rows in row_blocks(r.shape[0], r.shape[1]):
+        seg = seg_all[rows]
+        if not bool((seg >= 0).any()):
+            continue
+        first = int(seg[seg >= 0].min())
+        n_here = int(seg.max()) + 1 - first
+        local = torch.where(seg >= 0, seg - first, seg)
+        tb, cb = segment_scan(r[rows], s[rows], ok[rows], local, lags[rows], n_here)
+        total[first:first + n_here] += tb
+        count[first:first + n_here] += cb
+    return total, count
+
+
 def _row_lags(flagged: Tensor, k: Tensor, e0: Tensor, e: Tensor) -> tuple[RowLag, ...]:
     """One :class:`RowLag` per row from [B] tensors: shift -``k`` and gap ``e`` where ``flagged``, else 0 and ``e0``."""
     rows = zip(flagged.tolist(), k.tolist(), e0.tolist(), e.tolist())
@@ -194,19 +216,8 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     lags = torch.cat([torch.arange(-tol.max_lag, tol.max_lag + 1)[None, :].expand(B, -1),
                       prompt_length_lags(batch.prompt_lengths)], dim=1)                     # [B, n]
     col0 = tol.max_lag
-    total = torch.zeros(S, lags.shape[1], dtype=torch.float64)
-    count = torch.zeros_like(total)
-    r, t = batch.series("rollout_logprobs", torch.float64), ctx.trainer()
-    for rows in row_blocks(B, batch.width):
-        seg = seg_all[rows]
-        first = int(seg[seg >= 0].min()) if bool((seg >= 0).any()) else 0
-        n_here = int(seg.max()) + 1 - first if bool((seg >= 0).any()) else 0
-        if n_here == 0:
-            continue
-        local = torch.where(seg >= 0, seg - first, seg)
-        tb, cb = segment_scan(r[rows], t[rows], ok[rows], local, lags[rows], n_here)
-        total[first:first + n_here] += tb
-        count[first:first + n_here] += cb
+    total, count = blocked_segment_scan(batch.series("rollout_logprobs", torch.float64), ctx.trainer(), ok, seg_all,
+                                        lags, S)
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     seg_open = torch.zeros(S, dtype=torch.long)
     if S:
@@ -317,5 +328,5 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
     return ShiftedRows(s.flagged, torch.where(s.flagged, s.row_k, s.best_k), s.e0, torch.where(s.flagged, s.e_row, s.e_best))
 
 
-__all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
+__all__ = ["row_blocks", "blocked_segment_scan", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
            "Shifts", "fit_shifts", "adopt_row_shift", "best_lags", "ShiftedRows", "shifted_rows"]

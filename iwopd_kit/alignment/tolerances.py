@@ -56,6 +56,12 @@ class Tolerances:
         token's log-prob by a smooth function of it, rounding moves it by noise of either sign (tiny
         student, 48 prompts x 3 seeds: T 0.7 / 0.9 / 1.5 gave |r| 0.95-0.97 / 0.91-0.95 / 0.63-0.77, a bf16
         trainer 0.07-0.17; 16 prompts of vLLM raw at T 0.7: 0.80).
+    teacher_lag_gain, teacher_wide_lag_gain, teacher_min_tokens, teacher_row_share: the teacher series is
+        called shifted against the student's when its best lag k != 0 (|k| <= ``max_lag``) fits
+        ``teacher_lag_gain`` times better than lag 0 (pooled mean |teacher - student|) at |k| = 1,
+        ``teacher_wide_lag_gain`` times at |k| >= 2, over at least ``teacher_min_tokens`` pairs, and at least
+        ``teacher_row_share`` of the rows fit better there (``teacher_shift.py``; healthy fixtures: at most
+        0.93 at |k| = 1, 1.47 at |k| >= 2).
     min_top_p: without recorded settings, the lowest top_p the data may suggest: a token whose
         trainer - rollout is below log(min_top_p) is not counted as renormalised.
     """
@@ -81,6 +87,7 @@ class Tolerances:
     temperature_r: float = 0.6
     temperature_min_tokens: int = 50
     teacher_lag_gain: float = 1.5
+    teacher_wide_lag_gain: float = 1.75
     teacher_min_tokens: int = 100
     teacher_row_share: float = 0.9
 
