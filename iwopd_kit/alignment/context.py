@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from .kinds import KINDS
+from .tensors import nanmean_rows, row_blocks, series_mask
 from .tolerances import FULL_PRECISION, Tolerances
 
 
@@ -68,6 +69,7 @@ class Context:
         self.policy = batch.policy_mask()
         self._gap: Tensor | None = None
         self._trainer: Tensor | None = None
+        self._rollout_zero: Tensor | None = None
         rows = sorted(set(explained_rows))
         if rows:
             self.explained[rows] = True
@@ -119,6 +121,19 @@ class Context:
     def gap(self, mask: Tensor) -> Tensor:
         """rollout - trainer [B, L] float64 on ``mask`` tokens, NaN elsewhere (a new tensor; needs :data:`PAIR`)."""
         return self.full_gap().masked_fill(~mask, float("nan"))
+
+    def row_abs_gap(self, mask: Tensor) -> Tensor:
+        """float64 [B]: mean |rollout - trainer| over each row's ``mask`` tokens (NaN for a row without any), i.e.
+        ``nanmean_rows(gap(mask).abs())``, computed per block of rows (no [B, L] float64 copy; needs PAIR)."""
+        fg, nan = self.full_gap(), float("nan")
+        return torch.cat([nanmean_rows(fg[r].masked_fill(~mask[r], nan).abs_())
+                          for r in row_blocks(self.batch.size, self.batch.width)])
+
+    def rollout_zero(self) -> Tensor:
+        """[B, L] bool: tokens whose rollout log-prob is exactly 0.0 (cached; needs ``rollout_logprobs``)."""
+        if self._rollout_zero is None:
+            self._rollout_zero = series_mask(self.batch, "rollout_logprobs", lambda x: x == 0.0)
+        return self._rollout_zero
 
     @property
     def checked(self) -> Tensor:

@@ -159,7 +159,6 @@ def find_processed(ctx: Context) -> list[Finding]:
     tol = ctx.tol
     out = _kept_info(ctx)
     gap = ctx.full_gap()
-    rollout = ctx.batch.series("rollout_logprobs", torch.float64)
     for name, rows in scopes(ctx):
         tokens = ctx.open() & rows[:, None]
         if not bool(tokens.any()):
@@ -174,7 +173,7 @@ def find_processed(ctx: Context) -> list[Finding]:
             continue
         ctx.mark("processed_logprobs", expl)
         b, j = first_position(big)
-        zeros = expl & (rollout == 0.0) & (delta < -tol.same)
+        zeros = expl & ctx.rollout_zero() & (delta < -tol.same)
         if floor.estimated:
             top_p = math.exp(float(masked(delta, expl).min()))
             how = (f"no settings recorded; rollout above the trainer on {int(big.sum())} of {int(tokens.sum())} tokens"

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .core import Context, Finding, gap_text
 from .lags import fit_shifts
-from .tensors import first_true, nanmean_rows, row_mask
-from .zeros import lone_final_eos, placeholder_text, zero_ambiguous, zero_floors, zero_placeholders
+from .tensors import first_true, nanmean_rows, row_blocks, row_mask, series_rows
+from .zeros import group_floors, lone_final_eos, placeholder_text, zero_ambiguous, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
@@ -120,7 +120,7 @@ def _zero_padded_rows(ctx: Context) -> list[Finding]:
         zero &= ~lone
     if not bool((zero | doubt).any()):
         return []
-    _, floors = zero_floors(ctx)
+    floors = group_floors(ctx)
     group = {}
     for name, rows in ctx.groups():
         group.update({b: name for b in rows.nonzero().flatten().tolist()})
@@ -145,7 +145,11 @@ def _zero_padded_rows(ctx: Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------- L: ordering
-def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+PAIRWISE_ELEMENTS = 1 << 18
+"""Elements per [c, B, probe] temporary of :func:`_pairwise_gap` (2 MB in float64)."""
+
+
+def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = PAIRWISE_ELEMENTS) -> tuple[Tensor, Tensor]:
     """Mean |rows[i, j] - student[c, j]| over the j where both have values, for every pair (i, c).
 
     ``rows`` [C, L], ``student`` [B, L] (NaN = no value). Returns ``(err [C, B], n [C, B])``; the
@@ -156,12 +160,32 @@ def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tu
     step = max(1, max_elems // max(1, B * L))
     errs, ns = [], []
     for i in range(0, C, step):
-        d = (rows[i : i + step, None, :] - student[None, :, :]).abs()   # [c, B, L]
+        d = (rows[i : i + step, None, :] - student[None, :, :]).abs_()  # [c, B, L]
         ok = ~d.isnan()
         n = ok.sum(-1)
         ns.append(n)
-        errs.append(torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(-1) / n)
+        errs.append(d.masked_fill_(~ok, 0.0).sum(-1) / n)
     return torch.cat(errs), torch.cat(ns)
+
+
+def _confirm(ctx: Context, opened: Tensor, idx: Tensor, best: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Over the full rows, per candidate ``idx[i]`` against its partner ``best[i]``: the number of token pairs with
+    both values, the mean and the max |rollout[idx] - trainer[best]| over them (``(n, mean, max)``, [C] each; NaN
+    mean for none, 0 max), computed per block of rows (no [C, L] float64 copy of the batch)."""
+    nan = float("nan")
+    t, checked = ctx.trainer(), ctx.checked
+    ns, means, maxs = [], [], []
+    for rows in row_blocks(ctx.batch.size, ctx.batch.width):
+        here = ((idx >= rows.start) & (idx < rows.stop)).nonzero().flatten()
+        if here.numel() == 0:
+            continue
+        c, p = idx[here], best[here]
+        r = series_rows(ctx.batch, "rollout_logprobs", c.tolist()).masked_fill_(~opened[c], nan)
+        d = r.sub_(t[p].masked_fill_(~checked[p], nan)).abs_()
+        ns.append((~d.isnan()).sum(1))
+        means.append(nanmean_rows(d))
+        maxs.append(d.nan_to_num_(nan=0.0).max(dim=1).values)
+    return torch.cat(ns), torch.cat(means), torch.cat(maxs)
 
 
 def find_ordering(ctx: Context) -> list[Finding]:
@@ -173,33 +197,32 @@ def find_ordering(ctx: Context) -> list[Finding]:
     matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding`` on every token) over at
     least 90% of its values. Reported when at least two rows are explained (a re-order moves two
     rows at least); the message gives the mapping rollout row -> trainer row. Cost: a vectorised
-    [C, B, 256] comparison on the first 256 positions picks each candidate's best partner, one
-    [C, L] comparison confirms it (nothing on a healthy batch).
+    [C, B, 256] comparison on the first 256 positions, in chunks of :data:`PAIRWISE_ELEMENTS`, picks each
+    candidate's best partner, one comparison of the full rows per block of rows confirms it (nothing on a
+    healthy batch); no [B, L] float64 copy beyond the context's cached series.
     """
     batch, tol = ctx.batch, ctx.tol
     opened = ctx.open()
     n_r = opened.sum(1)
-    e0 = nanmean_rows(ctx.gap(opened).abs_())
+    e0 = ctx.row_abs_gap(opened)
     cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag)
     idx = cand.nonzero().flatten()
     if idx.numel() < 2:
         return []
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    r = torch.where(opened, batch.series("rollout_logprobs", torch.float64), nan)
-    s = torch.where(ctx.checked, ctx.trainer(), nan)
+    nan = float("nan")
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
-    probe = min(r.shape[1], 256)
-    err, _ = _pairwise_gap(r[idx, :probe], s[:, :probe])
+    probe = min(batch.width, 256)
+    r = series_rows(batch, "rollout_logprobs", idx.tolist(), width=probe).masked_fill_(~opened[idx, :probe], nan)
+    s = ctx.trainer()[:, :probe].masked_fill(~ctx.checked[:, :probe], nan)
+    err, _ = _pairwise_gap(r, s)
+    del r, s
     err[torch.arange(idx.numel()), idx] = float("inf")                      # not itself
     best = torch.nan_to_num(err, nan=float("inf")).argmin(dim=1)
-    d = (r[idx] - s[best]).abs()
-    n = (~d.isnan()).sum(1)
-    best_err = nanmean_rows(d)
+    n, best_err, best_max = _confirm(ctx, opened, idx, best)
     need = torch.clamp(torch.ceil(0.9 * n_r[idx].double()), min=tol.min_tokens_for_lag)
     best_err = torch.where(best_err.isnan() | (n < need) | (best == idx), torch.full_like(best_err, float("inf")), best_err)
     # a moved row matches its partner token by token, within rounding (the *max*, not the mean: two confident rows
     # with mostly near-0 log-probs have a small mean gap without being the same series)
-    best_max = torch.nan_to_num(d, nan=0.0).max(dim=1).values
     matched = (best_err * tol.lag_gain <= e0[idx]) & (best_max <= tol.rounding)
     if int(matched.sum()) < 2:
         return []

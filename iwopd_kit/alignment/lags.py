@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from .core import Context, RowLag, Tolerances, one_thread
-from .tensors import nanmean_rows
+from .tensors import BLOCK_ELEMENTS, nanmean_rows, row_blocks, series_rows
 
 
 @one_thread()
@@ -129,16 +129,6 @@ def segment_scan(r: Tensor, s: Tensor, ok: Tensor, seg: Tensor, lags: Tensor, n_
     return total, count
 
 
-BLOCK_ELEMENTS = 1 << 16
-"""Tokens per block of rows in :func:`fit_shifts`: the scan's float64 temporaries stay O(block)."""
-
-
-def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
-    """Consecutive row slices of about ``elements`` tokens each (at least one row per slice)."""
-    step = max(1, elements // max(1, width))
-    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
-
-
 def _row_lags(flagged: Tensor, k: Tensor, e0: Tensor, e: Tensor) -> tuple[RowLag, ...]:
     """One :class:`RowLag` per row from [B] tensors: shift -``k`` and gap ``e`` where ``flagged``, else 0 and ``e0``."""
     rows = zip(flagged.tolist(), k.tolist(), e0.tolist(), e.tolist())
@@ -188,7 +178,6 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     tol, batch = ctx.tol, ctx.batch
     min_pairs = tol.min_tokens_for_lag if min_pairs is None else min_pairs
     ok = ctx.open()
-    seg_all = segment_ids(ctx.policy)
     segs = batch.segments(ctx.policy)
     S, B = len(segs), batch.size
     lags = torch.cat([torch.arange(-tol.max_lag, tol.max_lag + 1)[None, :].expand(B, -1),
@@ -196,22 +185,21 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     col0 = tol.max_lag
     total = torch.zeros(S, lags.shape[1], dtype=torch.float64)
     count = torch.zeros_like(total)
-    r, t = batch.series("rollout_logprobs", torch.float64), ctx.trainer()
+    seg_open = torch.zeros(S, dtype=torch.long)
+    t = ctx.trainer()
+    first = 0                  # segments are numbered row-major (segment_ids), so a block's are a contiguous range
     for rows in row_blocks(B, batch.width):
-        seg = seg_all[rows]
-        first = int(seg[seg >= 0].min()) if bool((seg >= 0).any()) else 0
-        n_here = int(seg.max()) + 1 - first if bool((seg >= 0).any()) else 0
-        if n_here == 0:
+        local = segment_ids(ctx.policy[rows])
+        n_here = int(local.max()) + 1 if local.numel() else 0
+        if n_here <= 0:
             continue
-        local = torch.where(seg >= 0, seg - first, seg)
-        tb, cb = segment_scan(r[rows], t[rows], ok[rows], local, lags[rows], n_here)
+        tb, cb = segment_scan(series_rows(batch, "rollout_logprobs", rows), t[rows], ok[rows], local, lags[rows], n_here)
         total[first:first + n_here] += tb
         count[first:first + n_here] += cb
-    seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
-    seg_open = torch.zeros(S, dtype=torch.long)
-    if S:
-        ids = seg_all[ok & (seg_all >= 0)]
+        ids = local[ok[rows] & (local >= 0)] + first
         seg_open.index_add_(0, ids, torch.ones_like(ids))
+        first += n_here
+    seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)
     seg_adopt = adopt_row_shift(total, count, lags[seg_rows] if S else lags[:0], seg_rows, seg_k, seg_e0, seg_eb,
                                 seg_flag, min_pairs, tol)

@@ -139,8 +139,10 @@ def find_numerics(ctx: Context) -> list[Finding]:
     opened = ctx.open()
     if not bool(opened.any()):
         return []
-    gap = ctx.gap(opened)
-    absg = gap.abs().nan_to_num_(nan=-1.0)
+    gap = ctx.full_gap()                      # finite on the open tokens: a pool is read there only
+    absg = gap.abs().masked_fill_(~opened, -1.0)
+    row_best = absg.argmax(dim=1)             # each row's worst token (the first of equals)
+    row_max = absg.gather(1, row_best[:, None]).squeeze(1)
     pools = [(n, r) for n, r in ctx.groups()] if ctx.batch.groups is not None else []
     out: list[Finding] = []
     for name, rows in pools + [(None, torch.ones(ctx.batch.size, dtype=torch.bool))]:
@@ -148,8 +150,9 @@ def find_numerics(ctx: Context) -> list[Finding]:
         v = judge_pool(ctx, masked(gap, tokens).neg_())
         if v["severity"] is None or (name is None and out) or (v["severity"] != "error" and name is not None):
             continue
-        worst = absg.masked_fill(~tokens, -1.0)
-        b, j = divmod(int(worst.argmax()), worst.shape[1])
+        # the pool's worst token, first in row-major order: the first row of the largest row max, at its worst
+        b = int(row_max.masked_fill(~rows, -1.0).argmax())
+        j = int(row_best[b])
         differ = tokens & (absg > tol.same)
         ctx.mark("numerics", differ, explains=v["severity"] != "error")
         out.append(Finding("numerics", b, j, v["severity"], _message(ctx, v, b, j, name), group=name))
