@@ -6,13 +6,15 @@ one with group A's rollout shifted by one token. Each stage runs in a fresh proc
 reader, ``read_step``), run the detectors before the probed one (the state it sees in ``check_alignment``), take
 the resident set, reset the peak counter (``/proc/self/clear_refs`` 5) and run the probed stage; the number is
 (``VmHWM`` - ``VmRSS`` before) / completion tokens, and what it leaves held (``VmRSS`` after - before: the
-``Context`` caches it filled). Stages: ``read`` (the step's batch, above the warm process),
+``Context`` caches it filled). Stages: ``read`` (the step's batch, above the warm process); before the others the check runs once on 8 rows
+of the step (its imports and code paths warm, as ``bench_scan.py``'s one-step scan does);
 each detector in run order (its ``run`` plus the driver's bookkeeping: the ``explained`` clone and the marking),
 ``summary`` (the report's gap stats and mismatch metrics) and ``check`` (the whole ``check_alignment``, from
 after the read). glibc's mmap threshold is fixed at 1 MB by default (``--glibc-default`` leaves it), so that a
 freed large buffer leaves the resident set at once and each stage's number is its own allocations.
 
     .venv/bin/python -m benchmarks.probe_check [--data DIR] [--ranks 2 --rows 256 --mean-len 2048]
+    .venv/bin/python -m benchmarks.probe_check --data DIR --stages trace   # running peak / held after each stage
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from benchmarks import scan_data
 
 CHILD = r"""
-import ctypes, json, sys
+import ctypes, dataclasses, json, sys
 cfg = json.loads(sys.argv[1])
 if not cfg["glibc_default"]:
     ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)          # M_MMAP_THRESHOLD fixed at 1 MB
@@ -59,11 +61,26 @@ out = {"tokens": tokens, "rows": batch.size, "width": batch.width}
 if stage == "read":
     out["peak"] = status("VmHWM") - base
     out["held"] = status("VmRSS") - base
+else:
+    C.check_alignment(batch.select(list(range(8))))      # warm: the check's code paths, on 8 rows of this step
+if stage == "read":
+    pass
 elif stage == "check":
     base = reset()
     rep = C.check_alignment(batch)
     out["peak"] = status("VmHWM") - base
     out["kinds"] = sorted(rep.kinds)
+elif stage == "trace":
+    base = reset()
+    ctx = Context(batch)
+    out["trace"] = []
+    with one_thread():
+        for det in C.run_order():
+            if det.unmet(ctx) is None:
+                C.run_detectors(ctx, (dataclasses.replace(det, runs_before=None),))
+            out["trace"].append((det.kind, status("VmHWM") - base, status("VmRSS") - base))
+        C._gap_summary(batch)
+        out["trace"].append(("summary", status("VmHWM") - base, status("VmRSS") - base))
 else:
     ctx = Context(batch)
     found = {}
@@ -124,6 +141,11 @@ def main() -> None:
     print(f"== {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} | {os.cpu_count()} CPUs | load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} | mmap threshold "
           f"{'glibc default' if args.glibc_default else 'fixed at 1 MB'}")
+    if stages == ["trace"]:                       # the check's running peak / held memory after each stage
+        for name, run in runs.items():
+            r = probe(run, "trace", args.glibc_default)
+            print(f"{name}: " + ", ".join(f"{k} {p / r['tokens']:.0f}/{h / r['tokens']:.0f}" for k, p, h in r["trace"]))
+        return
     res = {name: {s: probe(run, s, args.glibc_default) for s in stages} for name, run in runs.items()}
     first = next(iter(res["healthy"].values()))
     print(f"step: {first['rows']} rows, width {first['width']}, {first['tokens']:,} completion tokens")

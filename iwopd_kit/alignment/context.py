@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from .kinds import KINDS
-from .tensors import nanmean_rows, row_blocks, series_mask
+from .tensors import nanmean_rows, row_blocks, series_mask, series_rows
 from .tolerances import FULL_PRECISION, Tolerances
 
 
@@ -102,10 +102,19 @@ class Context:
             return torch.zeros(b.size, b.width, dtype=torch.bool)
         return torch.isfinite(b.series("kept_logmass", torch.float64))
 
+    def series64(self, name: str) -> Tensor:
+        """``batch.series(name, torch.float64)`` (the same values), filled per block of rows: no flat float64 copy of
+        the stored (float32) values on top of the [B, L] result."""
+        b = self.batch
+        out = torch.empty(b.size, b.width, dtype=torch.float64)
+        for rows in row_blocks(b.size, b.width):
+            out[rows] = series_rows(b, name, rows)
+        return out
+
     def trainer(self) -> Tensor:
         """float64 [B, L]: the student log-prob, minus ``kept_logmass`` on :meth:`kept_adjusted` tokens (needs PAIR)."""
         if self._trainer is None:
-            s = self.batch.series("student_logprobs", torch.float64)
+            s = self.series64("student_logprobs")
             adj = self.kept_adjusted()
             if bool(adj.any()):
                 s = torch.where(adj, s - self.batch.series("kept_logmass", torch.float64), s)
@@ -115,12 +124,16 @@ class Context:
     def full_gap(self) -> Tensor:
         """float64 [B, L]: rollout - trainer on every completion token (NaN where a value is missing). Cached."""
         if self._gap is None:
-            self._gap = self.batch.series("rollout_logprobs", torch.float64).sub_(self.trainer())
+            self._gap = self.series64("rollout_logprobs").sub_(self.trainer())
         return self._gap
 
     def gap(self, mask: Tensor) -> Tensor:
         """rollout - trainer [B, L] float64 on ``mask`` tokens, NaN elsewhere (a new tensor; needs :data:`PAIR`)."""
         return self.full_gap().masked_fill(~mask, float("nan"))
+
+    def release(self) -> None:
+        """Drop the cached float64 series (trainer, gap) and the 0.0 mask; they are rebuilt on the next use."""
+        self._gap = self._trainer = self._rollout_zero = None
 
     def row_abs_gap(self, mask: Tensor) -> Tensor:
         """float64 [B]: mean |rollout - trainer| over each row's ``mask`` tokens (NaN for a row without any), i.e.

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..objective import iw_opd_loss
 from .core import Context, Finding
 from .numerics import find_numerics, judge_pool
-from .tensors import first_position, first_true, masked
+from .tensors import first_position, first_true, masked, row_blocks
 from .zeros import group_floor
 
 
@@ -294,17 +294,16 @@ def find_staleness(ctx: Context) -> list[Finding]:
 def _stale(ctx: Context, tokens: Tensor) -> tuple[float, float, int] | None:
     """(mean gap, t, rows) when the ``tokens`` [B, L] show the staleness signature, else None."""
     tol = ctx.tol
-    gap = ctx.gap(tokens)
-    has = ~gap.isnan()
-    n_b = has.sum(1)
+    gap = ctx.full_gap()                  # finite on the open tokens, which ``tokens`` are
+    n_b = tokens.sum(1)
     rows = n_b >= tol.min_tokens_for_lag
     if int(rows.sum()) < tol.stale_min_rows:
         return None
-    has &= rows[:, None]
-    vals = masked(gap, has)
+    vals = masked(gap, tokens & rows[:, None])
     if float(torch.linalg.vector_norm(vals, 1)) / vals.numel() <= tol.same:      # mean |gap|, no float copy
         return None
-    means = (gap.nan_to_num_(0.0).sum(1) / n_b)[rows]
+    sums = torch.cat([gap[r].masked_fill(~tokens[r], 0.0).sum(1) for r in row_blocks(ctx.batch.size, ctx.batch.width)])
+    means = (sums / n_b)[rows]
     if not (bool((means > 0).all()) or bool((means < 0).all())):
         return None
     mu, sd = float(vals.mean()), float(vals.std())

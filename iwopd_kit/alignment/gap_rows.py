@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .core import Context, Finding, gap_text
 from .lags import fit_shifts
-from .tensors import first_true, nanmean_rows, row_blocks, row_mask, series_rows
+from .tensors import first_true, masked, nanmean_rows, row_blocks, row_mask, series_rows
 from .zeros import group_floors, lone_final_eos, placeholder_text, zero_ambiguous, zero_placeholders
 
 
@@ -261,15 +261,14 @@ def find_padding(ctx: Context) -> list[Finding]:
     P = torch.tensor(batch.prompt_lengths)
     pad_amt = P.max() - P
     valid = ctx.open()
-    a = ctx.gap(valid).abs()
-    row_gap = nanmean_rows(a)
+    row_gap = ctx.row_abs_gap(valid)
     has = ~row_gap.isnan()
     zero, padded = has & (pad_amt == 0), has & (pad_amt > 0)
     if not (bool(zero.any()) and bool(padded.any())):
         return []
-    ref = valid & zero[:, None] & ~a.isnan()                  # the unpadded rows' tokens
-    if ctx.low_precision(a[ref]):
-        noise = max(tol.same, float(a[ref].mean()))
+    ref = masked(ctx.full_gap(), valid & zero[:, None]).abs_()        # |gap| on the unpadded rows' tokens (finite)
+    if ctx.low_precision(ref):
+        noise = max(tol.same, float(ref.mean()))
         if not bool((row_gap[padded] > tol.lag_gain * noise).all()):
             return []
     elif bool((row_gap[zero] > tol.same / tol.lag_gain).any()) or not bool((row_gap[padded] > tol.same).all()):
@@ -279,7 +278,8 @@ def find_padding(ctx: Context) -> list[Finding]:
         rho = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
         if not rho > 0:
             return []
-    first = first_true(valid & (a > tol.same))
+    fg = ctx.full_gap()
+    first = first_true(valid & torch.cat([fg[r].abs() > tol.same for r in row_blocks(batch.size, batch.width)]))
     n_zero = int(zero.sum())
     ctx.mark("padding", valid & padded[:, None])
     return [Finding(
