@@ -79,6 +79,7 @@ elif stage == "trace":
             if det.unmet(ctx) is None:
                 C.run_detectors(ctx, (dataclasses.replace(det, runs_before=None),))
             out["trace"].append((det.kind, status("VmHWM") - base, status("VmRSS") - base))
+        ctx.release()
         C._gap_summary(batch)
         out["trace"].append(("summary", status("VmHWM") - base, status("VmRSS") - base))
 else:

@@ -70,6 +70,7 @@ class Context:
         self._gap: Tensor | None = None
         self._trainer: Tensor | None = None
         self._rollout_zero: Tensor | None = None
+        self._checked: Tensor | None = None
         rows = sorted(set(explained_rows))
         if rows:
             self.explained[rows] = True
@@ -132,8 +133,8 @@ class Context:
         return self.full_gap().masked_fill(~mask, float("nan"))
 
     def release(self) -> None:
-        """Drop the cached float64 series (trainer, gap) and the 0.0 mask; they are rebuilt on the next use."""
-        self._gap = self._trainer = self._rollout_zero = None
+        """Drop the cached float64 series (trainer, gap) and the masks; they are rebuilt on the next use."""
+        self._gap = self._trainer = self._rollout_zero = self._checked = None
 
     def row_abs_gap(self, mask: Tensor) -> Tensor:
         """float64 [B]: mean |rollout - trainer| over each row's ``mask`` tokens (NaN for a row without any), i.e.
@@ -150,10 +151,14 @@ class Context:
 
     @property
     def checked(self) -> Tensor:
-        """[B, L] bool: policy tokens with a finite rollout and trainer value (all False without PAIR)."""
+        """[B, L] bool: policy tokens with a finite rollout and trainer value (all False without PAIR; a copy of the
+        cached mask)."""
         if not self.has_pair:
             return torch.zeros_like(self.policy)
-        return self.policy & torch.isfinite(self.full_gap())
+        if self._checked is None:                # per block of rows: isfinite makes a float |x| copy of its input
+            g = self.full_gap()
+            self._checked = self.policy & torch.cat([torch.isfinite(g[r]) for r in row_blocks(*g.shape)])
+        return self._checked.clone()
 
     def open(self) -> Tensor:
         """[B, L] bool: checked tokens no finding has explained yet (what a gap detector reads)."""

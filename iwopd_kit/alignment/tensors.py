@@ -96,8 +96,8 @@ def first_true(m: Tensor) -> Tensor:
 def last_true(m: Tensor) -> Tensor:
     """Index of the last True per row of a [B, L] bool tensor (-1 for a row without any)."""
     L = m.shape[1]
-    idx = torch.arange(L).expand_as(m)
-    return torch.where(m, idx, torch.full_like(idx, -1)).max(dim=1).values
+    last = (L - 1) - m.flip(1).to(torch.int8).argmax(dim=1)        # no [B, L] int64 index tensor
+    return last.masked_fill_(~m.any(1), -1)
 
 
 def at(x: Tensor, idx: Tensor) -> Tensor:
