@@ -79,8 +79,8 @@ def find_temperature(ctx: Context) -> list[Finding]:
     opened = ctx.open()
     if not bool(opened.any()):
         return []
-    gap = ctx.gap(opened)
-    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off the open tokens)
+    gap = ctx.full_gap()                    # read on open tokens only (every mask below is inside ``opened``)
+    big = (gap > tol.same).logical_or_(gap < -tol.same).logical_and_(opened)    # open tokens with |gap| > same
     if not bool(big.any()):
         return []
     roll_T = batch.sampling.logprob_temperature if batch.sampling is not None else None
