@@ -1,7 +1,7 @@
 """Whether two versions of the kit give the same ``AlignmentReport``s: findings (kind, row, position, severity, text,
 group), ``token_kinds``, ``explained``, ``checked``, ``row_lags``, stats, metrics, group metrics and the unchecked
 classes, bit for bit, on every fixture under data/fixtures/ (the JSONL fixtures with their tokenizers, and each step of
-the framework fixture runs), on generated re-ordered batches, and on the runs given with ``--run`` (each step, e.g.
+the framework fixture runs), on generated re-ordered batches and one with ``kept_logmass``, and on the runs given with ``--run`` (each step, e.g.
 the large steps of ``probe_check.py --data DIR``).
 
     cd /tmp && PYTHONPATH=OLD:REPO python -m benchmarks.same_reports dump old.pkl [--run DIR ...]  # OLD: the old iwopd_kit
@@ -50,6 +50,22 @@ def _reordered(n_rows: int, length: int, moved: int, seed: int):
                    student_logprobs=cut(student), groups=["AB"[b % 2] for b in range(n_rows)])
 
 
+def _kept(n_rows: int, length: int, seed: int):
+    """A batch whose rollout log-probs are renormalised over a kept set with ``kept_logmass`` recorded on every other
+    token (the trainer series is student - kept_logmass there), a few rollout values at exactly 0.0."""
+    import iwopd_kit as K
+
+    rng = np.random.default_rng(seed)
+    lp = np.minimum(-rng.exponential(1.0, (n_rows, length)), -1e-6)
+    kept = -rng.exponential(0.05, (n_rows, length))
+    roll = np.minimum(lp - kept, -1e-7).astype(np.float32).astype(np.float64)
+    roll[:, ::37] = 0.0
+    kept_rows = [[float(k) if j % 2 == 0 else None for j, k in enumerate(row)] for row in kept]
+    return K.Batch(prompt_ids=[[1, 2, 3]] * n_rows, completion_ids=rng.integers(0, 1000, (n_rows, length)).tolist(),
+                   rollout_logprobs=roll.tolist(), student_logprobs=lp.tolist(), kept_logmass=kept_rows,
+                   groups=["AB"[b % 2] for b in range(n_rows)])
+
+
 def dump(out: Path, runs: list[str]) -> None:
     import iwopd_kit as K
     from iwopd_kit.run.batches import read_step
@@ -72,6 +88,7 @@ def dump(out: Path, runs: list[str]) -> None:
                 res[f"{run} step {sf.step}"] = _summary(K.check_alignment(batch))
     for n_rows, length, moved in ((16, 40, 4), (96, 700, 40), (600, 300, 256)):
         res[f"reordered {n_rows}x{length} ({moved} moved)"] = _summary(K.check_alignment(_reordered(n_rows, length, moved, 0)))
+    res["kept_logmass 40x300"] = _summary(K.check_alignment(_kept(40, 300, 0)))
     out.write_bytes(pickle.dumps(res))
     print(f"{len(res)} reports -> {out}", file=sys.stderr)
 

@@ -7,14 +7,14 @@ Coordinate frame: [B, L] completion coordinates (token j = the j-th generated to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..batch import Batch
 from .kinds import KINDS
-from .tensors import nanmean_rows, row_blocks, series_mask, series_rows
+from .tensors import masked, nanmean_rows, row_blocks, series_mask, series_rows
 from .tolerances import FULL_PRECISION, Tolerances
 
 
@@ -68,7 +68,6 @@ class Context:
         self.explained = torch.zeros((B, L), dtype=torch.bool)
         self.policy = batch.policy_mask()
         self._gap: Tensor | None = None
-        self._trainer: Tensor | None = None
         self._rollout_zero: Tensor | None = None
         self._checked: Tensor | None = None
         rows = sorted(set(explained_rows))
@@ -103,29 +102,39 @@ class Context:
             return torch.zeros(b.size, b.width, dtype=torch.bool)
         return torch.isfinite(b.series("kept_logmass", torch.float64))
 
-    def series64(self, name: str) -> Tensor:
-        """``batch.series(name, torch.float64)`` (the same values), filled per block of rows: no flat float64 copy of
-        the stored (float32) values on top of the [B, L] result."""
+    def trainer_rows(self, rows: slice | Sequence[int], width: int | None = None) -> Tensor:
+        """float64 [len(rows), width]: :meth:`trainer` on those rows (and the first ``width`` columns, default all),
+        built from the packed series of those rows only (the same values, bit for bit)."""
+        b = self.batch
+        s = series_rows(b, "student_logprobs", rows, width=width)
+        if b.has("kept_logmass") and not (b.sampling is not None and b.sampling.logprobs_mode == "raw_logprobs"):
+            k = series_rows(b, "kept_logmass", rows, width=width)
+            s = torch.where(torch.isfinite(k), s - k, s)          # kept_adjusted() on these rows
+        return s
+
+    def masked_trainer(self, mask: Tensor) -> Tensor:
+        """``masked(trainer(), mask)``: the flat trainer values of the ``mask`` tokens ([B, L] bool) in row-major
+        order, built per block of rows."""
+        return torch.cat([masked(self.trainer_rows(r), mask[r]) for r in row_blocks(self.batch.size, self.batch.width)])
+
+    def trainer(self) -> Tensor:
+        """float64 [B, L]: the student log-prob, minus ``kept_logmass`` on :meth:`kept_adjusted` tokens (needs PAIR).
+        A new tensor (not cached: the detectors read it per block of rows, :meth:`trainer_rows`)."""
         b = self.batch
         out = torch.empty(b.size, b.width, dtype=torch.float64)
         for rows in row_blocks(b.size, b.width):
-            out[rows] = series_rows(b, name, rows)
+            out[rows] = self.trainer_rows(rows)
         return out
 
-    def trainer(self) -> Tensor:
-        """float64 [B, L]: the student log-prob, minus ``kept_logmass`` on :meth:`kept_adjusted` tokens (needs PAIR)."""
-        if self._trainer is None:
-            s = self.series64("student_logprobs")
-            adj = self.kept_adjusted()
-            if bool(adj.any()):
-                s = torch.where(adj, s - self.batch.series("kept_logmass", torch.float64), s)
-            self._trainer = s
-        return self._trainer
-
     def full_gap(self) -> Tensor:
-        """float64 [B, L]: rollout - trainer on every completion token (NaN where a value is missing). Cached."""
+        """float64 [B, L]: rollout - trainer on every completion token (NaN where a value is missing). Cached; built
+        per block of rows."""
         if self._gap is None:
-            self._gap = self.series64("rollout_logprobs").sub_(self.trainer())
+            b = self.batch
+            g = torch.empty(b.size, b.width, dtype=torch.float64)
+            for rows in row_blocks(b.size, b.width):
+                g[rows] = series_rows(b, "rollout_logprobs", rows).sub_(self.trainer_rows(rows))
+            self._gap = g
         return self._gap
 
     def gap(self, mask: Tensor) -> Tensor:
@@ -133,8 +142,8 @@ class Context:
         return self.full_gap().masked_fill(~mask, float("nan"))
 
     def release(self) -> None:
-        """Drop the cached float64 series (trainer, gap) and the masks; they are rebuilt on the next use."""
-        self._gap = self._trainer = self._rollout_zero = self._checked = None
+        """Drop the cached float64 gap and the masks; they are rebuilt on the next use."""
+        self._gap = self._rollout_zero = self._checked = None
 
     def row_abs_gap(self, mask: Tensor) -> Tensor:
         """float64 [B]: mean |rollout - trainer| over each row's ``mask`` tokens (NaN for a row without any), i.e.

@@ -98,18 +98,17 @@ def find_temperature(ctx: Context) -> list[Finding]:
                 f"position {j}); score at T={roll_T:g} or sample with logprobs_mode='processed_logprobs'",
             )]
         return []
-    t = ctx.trainer()
     out = []
     for name, rows in scopes(ctx):
         tokens = ctx.open() & rows[:, None]
         hit = tokens & big
-        if not bool(hit.any()) or _gap_pattern(masked(gap, hit), masked(t, hit), tol.min_tokens_for_pattern) != "temperature":
+        if not bool(hit.any()) or _gap_pattern(masked(gap, hit), ctx.masked_trainer(hit), tol.min_tokens_for_pattern) != "temperature":
             continue
         severity, r = "error", None
         if judge_pool(ctx, masked(gap, tokens).neg_())["severity"] != "error":
             # bf16 rounding also grows with |log-prob|, but with either sign: within the bounds, only a signed
             # gap that follows the log-prob names a temperature (a warning)
-            r = _signed_r(masked(gap, hit), masked(t, hit), tol.temperature_min_tokens)
+            r = _signed_r(masked(gap, hit), ctx.masked_trainer(hit), tol.temperature_min_tokens)
             if r is None or abs(r) < tol.temperature_r:
                 continue
             severity = "warning"
@@ -129,7 +128,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
     for b in ((left & big).sum(1) >= tol.min_tokens_for_pattern).nonzero().flatten().tolist():
         row = left[b]
         hit = row & big[b]
-        if _gap_pattern(gap[b][hit], t[b][hit], tol.min_tokens_for_pattern) != "temperature":
+        if _gap_pattern(gap[b][hit], ctx.trainer_rows([b])[0][hit], tol.min_tokens_for_pattern) != "temperature":
             continue
         if judge_pool(ctx, -gap[b][row])["severity"] != "error":
             continue

@@ -125,14 +125,13 @@ def _zero_padded_rows(ctx: Context) -> list[Finding]:
     for name, rows in ctx.groups():
         group.update({b: name for b in rows.nonzero().flatten().tolist()})
     ctx.mark("offset", zero | doubt)
-    t = ctx.trainer()
     out = []
     for mask, sev in ((zero, "error"), (doubt, "warning")):
         first, count = first_true(mask), mask.sum(1)
         for b in (count > 0).nonzero().flatten().tolist():
             j = int(first[b])
             head = (f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where "
-                    f"the trainer gives {float(t[b, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
+                    f"the trainer gives {float(ctx.trainer_rows([b])[0, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
             if sev == "error":
                 text = (f"{head}: padding values on real tokens, as when a rollout series shorter than its completion, or "
                         "shifted against it, is padded with 0.0 (TRL pads rollout log-probs with 0.0); index the rollout "
@@ -173,7 +172,7 @@ def _confirm(ctx: Context, opened: Tensor, idx: Tensor, best: Tensor) -> tuple[T
     both values, the mean and the max |rollout[idx] - trainer[best]| over them (``(n, mean, max)``, [C] each; NaN
     mean for none, 0 max), computed per block of rows (no [C, L] float64 copy of the batch)."""
     nan = float("nan")
-    t, checked = ctx.trainer(), ctx.checked
+    checked = ctx.checked
     ns, means, maxs = [], [], []
     for rows in row_blocks(ctx.batch.size, ctx.batch.width):
         here = ((idx >= rows.start) & (idx < rows.stop)).nonzero().flatten()
@@ -181,7 +180,7 @@ def _confirm(ctx: Context, opened: Tensor, idx: Tensor, best: Tensor) -> tuple[T
             continue
         c, p = idx[here], best[here]
         r = series_rows(ctx.batch, "rollout_logprobs", c.tolist()).masked_fill_(~opened[c], nan)
-        d = r.sub_(t[p].masked_fill_(~checked[p], nan)).abs_()
+        d = r.sub_(ctx.trainer_rows(p.tolist()).masked_fill_(~checked[p], nan)).abs_()
         ns.append((~d.isnan()).sum(1))
         means.append(nanmean_rows(d))
         maxs.append(d.nan_to_num_(nan=0.0).max(dim=1).values)
@@ -213,7 +212,7 @@ def find_ordering(ctx: Context) -> list[Finding]:
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
     probe = min(batch.width, 256)
     r = series_rows(batch, "rollout_logprobs", idx.tolist(), width=probe).masked_fill_(~opened[idx, :probe], nan)
-    s = ctx.trainer()[:, :probe].masked_fill(~ctx.checked[:, :probe], nan)
+    s = ctx.trainer_rows(slice(None), width=probe).masked_fill_(~ctx.checked[:, :probe], nan)
     err, _ = _pairwise_gap(r, s)
     del r, s
     err[torch.arange(idx.numel()), idx] = float("inf")                      # not itself

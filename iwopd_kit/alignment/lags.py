@@ -186,14 +186,13 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     total = torch.zeros(S, lags.shape[1], dtype=torch.float64)
     count = torch.zeros_like(total)
     seg_open = torch.zeros(S, dtype=torch.long)
-    t = ctx.trainer()
     first = 0                  # segments are numbered row-major (segment_ids), so a block's are a contiguous range
     for rows in row_blocks(B, batch.width):
         local = segment_ids(ctx.policy[rows])
         n_here = int(local.max()) + 1 if local.numel() else 0
         if n_here <= 0:
             continue
-        tb, cb = segment_scan(series_rows(batch, "rollout_logprobs", rows), t[rows], ok[rows], local, lags[rows], n_here)
+        tb, cb = segment_scan(series_rows(batch, "rollout_logprobs", rows), ctx.trainer_rows(rows), ok[rows], local, lags[rows], n_here)
         total[first:first + n_here] += tb
         count[first:first + n_here] += cb
         ids = local[ok[rows] & (local >= 0)] + first

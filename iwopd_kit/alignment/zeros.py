@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from .core import Context, Tolerances
-from .tensors import masked
+from .tensors import masked, row_blocks
 
 
 def nucleus_floor(batch: Batch) -> float:
@@ -135,9 +135,11 @@ def zero_placeholders(batch: Batch, tol: Tolerances, valid: Tensor | None = None
     valid = ctx.open() if valid is None else valid & ctx.checked
     floors = group_floors(ctx, valid)
     zero = valid & ctx.rollout_zero()
-    t, out = ctx.trainer(), torch.zeros_like(zero)
-    for name, rows in ctx.groups():                  # the groups partition the rows: one floor per row
-        out |= zero & rows[:, None] & (t < floors[name].zero)
+    out, groups = torch.zeros_like(zero), ctx.groups()
+    for r in row_blocks(ctx.batch.size, ctx.batch.width):
+        t = ctx.trainer_rows(r)
+        for name, rows in groups:                    # the groups partition the rows: one floor per row
+            out[r] |= zero[r] & rows[r, None] & (t < floors[name].zero)
     return out
 
 
@@ -148,12 +150,15 @@ def zero_ambiguous(ctx: Context, valid: Tensor | None = None) -> Tensor:
         return torch.zeros(ctx.batch.size, ctx.batch.width, dtype=torch.bool)
     valid = ctx.open() if valid is None else valid & ctx.checked
     out = torch.zeros_like(valid)
-    t = ctx.trainer()
     zero = valid & ctx.rollout_zero()
-    for name, rows in ctx.groups():
-        f = group_floor(ctx, valid & rows[:, None])
-        if f.sure is not None:
-            out |= zero & rows[:, None] & (t >= f.zero) & (t < f.sure)
+    floors = [(rows, group_floor(ctx, valid & rows[:, None])) for _, rows in ctx.groups()]
+    floors = [(rows, f) for rows, f in floors if f.sure is not None]
+    if not floors:
+        return out
+    for r in row_blocks(ctx.batch.size, ctx.batch.width):
+        t = ctx.trainer_rows(r)
+        for rows, f in floors:
+            out[r] |= zero[r] & rows[r, None] & (t >= f.zero) & (t < f.sure)
     return out
 
 
