@@ -304,5 +304,5 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
     return ShiftedRows(s.flagged, torch.where(s.flagged, s.row_k, s.best_k), s.e0, torch.where(s.flagged, s.e_row, s.e_best))
 
 
-__all__ = ["row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
+__all__ = ["BLOCK_ELEMENTS", "row_blocks", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
            "Shifts", "fit_shifts", "adopt_row_shift", "best_lags", "ShiftedRows", "shifted_rows"]
