@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..batch.blocks import masked, nanmean_rows, row_blocks, series_mask, series_rows
 from .kinds import KINDS
-from .tensors import masked, nanmean_rows, row_blocks, series_mask, series_rows
 from .tolerances import FULL_PRECISION, Tolerances
 
 
