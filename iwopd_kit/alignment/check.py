@@ -148,6 +148,8 @@ def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, stud
                   num_items=num_items, reduction=reduction)
     with one_thread():
         findings, reasons = run_detectors(ctx)
+        checked = ctx.checked
+        ctx.release()                         # the [B, L] float64 caches go before the summary's flat copies
         stats, metrics, groups, why = _gap_summary(batch)
         if why is not None:
             reasons[MISMATCH] = why
@@ -155,7 +157,7 @@ def check_alignment(batch: Batch, tolerances: Tolerances = Tolerances(), *, stud
     return AlignmentReport(findings=findings, stats=stats, unchecked=[k for k in kinds if k in reasons],
                            unchecked_reasons={k: reasons[k] for k in kinds if k in reasons}, metrics=metrics,
                            group_metrics=groups, row_lags=ctx.row_lags, token_kinds=ctx.token_kinds,
-                           explained=ctx.explained, checked=ctx.checked)
+                           explained=ctx.explained, checked=checked)
 
 
 __all__ = ["MISMATCH", "REGISTRY", "run_order", "detector", "run_detectors", "check_alignment"]

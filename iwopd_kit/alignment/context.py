@@ -7,12 +7,13 @@ Coordinate frame: [B, L] completion coordinates (token j = the j-th generated to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..batch.blocks import masked, nanmean_rows, row_blocks, series_mask, series_rows
 from .kinds import KINDS
 from .tolerances import FULL_PRECISION, Tolerances
 
@@ -67,7 +68,8 @@ class Context:
         self.explained = torch.zeros((B, L), dtype=torch.bool)
         self.policy = batch.policy_mask()
         self._gap: Tensor | None = None
-        self._trainer: Tensor | None = None
+        self._rollout_zero: Tensor | None = None
+        self._checked: Tensor | None = None
         rows = sorted(set(explained_rows))
         if rows:
             self.explained[rows] = True
@@ -100,32 +102,72 @@ class Context:
             return torch.zeros(b.size, b.width, dtype=torch.bool)
         return torch.isfinite(b.series("kept_logmass", torch.float64))
 
+    def trainer_rows(self, rows: slice | Sequence[int], width: int | None = None) -> Tensor:
+        """float64 [len(rows), width]: :meth:`trainer` on those rows (and the first ``width`` columns, default all),
+        built from the packed series of those rows only (the same values, bit for bit)."""
+        b = self.batch
+        s = series_rows(b, "student_logprobs", rows, width=width)
+        if b.has("kept_logmass") and not (b.sampling is not None and b.sampling.logprobs_mode == "raw_logprobs"):
+            k = series_rows(b, "kept_logmass", rows, width=width)
+            s = torch.where(torch.isfinite(k), s - k, s)          # kept_adjusted() on these rows
+        return s
+
+    def masked_trainer(self, mask: Tensor) -> Tensor:
+        """``masked(trainer(), mask)``: the flat trainer values of the ``mask`` tokens ([B, L] bool) in row-major
+        order, built per block of rows."""
+        return torch.cat([masked(self.trainer_rows(r), mask[r]) for r in row_blocks(self.batch.size, self.batch.width)])
+
     def trainer(self) -> Tensor:
-        """float64 [B, L]: the student log-prob, minus ``kept_logmass`` on :meth:`kept_adjusted` tokens (needs PAIR)."""
-        if self._trainer is None:
-            s = self.batch.series("student_logprobs", torch.float64)
-            adj = self.kept_adjusted()
-            if bool(adj.any()):
-                s = torch.where(adj, s - self.batch.series("kept_logmass", torch.float64), s)
-            self._trainer = s
-        return self._trainer
+        """float64 [B, L]: the student log-prob, minus ``kept_logmass`` on :meth:`kept_adjusted` tokens (needs PAIR).
+        A new tensor (not cached: the detectors read it per block of rows, :meth:`trainer_rows`)."""
+        b = self.batch
+        out = torch.empty(b.size, b.width, dtype=torch.float64)
+        for rows in row_blocks(b.size, b.width):
+            out[rows] = self.trainer_rows(rows)
+        return out
 
     def full_gap(self) -> Tensor:
-        """float64 [B, L]: rollout - trainer on every completion token (NaN where a value is missing). Cached."""
+        """float64 [B, L]: rollout - trainer on every completion token (NaN where a value is missing). Cached; built
+        per block of rows."""
         if self._gap is None:
-            self._gap = self.batch.series("rollout_logprobs", torch.float64).sub_(self.trainer())
+            b = self.batch
+            g = torch.empty(b.size, b.width, dtype=torch.float64)
+            for rows in row_blocks(b.size, b.width):
+                g[rows] = series_rows(b, "rollout_logprobs", rows).sub_(self.trainer_rows(rows))
+            self._gap = g
         return self._gap
 
     def gap(self, mask: Tensor) -> Tensor:
         """rollout - trainer [B, L] float64 on ``mask`` tokens, NaN elsewhere (a new tensor; needs :data:`PAIR`)."""
         return self.full_gap().masked_fill(~mask, float("nan"))
 
+    def release(self) -> None:
+        """Drop the cached float64 gap and the masks; they are rebuilt on the next use."""
+        self._gap = self._rollout_zero = self._checked = None
+
+    def row_abs_gap(self, mask: Tensor) -> Tensor:
+        """float64 [B]: mean |rollout - trainer| over each row's ``mask`` tokens (NaN for a row without any), i.e.
+        ``nanmean_rows(gap(mask).abs())``, computed per block of rows (no [B, L] float64 copy; needs PAIR)."""
+        fg, nan = self.full_gap(), float("nan")
+        return torch.cat([nanmean_rows(fg[r].masked_fill(~mask[r], nan).abs_())
+                          for r in row_blocks(self.batch.size, self.batch.width)])
+
+    def rollout_zero(self) -> Tensor:
+        """[B, L] bool: tokens whose rollout log-prob is exactly 0.0 (cached; needs ``rollout_logprobs``)."""
+        if self._rollout_zero is None:
+            self._rollout_zero = series_mask(self.batch, "rollout_logprobs", lambda x: x == 0.0)
+        return self._rollout_zero
+
     @property
     def checked(self) -> Tensor:
-        """[B, L] bool: policy tokens with a finite rollout and trainer value (all False without PAIR)."""
+        """[B, L] bool: policy tokens with a finite rollout and trainer value (all False without PAIR; a copy of the
+        cached mask)."""
         if not self.has_pair:
             return torch.zeros_like(self.policy)
-        return self.policy & torch.isfinite(self.full_gap())
+        if self._checked is None:                # per block of rows: isfinite makes a float |x| copy of its input
+            g = self.full_gap()
+            self._checked = self.policy & torch.cat([torch.isfinite(g[r]) for r in row_blocks(*g.shape)])
+        return self._checked.clone()
 
     def open(self) -> Tensor:
         """[B, L] bool: checked tokens no finding has explained yet (what a gap detector reads)."""

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .core import SIDES, Context, Finding, value_text
 from .teacher_shift import find_teacher_offset
-from .tensors import first_position, first_true, last_true
+from .tensors import first_position, first_true, last_true, series_mask
 
 
 def find_missing(ctx: Context) -> list[Finding]:
@@ -100,7 +100,7 @@ def find_truncation(ctx: Context) -> list[Finding]:
     for side, name in SIDES:
         if not batch.has(name):
             continue
-        fin = valid & torch.isfinite(batch.series(name, torch.float64))
+        fin = valid & series_mask(batch, name, torch.isfinite)
         last_fin = last_true(fin)
         tail_rows = ((last_fin >= 0) & (last_fin < last_valid)).nonzero().flatten().tolist()
         if not tail_rows:

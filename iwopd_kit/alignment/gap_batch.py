@@ -19,7 +19,7 @@ from torch import Tensor
 from ..objective import iw_opd_loss
 from .core import Context, Finding
 from .numerics import find_numerics, judge_pool
-from .tensors import first_position, first_true, masked
+from .tensors import first_position, first_true, masked, row_blocks
 from .zeros import group_floor
 
 
@@ -79,8 +79,8 @@ def find_temperature(ctx: Context) -> list[Finding]:
     opened = ctx.open()
     if not bool(opened.any()):
         return []
-    gap = ctx.gap(opened)
-    big = (gap > tol.same).logical_or_(gap < -tol.same)    # |gap| > same (NaN off the open tokens)
+    gap = ctx.full_gap()                    # read on open tokens only (every mask below is inside ``opened``)
+    big = (gap > tol.same).logical_or_(gap < -tol.same).logical_and_(opened)    # open tokens with |gap| > same
     if not bool(big.any()):
         return []
     roll_T = batch.sampling.logprob_temperature if batch.sampling is not None else None
@@ -98,18 +98,17 @@ def find_temperature(ctx: Context) -> list[Finding]:
                 f"position {j}); score at T={roll_T:g} or sample with logprobs_mode='processed_logprobs'",
             )]
         return []
-    t = ctx.trainer()
     out = []
     for name, rows in scopes(ctx):
         tokens = ctx.open() & rows[:, None]
         hit = tokens & big
-        if not bool(hit.any()) or _gap_pattern(masked(gap, hit), masked(t, hit), tol.min_tokens_for_pattern) != "temperature":
+        if not bool(hit.any()) or _gap_pattern(masked(gap, hit), ctx.masked_trainer(hit), tol.min_tokens_for_pattern) != "temperature":
             continue
         severity, r = "error", None
         if judge_pool(ctx, masked(gap, tokens).neg_())["severity"] != "error":
             # bf16 rounding also grows with |log-prob|, but with either sign: within the bounds, only a signed
             # gap that follows the log-prob names a temperature (a warning)
-            r = _signed_r(masked(gap, hit), masked(t, hit), tol.temperature_min_tokens)
+            r = _signed_r(masked(gap, hit), ctx.masked_trainer(hit), tol.temperature_min_tokens)
             if r is None or abs(r) < tol.temperature_r:
                 continue
             severity = "warning"
@@ -129,7 +128,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
     for b in ((left & big).sum(1) >= tol.min_tokens_for_pattern).nonzero().flatten().tolist():
         row = left[b]
         hit = row & big[b]
-        if _gap_pattern(gap[b][hit], t[b][hit], tol.min_tokens_for_pattern) != "temperature":
+        if _gap_pattern(gap[b][hit], ctx.trainer_rows([b])[0][hit], tol.min_tokens_for_pattern) != "temperature":
             continue
         if judge_pool(ctx, -gap[b][row])["severity"] != "error":
             continue
@@ -159,7 +158,6 @@ def find_processed(ctx: Context) -> list[Finding]:
     tol = ctx.tol
     out = _kept_info(ctx)
     gap = ctx.full_gap()
-    rollout = ctx.batch.series("rollout_logprobs", torch.float64)
     for name, rows in scopes(ctx):
         tokens = ctx.open() & rows[:, None]
         if not bool(tokens.any()):
@@ -174,7 +172,7 @@ def find_processed(ctx: Context) -> list[Finding]:
             continue
         ctx.mark("processed_logprobs", expl)
         b, j = first_position(big)
-        zeros = expl & (rollout == 0.0) & (delta < -tol.same)
+        zeros = expl & ctx.rollout_zero() & (delta < -tol.same)
         if floor.estimated:
             top_p = math.exp(float(masked(delta, expl).min()))
             how = (f"no settings recorded; rollout above the trainer on {int(big.sum())} of {int(tokens.sum())} tokens"
@@ -295,17 +293,16 @@ def find_staleness(ctx: Context) -> list[Finding]:
 def _stale(ctx: Context, tokens: Tensor) -> tuple[float, float, int] | None:
     """(mean gap, t, rows) when the ``tokens`` [B, L] show the staleness signature, else None."""
     tol = ctx.tol
-    gap = ctx.gap(tokens)
-    has = ~gap.isnan()
-    n_b = has.sum(1)
+    gap = ctx.full_gap()                  # finite on the open tokens, which ``tokens`` are
+    n_b = tokens.sum(1)
     rows = n_b >= tol.min_tokens_for_lag
     if int(rows.sum()) < tol.stale_min_rows:
         return None
-    has &= rows[:, None]
-    vals = masked(gap, has)
+    vals = masked(gap, tokens & rows[:, None])
     if float(torch.linalg.vector_norm(vals, 1)) / vals.numel() <= tol.same:      # mean |gap|, no float copy
         return None
-    means = (gap.nan_to_num_(0.0).sum(1) / n_b)[rows]
+    sums = torch.cat([gap[r].masked_fill(~tokens[r], 0.0).sum(1) for r in row_blocks(ctx.batch.size, ctx.batch.width)])
+    means = (sums / n_b)[rows]
     if not (bool((means > 0).all()) or bool((means < 0).all())):
         return None
     mu, sd = float(vals.mean()), float(vals.std())

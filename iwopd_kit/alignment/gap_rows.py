@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .core import Context, Finding, gap_text
 from .lags import fit_shifts
-from .tensors import first_true, nanmean_rows, row_mask
-from .zeros import lone_final_eos, placeholder_text, zero_ambiguous, zero_floors, zero_placeholders
+from .tensors import first_true, masked, nanmean_rows, row_blocks, row_mask, series_rows
+from .zeros import group_floors, lone_final_eos, placeholder_text, zero_ambiguous, zero_placeholders
 
 
 def find_offset(ctx: Context) -> list[Finding]:
@@ -120,19 +120,18 @@ def _zero_padded_rows(ctx: Context) -> list[Finding]:
         zero &= ~lone
     if not bool((zero | doubt).any()):
         return []
-    _, floors = zero_floors(ctx)
+    floors = group_floors(ctx)
     group = {}
     for name, rows in ctx.groups():
         group.update({b: name for b in rows.nonzero().flatten().tolist()})
     ctx.mark("offset", zero | doubt)
-    t = ctx.trainer()
     out = []
     for mask, sev in ((zero, "error"), (doubt, "warning")):
         first, count = first_true(mask), mask.sum(1)
         for b in (count > 0).nonzero().flatten().tolist():
             j = int(first[b])
             head = (f"{int(count[b])} valid token(s) carry a rollout log-prob of exactly 0.0 (first at position {j}, where "
-                    f"the trainer gives {float(t[b, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
+                    f"the trainer gives {float(ctx.trainer_rows([b])[0, j]):.3g}; {placeholder_text(batch, floors[group[b]])})")
             if sev == "error":
                 text = (f"{head}: padding values on real tokens, as when a rollout series shorter than its completion, or "
                         "shifted against it, is padded with 0.0 (TRL pads rollout log-probs with 0.0); index the rollout "
@@ -145,7 +144,11 @@ def _zero_padded_rows(ctx: Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------- L: ordering
-def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+PAIRWISE_ELEMENTS = 1 << 18
+"""Elements per [c, B, probe] temporary of :func:`_pairwise_gap` (2 MB in float64)."""
+
+
+def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = PAIRWISE_ELEMENTS) -> tuple[Tensor, Tensor]:
     """Mean |rows[i, j] - student[c, j]| over the j where both have values, for every pair (i, c).
 
     ``rows`` [C, L], ``student`` [B, L] (NaN = no value). Returns ``(err [C, B], n [C, B])``; the
@@ -156,12 +159,32 @@ def _pairwise_gap(rows: Tensor, student: Tensor, max_elems: int = 1 << 22) -> tu
     step = max(1, max_elems // max(1, B * L))
     errs, ns = [], []
     for i in range(0, C, step):
-        d = (rows[i : i + step, None, :] - student[None, :, :]).abs()   # [c, B, L]
+        d = (rows[i : i + step, None, :] - student[None, :, :]).abs_()  # [c, B, L]
         ok = ~d.isnan()
         n = ok.sum(-1)
         ns.append(n)
-        errs.append(torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(-1) / n)
+        errs.append(d.masked_fill_(~ok, 0.0).sum(-1) / n)
     return torch.cat(errs), torch.cat(ns)
+
+
+def _confirm(ctx: Context, opened: Tensor, idx: Tensor, best: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Over the full rows, per candidate ``idx[i]`` against its partner ``best[i]``: the number of token pairs with
+    both values, the mean and the max |rollout[idx] - trainer[best]| over them (``(n, mean, max)``, [C] each; NaN
+    mean for none, 0 max), computed per block of rows (no [C, L] float64 copy of the batch)."""
+    nan = float("nan")
+    checked = ctx.checked
+    ns, means, maxs = [], [], []
+    for rows in row_blocks(ctx.batch.size, ctx.batch.width):
+        here = ((idx >= rows.start) & (idx < rows.stop)).nonzero().flatten()
+        if here.numel() == 0:
+            continue
+        c, p = idx[here], best[here]
+        r = series_rows(ctx.batch, "rollout_logprobs", c.tolist()).masked_fill_(~opened[c], nan)
+        d = r.sub_(ctx.trainer_rows(p.tolist()).masked_fill_(~checked[p], nan)).abs_()
+        ns.append((~d.isnan()).sum(1))
+        means.append(nanmean_rows(d))
+        maxs.append(d.nan_to_num_(nan=0.0).max(dim=1).values)
+    return torch.cat(ns), torch.cat(means), torch.cat(maxs)
 
 
 def find_ordering(ctx: Context) -> list[Finding]:
@@ -173,33 +196,32 @@ def find_ordering(ctx: Context) -> list[Finding]:
     matches its rollout series ``tol.lag_gain`` times better (and within ``tol.rounding`` on every token) over at
     least 90% of its values. Reported when at least two rows are explained (a re-order moves two
     rows at least); the message gives the mapping rollout row -> trainer row. Cost: a vectorised
-    [C, B, 256] comparison on the first 256 positions picks each candidate's best partner, one
-    [C, L] comparison confirms it (nothing on a healthy batch).
+    [C, B, 256] comparison on the first 256 positions, in chunks of :data:`PAIRWISE_ELEMENTS`, picks each
+    candidate's best partner, one comparison of the full rows per block of rows confirms it (nothing on a
+    healthy batch); no [B, L] float64 copy beyond the context's cached series.
     """
     batch, tol = ctx.batch, ctx.tol
     opened = ctx.open()
     n_r = opened.sum(1)
-    e0 = nanmean_rows(ctx.gap(opened).abs_())
+    e0 = ctx.row_abs_gap(opened)
     cand = (e0 > tol.same) & (n_r >= tol.min_tokens_for_lag)
     idx = cand.nonzero().flatten()
     if idx.numel() < 2:
         return []
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    r = torch.where(opened, batch.series("rollout_logprobs", torch.float64), nan)
-    s = torch.where(ctx.checked, ctx.trainer(), nan)
+    nan = float("nan")
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
-    probe = min(r.shape[1], 256)
-    err, _ = _pairwise_gap(r[idx, :probe], s[:, :probe])
+    probe = min(batch.width, 256)
+    r = series_rows(batch, "rollout_logprobs", idx.tolist(), width=probe).masked_fill_(~opened[idx, :probe], nan)
+    s = ctx.trainer_rows(slice(None), width=probe).masked_fill_(~ctx.checked[:, :probe], nan)
+    err, _ = _pairwise_gap(r, s)
+    del r, s
     err[torch.arange(idx.numel()), idx] = float("inf")                      # not itself
     best = torch.nan_to_num(err, nan=float("inf")).argmin(dim=1)
-    d = (r[idx] - s[best]).abs()
-    n = (~d.isnan()).sum(1)
-    best_err = nanmean_rows(d)
+    n, best_err, best_max = _confirm(ctx, opened, idx, best)
     need = torch.clamp(torch.ceil(0.9 * n_r[idx].double()), min=tol.min_tokens_for_lag)
     best_err = torch.where(best_err.isnan() | (n < need) | (best == idx), torch.full_like(best_err, float("inf")), best_err)
     # a moved row matches its partner token by token, within rounding (the *max*, not the mean: two confident rows
     # with mostly near-0 log-probs have a small mean gap without being the same series)
-    best_max = torch.nan_to_num(d, nan=0.0).max(dim=1).values
     matched = (best_err * tol.lag_gain <= e0[idx]) & (best_max <= tol.rounding)
     if int(matched.sum()) < 2:
         return []
@@ -238,15 +260,14 @@ def find_padding(ctx: Context) -> list[Finding]:
     P = torch.tensor(batch.prompt_lengths)
     pad_amt = P.max() - P
     valid = ctx.open()
-    a = ctx.gap(valid).abs()
-    row_gap = nanmean_rows(a)
+    row_gap = ctx.row_abs_gap(valid)
     has = ~row_gap.isnan()
     zero, padded = has & (pad_amt == 0), has & (pad_amt > 0)
     if not (bool(zero.any()) and bool(padded.any())):
         return []
-    ref = valid & zero[:, None] & ~a.isnan()                  # the unpadded rows' tokens
-    if ctx.low_precision(a[ref]):
-        noise = max(tol.same, float(a[ref].mean()))
+    ref = masked(ctx.full_gap(), valid & zero[:, None]).abs_()        # |gap| on the unpadded rows' tokens (finite)
+    if ctx.low_precision(ref):
+        noise = max(tol.same, float(ref.mean()))
         if not bool((row_gap[padded] > tol.lag_gain * noise).all()):
             return []
     elif bool((row_gap[zero] > tol.same / tol.lag_gain).any()) or not bool((row_gap[padded] > tol.same).all()):
@@ -256,7 +277,8 @@ def find_padding(ctx: Context) -> list[Finding]:
         rho = float(torch.corrcoef(torch.stack([x, y]))[0, 1])
         if not rho > 0:
             return []
-    first = first_true(valid & (a > tol.same))
+    fg = ctx.full_gap()
+    first = first_true(valid & torch.cat([fg[r].abs() > tol.same for r in row_blocks(batch.size, batch.width)]))
     n_zero = int(zero.sum())
     ctx.mark("padding", valid & padded[:, None])
     return [Finding(

@@ -21,13 +21,14 @@ by d has token j carrying the rollout log-prob of token j + d.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from ..batch import Batch
 from .core import Context, RowLag, Tolerances, one_thread
-from .tensors import nanmean_rows
+from .tensors import BLOCK_ELEMENTS, nanmean_rows, row_blocks, series_rows
 
 
 @one_thread()
@@ -130,35 +131,31 @@ def segment_scan(r: Tensor, s: Tensor, ok: Tensor, seg: Tensor, lags: Tensor, n_
     return total, count
 
 
-BLOCK_ELEMENTS = 1 << 16
-"""Tokens per block of rows in :func:`fit_shifts`: the scan's float64 temporaries stay O(block)."""
+def blocked_segment_scan(r_rows: Callable[[slice], Tensor], s_rows: Callable[[slice], Tensor], ok: Tensor,
+                         mask: Tensor, lags: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`segment_scan` over the whole batch, a block of rows (``row_blocks``) at a time, so no [B, L] float64
+    copy of either series is made.
 
-
-def row_blocks(rows: int, width: int, elements: int = BLOCK_ELEMENTS) -> list[slice]:
-    """Consecutive row slices of about ``elements`` tokens each (at least one row per slice)."""
-    step = max(1, elements // max(1, width))
-    return [slice(i, min(rows, i + step)) for i in range(0, rows, step)]
-
-
-def blocked_segment_scan(r: Tensor, s: Tensor, ok: Tensor, seg_all: Tensor, lags: Tensor, n_seg: int) -> tuple[Tensor, Tensor]:
-    """:func:`segment_scan` over the whole batch, a block of rows (:func:`row_blocks`) at a time.
-
-    ``r``, ``s`` [B, L] float64 (the shifted series r[j + k] is compared with s[j]), ``ok`` [B, L] bool,
-    ``seg_all`` [B, L] (``segment_ids``, numbered row-major over the batch), ``lags`` [B, n] per-row lags.
-    Returns ``(sum [n_seg, n], count [n_seg, n])`` (float64)."""
-    total = torch.zeros(n_seg, lags.shape[1], dtype=torch.float64)
-    count = torch.zeros_like(total)
-    for rows in row_blocks(r.shape[0], r.shape[1]):
-        seg = seg_all[rows]
-        if not bool((seg >= 0).any()):
+    ``r_rows(rows)``, ``s_rows(rows)`` give the [rows, L] float64 series of a block of rows (the shifted series
+    r[j + k] is compared with s[j]); ``ok`` [B, L] bool (the tokens that may pair); ``mask`` [B, L] bool, whose
+    contiguous runs (:func:`segment_ids`, never across rows) are the segments; ``lags`` [B, n] per-row lags.
+    Returns ``(sum [S, n], count [S, n], open [S])`` over the S segments of ``mask`` in row-major order (float64,
+    float64, long: ``open`` counts each segment's ``ok`` tokens)."""
+    totals, counts, opens = [], [], []
+    for rows in row_blocks(*ok.shape):
+        seg = segment_ids(mask[rows])
+        n_here = int(seg.max()) + 1 if seg.numel() else 0
+        if n_here <= 0:
             continue
-        first = int(seg[seg >= 0].min())
-        n_here = int(seg.max()) + 1 - first
-        local = torch.where(seg >= 0, seg - first, seg)
-        tb, cb = segment_scan(r[rows], s[rows], ok[rows], local, lags[rows], n_here)
-        total[first:first + n_here] += tb
-        count[first:first + n_here] += cb
-    return total, count
+        tb, cb = segment_scan(r_rows(rows), s_rows(rows), ok[rows], seg, lags[rows], n_here)
+        ids = seg[ok[rows] & (seg >= 0)]
+        totals.append(tb)
+        counts.append(cb)
+        opens.append(torch.zeros(n_here, dtype=torch.long).index_add_(0, ids, torch.ones_like(ids)))
+    n = lags.shape[1]
+    if not totals:
+        return torch.zeros(0, n, dtype=torch.float64), torch.zeros(0, n, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+    return torch.cat(totals), torch.cat(counts), torch.cat(opens)
 
 
 def _row_lags(flagged: Tensor, k: Tensor, e0: Tensor, e: Tensor) -> tuple[RowLag, ...]:
@@ -210,19 +207,16 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     tol, batch = ctx.tol, ctx.batch
     min_pairs = tol.min_tokens_for_lag if min_pairs is None else min_pairs
     ok = ctx.open()
-    seg_all = segment_ids(ctx.policy)
     segs = batch.segments(ctx.policy)
     S, B = len(segs), batch.size
     lags = torch.cat([torch.arange(-tol.max_lag, tol.max_lag + 1)[None, :].expand(B, -1),
                       prompt_length_lags(batch.prompt_lengths)], dim=1)                     # [B, n]
     col0 = tol.max_lag
-    total, count = blocked_segment_scan(batch.series("rollout_logprobs", torch.float64), ctx.trainer(), ok, seg_all,
-                                        lags, S)
-    seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
-    seg_open = torch.zeros(S, dtype=torch.long)
-    if S:
-        ids = seg_all[ok & (seg_all >= 0)]
+    total, count, seg_open = blocked_segment_scan(lambda rows: series_rows(batch, "rollout_logprobs", rows),
+                                                  ctx.trainer_rows, ok, ctx.policy, lags)
         seg_open.index_add_(0, ids, torch.ones_like(ids))
+        first += n_here
+    seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)
     seg_adopt = adopt_row_shift(total, count, lags[seg_rows] if S else lags[:0], seg_rows, seg_k, seg_e0, seg_eb,
                                 seg_flag, min_pairs, tol)
@@ -328,5 +322,5 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
     return ShiftedRows(s.flagged, torch.where(s.flagged, s.row_k, s.best_k), s.e0, torch.where(s.flagged, s.e_row, s.e_best))
 
 
-__all__ = ["row_blocks", "blocked_segment_scan", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
+__all__ = ["BLOCK_ELEMENTS", "row_blocks", "blocked_segment_scan", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
            "Shifts", "fit_shifts", "adopt_row_shift", "best_lags", "ShiftedRows", "shifted_rows"]

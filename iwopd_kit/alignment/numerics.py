@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
 from .core import FULL_PRECISION, Context, Finding
-from .tensors import masked
+from .tensors import masked, row_blocks
 
 _SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 MULT = "mismatch/token_mult_prob_error"
@@ -139,8 +139,14 @@ def find_numerics(ctx: Context) -> list[Finding]:
     opened = ctx.open()
     if not bool(opened.any()):
         return []
-    gap = ctx.gap(opened)
-    absg = gap.abs().nan_to_num_(nan=-1.0)
+    gap = ctx.full_gap()                      # finite on the open tokens: a pool is read there only
+    row_best, row_max, big = [], [], []       # per row: its worst open token (the first of equals), its |gap|
+    for r in row_blocks(ctx.batch.size, ctx.batch.width):
+        absg = gap[r].abs().masked_fill_(~opened[r], -1.0)
+        row_best.append(absg.argmax(dim=1))
+        row_max.append(absg.gather(1, row_best[-1][:, None]).squeeze(1))
+        big.append(absg > tol.same)
+    row_best, row_max, big = torch.cat(row_best), torch.cat(row_max), torch.cat(big)
     pools = [(n, r) for n, r in ctx.groups()] if ctx.batch.groups is not None else []
     out: list[Finding] = []
     for name, rows in pools + [(None, torch.ones(ctx.batch.size, dtype=torch.bool))]:
@@ -148,9 +154,10 @@ def find_numerics(ctx: Context) -> list[Finding]:
         v = judge_pool(ctx, masked(gap, tokens).neg_())
         if v["severity"] is None or (name is None and out) or (v["severity"] != "error" and name is not None):
             continue
-        worst = absg.masked_fill(~tokens, -1.0)
-        b, j = divmod(int(worst.argmax()), worst.shape[1])
-        differ = tokens & (absg > tol.same)
+        # the pool's worst token, first in row-major order: the first row of the largest row max, at its worst
+        b = int(row_max.masked_fill(~rows, -1.0).argmax())
+        j = int(row_best[b])
+        differ = tokens & big
         ctx.mark("numerics", differ, explains=v["severity"] != "error")
         out.append(Finding("numerics", b, j, v["severity"], _message(ctx, v, b, j, name), group=name))
     return out

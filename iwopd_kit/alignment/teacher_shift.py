@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from .core import Context, Finding, gap_text
-from .lags import blocked_segment_scan, segment_ids
+from .lags import blocked_segment_scan
+from .tensors import series_mask, series_rows
 
 
 def teacher_lags(max_lag: int) -> Tensor:
@@ -47,15 +48,13 @@ def teacher_lag_fit(ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
 
     Returns ``(lags [2K + 1], total [B, 2K + 1], count [B, 2K + 1])`` (float64)."""
     batch = ctx.batch
-    t = batch.series("teacher_logprobs", torch.float64)
-    s = batch.series("student_logprobs", torch.float64)
-    ok = ctx.policy & torch.isfinite(t) & torch.isfinite(s)
-    t, s = t.masked_fill(~ok, 0.0), s.masked_fill(~ok, 0.0)
+    ok = ctx.policy & series_mask(batch, "teacher_logprobs", torch.isfinite) & series_mask(batch, "student_logprobs", torch.isfinite)
     lags = teacher_lags(ctx.tol.max_lag)
-    B = t.shape[0]
-    seg = segment_ids(ctx.policy)
+    B = batch.size
     segs = batch.segments(ctx.policy)
-    seg_total, seg_count = blocked_segment_scan(t, s, ok, seg, lags[None, :].expand(B, -1), len(segs))
+    seg_total, seg_count, _ = blocked_segment_scan(lambda rows: series_rows(batch, "teacher_logprobs", rows),
+                                                   lambda rows: series_rows(batch, "student_logprobs", rows),
+                                                   ok, ctx.policy, lags[None, :].expand(B, -1))
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     total = torch.zeros(B, lags.numel(), dtype=torch.float64).index_add_(0, seg_rows, seg_total)
     count = torch.zeros_like(total).index_add_(0, seg_rows, seg_count)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..batch.blocks import BLOCK_ELEMENTS, masked, nanmean_rows, row_blocks, series_mask, series_rows  # noqa: F401 (re-exported)
 
 
 def stored_series(batch: Batch, name: str) -> Tensor:
@@ -15,26 +16,11 @@ def stored_series(batch: Batch, name: str) -> Tensor:
     return batch.series(name, batch.packed(name).values.dtype)
 
 
-def masked(x: Tensor, mask: Tensor) -> Tensor:
-    """``x[mask]`` (a flat copy of the selected values) without the int64 index tensor torch's boolean
-    indexing builds (16 bytes per element of ``x``): numpy's boolean indexing, for CPU tensors without grad."""
-    if x.device.type != "cpu" or x.requires_grad or mask.device.type != "cpu":
-        return x[mask]
-    return torch.from_numpy(x.contiguous().numpy()[mask.contiguous().numpy()])
-
-
-
 def first_position(m: Tensor) -> tuple[int, int]:
     """``(row, position)`` of the first True of a [B, L] bool tensor in row-major order (which must have
     one), without ``nonzero`` (which lists every True as two int64)."""
     i = int(m.reshape(-1).to(torch.int8).argmax())
     return divmod(i, m.shape[1])
-
-
-def nanmean_rows(d: Tensor) -> Tensor:
-    """Mean over dim 1 ignoring NaN (NaN for a row without values); faster than torch.nanmean."""
-    ok = ~d.isnan()
-    return torch.where(ok, d, torch.zeros((), dtype=d.dtype)).sum(1) / ok.sum(1)
 
 
 def row_mask(n: int, rows: frozenset[int] | set[int]) -> Tensor:
@@ -53,8 +39,8 @@ def first_true(m: Tensor) -> Tensor:
 def last_true(m: Tensor) -> Tensor:
     """Index of the last True per row of a [B, L] bool tensor (-1 for a row without any)."""
     L = m.shape[1]
-    idx = torch.arange(L).expand_as(m)
-    return torch.where(m, idx, torch.full_like(idx, -1)).max(dim=1).values
+    last = (L - 1) - m.flip(1).to(torch.int8).argmax(dim=1)        # no [B, L] int64 index tensor
+    return last.masked_fill_(~m.any(1), -1)
 
 
 def at(x: Tensor, idx: Tensor) -> Tensor:
@@ -62,4 +48,4 @@ def at(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx[:, None]).squeeze(1)
 
 
-__all__ = ["stored_series", "masked", "first_position", "nanmean_rows", "row_mask", "first_true", "last_true", "at"]
+__all__ = ["BLOCK_ELEMENTS", "row_blocks", "series_rows", "series_mask", "stored_series", "masked", "first_position", "nanmean_rows", "row_mask", "first_true", "last_true", "at"]

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from .core import Context, Tolerances
-from .tensors import masked
+from .tensors import masked, row_blocks
 
 
 def nucleus_floor(batch: Batch) -> float:
@@ -99,7 +99,7 @@ def group_floor(ctx: Context, tokens: Tensor) -> Floor:
     none = Floor(-tol.zero_slack, 0.0, None, False)
     if not may_estimate(batch):
         return none
-    nz = tokens & (batch.series("rollout_logprobs", torch.float64) != 0.0)
+    nz = tokens & ~ctx.rollout_zero()
     gap = masked(ctx.full_gap(), nz)
     if not topp_signature(gap, tol):
         return none if batch.sampling is not None else Floor(math.log(tol.min_top_p), 0.0, None, False, -tol.zero_slack)
@@ -109,16 +109,19 @@ def group_floor(ctx: Context, tokens: Tensor) -> Floor:
     return Floor(math.log(top_p) - tol.nucleus_slack, math.log(tol.min_top_p), top_p, True)
 
 
+def group_floors(ctx: Context, tokens: Tensor | None = None) -> dict[str | None, Floor]:
+    """The floor of each group by name (:func:`group_floor` over ``tokens``, default the open tokens)."""
+    tokens = ctx.open() if tokens is None else tokens
+    return {name: group_floor(ctx, tokens & rows[:, None]) for name, rows in ctx.groups()}
+
+
 def zero_floors(ctx: Context, tokens: Tensor | None = None) -> tuple[Tensor, dict[str | None, Floor]]:
     """Per token [B, L] float64, the floor of its group (:func:`group_floor` over ``tokens``, default the open
     tokens), and the floor of each group by name."""
-    tokens = ctx.open() if tokens is None else tokens
+    floors = group_floors(ctx, tokens)
     out = torch.zeros(ctx.batch.size, ctx.batch.width, dtype=torch.float64)
-    floors = {}
     for name, rows in ctx.groups():
-        f = group_floor(ctx, tokens & rows[:, None])
-        floors[name] = f
-        out[rows] = f.zero
+        out[rows] = floors[name].zero
     return out, floors
 
 
@@ -130,9 +133,14 @@ def zero_placeholders(batch: Batch, tol: Tolerances, valid: Tensor | None = None
     if not ctx.has_pair:
         return torch.zeros(batch.size, batch.width, dtype=torch.bool)
     valid = ctx.open() if valid is None else valid & ctx.checked
-    floor, _ = zero_floors(ctx, valid)
-    zero = valid & (batch.series("rollout_logprobs", torch.float64) == 0.0)
-    return zero & (ctx.trainer() < floor)
+    floors = group_floors(ctx, valid)
+    zero = valid & ctx.rollout_zero()
+    out, groups = torch.zeros_like(zero), ctx.groups()
+    for r in row_blocks(ctx.batch.size, ctx.batch.width):
+        t = ctx.trainer_rows(r)
+        for name, rows in groups:                    # the groups partition the rows: one floor per row
+            out[r] |= zero[r] & rows[r, None] & (t < floors[name].zero)
+    return out
 
 
 def zero_ambiguous(ctx: Context, valid: Tensor | None = None) -> Tensor:
@@ -142,12 +150,15 @@ def zero_ambiguous(ctx: Context, valid: Tensor | None = None) -> Tensor:
         return torch.zeros(ctx.batch.size, ctx.batch.width, dtype=torch.bool)
     valid = ctx.open() if valid is None else valid & ctx.checked
     out = torch.zeros_like(valid)
-    t = ctx.trainer()
-    zero = valid & (ctx.batch.series("rollout_logprobs", torch.float64) == 0.0)
-    for name, rows in ctx.groups():
-        f = group_floor(ctx, valid & rows[:, None])
-        if f.sure is not None:
-            out |= zero & rows[:, None] & (t >= f.zero) & (t < f.sure)
+    zero = valid & ctx.rollout_zero()
+    floors = [(rows, group_floor(ctx, valid & rows[:, None])) for _, rows in ctx.groups()]
+    floors = [(rows, f) for rows, f in floors if f.sure is not None]
+    if not floors:
+        return out
+    for r in row_blocks(ctx.batch.size, ctx.batch.width):
+        t = ctx.trainer_rows(r)
+        for rows, f in floors:
+            out[r] |= zero[r] & rows[r, None] & (t >= f.zero) & (t < f.sure)
     return out
 
 
@@ -176,4 +187,4 @@ def placeholder_text(batch: Batch, floor: Floor | None = None) -> str:
 
 
 __all__ = ["nucleus_floor", "recorded_truncation", "may_estimate", "Floor", "topp_signature", "group_floor",
-           "zero_floors", "zero_placeholders", "zero_ambiguous", "lone_final_eos", "placeholder_text"]
+           "group_floors", "zero_floors", "zero_placeholders", "zero_ambiguous", "lone_final_eos", "placeholder_text"]

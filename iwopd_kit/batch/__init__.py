@@ -1,6 +1,6 @@
 """The data model: a :class:`Batch` of rollouts in completion coordinates, its per-token fields
-(``fields.py``), their ragged storage (``ragged.py``) and the sampling settings a batch records
-(``sampling.py``). The ground floor: nothing here imports the rest of the kit.
+(``fields.py``), their ragged storage (``ragged.py``), row blocks of its series (``blocks.py``) and the
+sampling settings a batch records (``sampling.py``). The ground floor: nothing here imports the rest of the kit.
 """
 
 from .core import (
