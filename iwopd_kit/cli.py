@@ -20,14 +20,15 @@ import sys
 from pathlib import Path
 
 from .apps.check_result import SCHEMA as JSON_SCHEMA  # noqa: F401  (the version of the ``check --json`` object)
+from .batch.sampling import ROLLOUT_MAX_TOKENS, Sampling
 from .engines.rescore import DTYPES  # the scoring dtypes
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .apps.pipeline import report_html, run_pipeline, summary_text, token_table
 
-    result = run_pipeline(n_prompts=args.n, temperature=args.temperature, seed=args.seed, gamma=args.gamma,
-                          max_tokens=args.max_tokens)
+    result = run_pipeline(n_prompts=args.n, gamma=args.gamma,
+                          sampling=Sampling(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed))
     print(f"row 0: prompt {result.prompts[0]!r} -> completion "
           f"{''.join(t for t in result.tokens[0])!r} ({'correct' if result.correct[0] else 'wrong'})")
     print(token_table(result, row=0))
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled tiny models (real vLLM)")
     d.add_argument("--n", type=int, default=8, help="number of held-out prompts (default 8)")
     d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--max-tokens", type=int, default=48)
+    d.add_argument("--max-tokens", type=int, default=ROLLOUT_MAX_TOKENS)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--gamma", type=float, default=0.5)
     d.add_argument("--html", default="reports/demo.html", help="where to write the HTML report")

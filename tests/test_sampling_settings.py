@@ -1,5 +1,5 @@
 """One sampling-settings object (iwopd_kit/batch/sampling.py) for the engines, ``rollout``, the pipeline and the loop;
-the older keyword calls keep working and build the same object."""
+``rollout`` also takes its fields as keywords (as vLLM's ``SamplingParams`` does) and builds the same object."""
 
 from __future__ import annotations
 
@@ -56,11 +56,14 @@ def test_loop_config_keeps_its_request_in_sampling():
 
 
 @pytest.mark.slow                           # loads the tiny student and teacher twice (~4 s)
-def test_pipeline_takes_one_settings_object_and_the_older_keywords():
+def test_pipeline_takes_one_settings_object():
     engine = RecordingEngine()
-    new = run_pipeline(n_prompts=2, engine=engine, sampling=SamplingSettings(temperature=1.0, max_tokens=9, seed=2))
-    old = run_pipeline(n_prompts=2, engine=engine, temperature=1.0, max_tokens=9, seed=2)
-    first, second = engine.requests
-    assert first == second and first.max_tokens == 9 and first.seed == 2
-    assert first.stop_token_ids is not None and len(first.stop_token_ids) == 1     # the tokenizer's EOS
-    assert new.settings == old.settings and new.settings["max_tokens"] == 9 and new.settings["seed"] == 2
+    result = run_pipeline(n_prompts=2, engine=engine, sampling=SamplingSettings(temperature=1.0, max_tokens=9, seed=2))
+    run_pipeline(n_prompts=2, engine=engine)
+    given, default = engine.requests
+    assert given.max_tokens == 9 and given.seed == 2
+    assert given.stop_token_ids is not None and len(given.stop_token_ids) == 1     # the tokenizer's EOS
+    assert default == K.Sampling(stop_token_ids=given.stop_token_ids)              # the rollout defaults
+    assert result.settings["max_tokens"] == 9 and result.settings["seed"] == 2
+    with pytest.raises(TypeError, match="temperature"):
+        run_pipeline(n_prompts=2, engine=engine, temperature=1.0)                  # no second home for it

@@ -214,8 +214,6 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     col0 = tol.max_lag
     total, count, seg_open = blocked_segment_scan(lambda rows: series_rows(batch, "rollout_logprobs", rows),
                                                   ctx.trainer_rows, ok, ctx.policy, lags)
-        seg_open.index_add_(0, ids, torch.ones_like(ids))
-        first += n_here
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)
     seg_adopt = adopt_row_shift(total, count, lags[seg_rows] if S else lags[:0], seg_rows, seg_k, seg_e0, seg_eb,

@@ -38,13 +38,13 @@ def strip(result: PipelineResult, color_by: str = "advantage", rows=None, window
 
 
 def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, teacher_dir: str | Path = toy.TEACHER_DIR,
-                 temperature: float = 1.0, max_tokens: int = ROLLOUT_MAX_TOKENS, seed: int = 0, gamma: float = 0.5,
-                 engine=None, prompts: list[str] | None = None, sampling: SamplingSettings | None = None) -> PipelineResult:
+                 *, sampling: SamplingSettings | None = None, gamma: float = 0.5, engine=None,
+                 prompts: list[str] | None = None) -> PipelineResult:
     """Run every step on the first ``n_prompts`` held-out prompts with real vLLM rollouts.
 
-    ``sampling``: the rollout request as one :class:`~iwopd_kit.batch.sampling.SamplingSettings`; when given, it
-    replaces ``temperature``, ``max_tokens`` and ``seed`` (the keywords of older calls, used when it is None).
-    Its ``stop_token_ids`` default to the tokenizer's EOS.
+    ``sampling``: the rollout request, one :class:`~iwopd_kit.batch.sampling.SamplingSettings` (default
+    :func:`~iwopd_kit.batch.sampling.Sampling`\ ``()``: temperature 1, top_p 1, ``ROLLOUT_MAX_TOKENS``, seed 0); its
+    ``stop_token_ids`` default to the tokenizer's EOS, an unset ``max_tokens`` or ``seed`` to those defaults.
     ``engine`` defaults to an in-process :class:`~iwopd_kit.engines.rollout.VLLMEngine` on the student
     (raw log-probs at T=1, the paper's setting: temperature 1, top_p 1).
     """
@@ -53,7 +53,7 @@ def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, 
     tok = load_tokenizer(student_dir)
     prompts = prompts if prompts is not None else toy.load_prompts(toy.EVAL_PROMPTS)[:n_prompts]
     prompt_ids = [tok(p)["input_ids"] for p in prompts]
-    request = sampling if sampling is not None else Sampling(temperature=temperature, max_tokens=max_tokens, seed=seed)
+    request = Sampling() if sampling is None else sampling
     request = replace(request, stop_token_ids=(tok.eos_token_id,) if request.stop_token_ids is None else request.stop_token_ids,
                       max_tokens=ROLLOUT_MAX_TOKENS if request.max_tokens is None else request.max_tokens,
                       seed=0 if request.seed is None else request.seed)
