@@ -241,6 +241,45 @@ def _all_of(path: Path) -> set[str]:
     return set()
 
 
+# The series names have one home (iwopd_kit/batch/ragged.py: ROLLOUT_LOGPROBS, ...); elsewhere a literal is allowed
+# only where it names a Python parameter, not a series of a Batch:
+SERIES_LITERALS_ALLOWED = {
+    "iwopd_kit/batch/ragged.py": "the constants' home",
+    "iwopd_kit/objective/core.py": "the losses name their own tensor parameters in their errors (floor 0, no Batch)",
+    "iwopd_kit/integrations/trl.py": "TRL's loss signature (_LOSS_PARAMS), compared with the installed TRL",
+}
+SERIES_NAMES = ("rollout_logprobs", "student_logprobs", "teacher_logprobs")
+
+
+def _series_literals(path: Path, name: str) -> list[str]:
+    """``file:line`` of each string constant equal to a series name, outside docstrings and outside a function that
+    has a parameter of that name (an error naming the parameter)."""
+    tree = ast.parse(path.read_text())
+    docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    params: dict[int, set[str]] = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names = {a.arg for a in fn.args.args + fn.args.kwonlyargs + fn.args.posonlyargs}
+            for n in ast.walk(fn):
+                params.setdefault(id(n), set()).update(names)
+    return [f"{name}:{n.lineno} {n.value!r}" for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and n.value in SERIES_NAMES and id(n) not in docs
+            and n.value not in params.get(id(n), set())]
+
+
+def test_the_series_literal_scan_sees_one(tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text('"""doc: rollout_logprobs"""\ndef f(rollout_logprobs):\n    return "rollout_logprobs"\n'
+                    'def g(batch):\n    return batch.series("teacher_logprobs")\n')
+    assert _series_literals(path, "probe.py") == ["probe.py:5 'teacher_logprobs'"]
+
+
+def test_series_names_are_spelled_only_in_their_home():
+    rel = {m: path.relative_to(PACKAGE.parent).as_posix() for m, path in MODULES.items()}
+    bad = [hit for m, path in MODULES.items() if rel[m] not in SERIES_LITERALS_ALLOWED for hit in _series_literals(path, rel[m])]
+    assert bad == [], "series names spelled as literals (use ROLLOUT_LOGPROBS, ... from iwopd_kit.batch):\n" + "\n".join(bad)
+
+
 @pytest.mark.parametrize("module", sorted(MODULES), ids=lambda m: m)
 def test_module_is_at_most_400_lines(module):
     path = MODULES[module]

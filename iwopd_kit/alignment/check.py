@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..batch import Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
 from .mismatch import batch_delta, metrics_from_delta
 from .core import (
     A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
@@ -106,7 +106,7 @@ MISMATCH = "mismatch"
 def _gap_summary(batch: Batch) -> tuple[dict[str, float], dict[str, float], dict[str, dict[str, float]], str | None]:
     """The report's gap ``stats``, the pooled mismatch metrics (trainer = student recompute) of the batch and of
     each group, and why there are no metrics (None when there are), over the batch's policy tokens."""
-    if not (batch.has("rollout_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(ROLLOUT_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return {}, {}, {}, "needs rollout_logprobs and student_logprobs"
     flat = batch_delta(batch, finite_only=False)            # student - rollout where both have a value
     if flat.numel() == 0:

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..batch import Batch
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
 from ..batch.blocks import masked, nanmean_rows, row_blocks, series_mask, series_rows
 from .kinds import KINDS
 from .tolerances import FULL_PRECISION, Tolerances
@@ -87,7 +87,7 @@ class Context:
     @property
     def has_pair(self) -> bool:
         """Both series a gap needs: rollout and student log-probs."""
-        return self.batch.has("rollout_logprobs") and self.batch.has("student_logprobs")
+        return self.batch.has(ROLLOUT_LOGPROBS) and self.batch.has(STUDENT_LOGPROBS)
 
     def meta(self, key: str) -> list[Any] | None:
         """``meta[b][key]`` per row (None where absent); None when no row has the key."""
@@ -106,7 +106,7 @@ class Context:
         """float64 [len(rows), width]: :meth:`trainer` on those rows (and the first ``width`` columns, default all),
         built from the packed series of those rows only (the same values, bit for bit)."""
         b = self.batch
-        s = series_rows(b, "student_logprobs", rows, width=width)
+        s = series_rows(b, STUDENT_LOGPROBS, rows, width=width)
         if b.has("kept_logmass") and not (b.sampling is not None and b.sampling.logprobs_mode == "raw_logprobs"):
             k = series_rows(b, "kept_logmass", rows, width=width)
             s = torch.where(torch.isfinite(k), s - k, s)          # kept_adjusted() on these rows
@@ -133,7 +133,7 @@ class Context:
             b = self.batch
             g = torch.empty(b.size, b.width, dtype=torch.float64)
             for rows in row_blocks(b.size, b.width):
-                g[rows] = series_rows(b, "rollout_logprobs", rows).sub_(self.trainer_rows(rows))
+                g[rows] = series_rows(b, ROLLOUT_LOGPROBS, rows).sub_(self.trainer_rows(rows))
             self._gap = g
         return self._gap
 
@@ -155,7 +155,7 @@ class Context:
     def rollout_zero(self) -> Tensor:
         """[B, L] bool: tokens whose rollout log-prob is exactly 0.0 (cached; needs ``rollout_logprobs``)."""
         if self._rollout_zero is None:
-            self._rollout_zero = series_mask(self.batch, "rollout_logprobs", lambda x: x == 0.0)
+            self._rollout_zero = series_mask(self.batch, ROLLOUT_LOGPROBS, lambda x: x == 0.0)
         return self._rollout_zero
 
     @property

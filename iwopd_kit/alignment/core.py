@@ -20,12 +20,13 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
+from ..batch import STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from ..objective import REDUCTIONS
 from .context import NO_GROUP, Context, all_explained, explained_rows, meta_values
 from .kinds import KINDS, SEVERITIES
 from .tolerances import FULL_PRECISION, Tolerances
 
-SIDES = (("student", "student_logprobs"), ("teacher", "teacher_logprobs"))
+SIDES = (("student", STUDENT_LOGPROBS), ("teacher", TEACHER_LOGPROBS))
 """The two scored sides and their series; the rollout is the reference they are compared with."""
 
 
@@ -201,12 +202,12 @@ class Detector:
 
 # --------------------------------------------------------------------------------------- the needs
 PAIR = Need("rollout_logprobs and student_logprobs", lambda c: c.has_pair)
-TEACHER = Need("teacher_logprobs", lambda c: c.has("teacher_logprobs"))
+TEACHER = Need(TEACHER_LOGPROBS, lambda c: c.has(TEACHER_LOGPROBS))
 PADDED = Need("prompts of different lengths", lambda c: len(set(c.batch.prompt_lengths)) > 1,
               reason="all prompts have the same length, so no row was left-padded")
 SCORED_OR_LENGTHS = Need(
     "student_logprobs / teacher_logprobs or the other side's lengths in meta",
-    lambda c: (c.has("student_logprobs") or c.has("teacher_logprobs")
+    lambda c: (c.has(STUDENT_LOGPROBS) or c.has(TEACHER_LOGPROBS)
                or any(c.meta(f"{side}_{what}_length") is not None for side, _ in SIDES for what in ("prompt", "completion"))))
 BOTH_TOKENIZERS = Need("student_tokenizer and teacher_tokenizer",
                        lambda c: c.student_tokenizer is not None and c.teacher_tokenizer is not None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from .core import SIDES, Context, Finding, value_text
 from .teacher_shift import find_teacher_offset
 from .tensors import first_position, first_true, last_true, series_mask
@@ -27,7 +28,7 @@ def find_missing(ctx: Context) -> list[Finding]:
     out = [Finding(**f) for f in batch.findings]
     reported = {f.row for f in out if f.kind == "missing_token_ids"}
     pad = batch.padding_mask()
-    for name, side, required in (("rollout_logprobs", "rollout", ctx.policy), ("student_logprobs", "student", batch.valid())):
+    for name, side, required in ((ROLLOUT_LOGPROBS, "rollout", ctx.policy), (STUDENT_LOGPROBS, "student", batch.valid())):
         if not batch.has(name):
             continue
         nan = pad & batch.series(name).isnan()
@@ -67,7 +68,7 @@ def find_teacher_coverage(ctx: Context) -> list[Finding]:
     an ``offset`` warning per row when the teacher series fits the student's better shifted
     (:func:`~iwopd_kit.alignment.teacher_shift.find_teacher_offset`)."""
     batch = ctx.batch
-    t = batch.series("teacher_logprobs", torch.float64)
+    t = batch.series(TEACHER_LOGPROBS, torch.float64)
     valid = ctx.policy
     bad = valid & ~torch.isfinite(t)
     ctx.mark("teacher_coverage", bad, explains=False)

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from ..objective import iw_opd_loss
 from .core import Context, Finding
 from .numerics import find_numerics, judge_pool
@@ -84,7 +85,7 @@ def find_temperature(ctx: Context) -> list[Finding]:
     if not bool(big.any()):
         return []
     roll_T = batch.sampling.logprob_temperature if batch.sampling is not None else None
-    score_T = batch.scoring.get("student_logprobs")
+    score_T = batch.scoring.get(STUDENT_LOGPROBS)
     if roll_T is not None and score_T is not None:
         if abs(roll_T - score_T) > 1e-6:
             b, j = first_position(big)
@@ -221,13 +222,13 @@ def processed_bias(ctx: Context, valid: Tensor) -> dict[str, float]:
     log-probs) and ``loss_full`` / ``weight_full`` (with the student's full-distribution log-probs
     instead), at meta ``iw_opd_gamma`` / ``iw_opd_epsilon`` (default 0.5 / 1e-8), token-mean."""
     batch = ctx.batch
-    s, r = batch.series("student_logprobs", torch.float64), batch.series("rollout_logprobs", torch.float64)
+    s, r = batch.series(STUDENT_LOGPROBS, torch.float64), batch.series(ROLLOUT_LOGPROBS, torch.float64)
     ok = valid & torch.isfinite(s) & torch.isfinite(r)
     log_s = (s - r)[ok]
     out = {"mean_log_s": float(log_s.mean()), "kept": float(log_s.exp().mean())}
-    if not batch.has("teacher_logprobs"):
+    if not batch.has(TEACHER_LOGPROBS):
         return out
-    t = batch.series("teacher_logprobs", torch.float64)
+    t = batch.series(TEACHER_LOGPROBS, torch.float64)
     m = ok & torch.isfinite(t)
     if not bool(m.any()):
         return out

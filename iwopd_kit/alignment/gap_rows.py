@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..batch import ROLLOUT_LOGPROBS
 from .core import Context, Finding, gap_text
 from .lags import fit_shifts
 from .tensors import first_true, masked, nanmean_rows, row_blocks, row_mask, series_rows
@@ -179,7 +180,7 @@ def _confirm(ctx: Context, opened: Tensor, idx: Tensor, best: Tensor) -> tuple[T
         if here.numel() == 0:
             continue
         c, p = idx[here], best[here]
-        r = series_rows(ctx.batch, "rollout_logprobs", c.tolist()).masked_fill_(~opened[c], nan)
+        r = series_rows(ctx.batch, ROLLOUT_LOGPROBS, c.tolist()).masked_fill_(~opened[c], nan)
         d = r.sub_(ctx.trainer_rows(p.tolist()).masked_fill_(~checked[p], nan)).abs_()
         ns.append((~d.isnan()).sum(1))
         means.append(nanmean_rows(d))
@@ -211,7 +212,7 @@ def find_ordering(ctx: Context) -> list[Finding]:
     nan = float("nan")
     # every pair on the first `probe` columns picks each candidate's best partner; the full rows confirm it
     probe = min(batch.width, 256)
-    r = series_rows(batch, "rollout_logprobs", idx.tolist(), width=probe).masked_fill_(~opened[idx, :probe], nan)
+    r = series_rows(batch, ROLLOUT_LOGPROBS, idx.tolist(), width=probe).masked_fill_(~opened[idx, :probe], nan)
     s = ctx.trainer_rows(slice(None), width=probe).masked_fill_(~ctx.checked[:, :probe], nan)
     err, _ = _pairwise_gap(r, s)
     del r, s

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..batch import Batch
+from ..batch import ROLLOUT_LOGPROBS, Batch
 from .core import Context, RowLag, Tolerances, one_thread
 from .tensors import BLOCK_ELEMENTS, nanmean_rows, row_blocks, series_rows
 
@@ -212,7 +212,7 @@ def fit_shifts(ctx: Context, min_pairs: int | None = None) -> Shifts:
     lags = torch.cat([torch.arange(-tol.max_lag, tol.max_lag + 1)[None, :].expand(B, -1),
                       prompt_length_lags(batch.prompt_lengths)], dim=1)                     # [B, n]
     col0 = tol.max_lag
-    total, count, seg_open = blocked_segment_scan(lambda rows: series_rows(batch, "rollout_logprobs", rows),
+    total, count, seg_open = blocked_segment_scan(lambda rows: series_rows(batch, ROLLOUT_LOGPROBS, rows),
                                                   ctx.trainer_rows, ok, ctx.policy, lags)
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     seg_k, seg_e0, seg_eb, seg_flag = _decide(total, count, lags[seg_rows] if S else lags[:0], col0, min_pairs, seg_open, tol)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..batch import STUDENT_LOGPROBS, TEACHER_LOGPROBS
 from .core import Context, Finding, gap_text
 from .lags import blocked_segment_scan
 from .tensors import series_mask, series_rows
@@ -48,12 +49,12 @@ def teacher_lag_fit(ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
 
     Returns ``(lags [2K + 1], total [B, 2K + 1], count [B, 2K + 1])`` (float64)."""
     batch = ctx.batch
-    ok = ctx.policy & series_mask(batch, "teacher_logprobs", torch.isfinite) & series_mask(batch, "student_logprobs", torch.isfinite)
+    ok = ctx.policy & series_mask(batch, TEACHER_LOGPROBS, torch.isfinite) & series_mask(batch, STUDENT_LOGPROBS, torch.isfinite)
     lags = teacher_lags(ctx.tol.max_lag)
     B = batch.size
     segs = batch.segments(ctx.policy)
-    seg_total, seg_count, _ = blocked_segment_scan(lambda rows: series_rows(batch, "teacher_logprobs", rows),
-                                                   lambda rows: series_rows(batch, "student_logprobs", rows),
+    seg_total, seg_count, _ = blocked_segment_scan(lambda rows: series_rows(batch, TEACHER_LOGPROBS, rows),
+                                                   lambda rows: series_rows(batch, STUDENT_LOGPROBS, rows),
                                                    ok, ctx.policy, lags[None, :].expand(B, -1))
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     total = torch.zeros(B, lags.numel(), dtype=torch.float64).index_add_(0, seg_rows, seg_total)
@@ -75,7 +76,7 @@ def find_teacher_offset(ctx: Context) -> list[Finding]:
     0 < |d| <= ``tol.max_lag`` (module docstring: the rule); nothing when the batch has no student series or
     too few pairs."""
     batch, tol = ctx.batch, ctx.tol
-    if not (batch.has("teacher_logprobs") and batch.has("student_logprobs")):
+    if not (batch.has(TEACHER_LOGPROBS) and batch.has(STUDENT_LOGPROBS)):
         return []
     lags, total, count = teacher_lag_fit(ctx)
     col0 = int((lags == 0).nonzero()[0])

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
+from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
 from .core import Context, Finding
 from .prompts import (
     dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings,
@@ -197,9 +198,9 @@ def find_bos_eos(ctx: Context) -> list[Finding]:
     last = torch.tensor(batch.lengths) - 1
     ends = (at(tok, last) == eos) & at(valid, last)
     flagged: set[int] = set()
-    if batch.has("rollout_logprobs") and bool(ends.any()):
-        r = at(batch.series("rollout_logprobs", torch.float64), last)
-        s = at(batch.series("student_logprobs", torch.float64), last) if batch.has("student_logprobs") else None
+    if batch.has(ROLLOUT_LOGPROBS) and bool(ends.any()):
+        r = at(batch.series(ROLLOUT_LOGPROBS, torch.float64), last)
+        s = at(batch.series(STUDENT_LOGPROBS, torch.float64), last) if batch.has(STUDENT_LOGPROBS) else None
         # a 0.0 EOS that is the row's only placeholder; with more, the row's rollout series was padded (offset)
         placeholder = lone_final_eos(batch, zero_placeholders(batch, tol), eos) if s is not None else (r == 0.0)
         for b in (ends & r.isnan()).nonzero().flatten().tolist():

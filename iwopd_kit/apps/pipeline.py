@@ -43,7 +43,7 @@ def run_pipeline(n_prompts: int = 8, student_dir: str | Path = toy.STUDENT_DIR, 
     """Run every step on the first ``n_prompts`` held-out prompts with real vLLM rollouts.
 
     ``sampling``: the rollout request, one :class:`~iwopd_kit.batch.sampling.SamplingSettings` (default
-    :func:`~iwopd_kit.batch.sampling.Sampling`\ ``()``: temperature 1, top_p 1, ``ROLLOUT_MAX_TOKENS``, seed 0); its
+    ``Sampling()``: temperature 1, top_p 1, ``ROLLOUT_MAX_TOKENS``, seed 0); its
     ``stop_token_ids`` default to the tokenizer's EOS, an unset ``max_tokens`` or ``seed`` to those defaults.
     ``engine`` defaults to an in-process :class:`~iwopd_kit.engines.rollout.VLLMEngine` on the student
     (raw log-probs at T=1, the paper's setting: temperature 1, top_p 1).

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import toy
-from ..batch import Batch, write_jsonl
+from ..batch import ROLLOUT_LOGPROBS, Batch, write_jsonl
 from ..engines.rollout import TransformersEngine, rollout
 from ..engines.scoring import load_model, load_tokenizer, score_batch
 
@@ -58,7 +58,7 @@ def write_example_run(run_dir: str | Path, *, steps: int = 6, rows: int = 8, tem
                                        stop_token_ids=(tok.eos_token_id,))))       # the kit's default max_tokens
         comp = {b: (part, i) for sel, part in parts for i, b in enumerate(sel)}
         pick = lambda name: [getattr(comp[b][0], name)[comp[b][1]] for b in range(rows)]  # noqa: E731
-        roll = pick("rollout_logprobs")
+        roll = pick(ROLLOUT_LOGPROBS)
         if shift_from is not None and step >= shift_from:
             roll = [r[1:] + r[-1:] if groups[b] == "add" else r for b, r in enumerate(roll)]
         completions = pick("completion_ids")
