@@ -53,19 +53,11 @@ other side saw) for G; ``grad_accum_steps`` for K.
 
 from __future__ import annotations
 
+from ..objective.core import REDUCTIONS
 from .check import REGISTRY, check_alignment, detector, run_detectors, run_order
-from .core import (
-    KINDS,
-    REDUCTIONS,
-    SEVERITIES,
-    AlignmentReport,
-    Context,
-    Detector,
-    Finding,
-    Need,
-    RowLag,
-    Tolerances,
-)
+from .context import Context
+from .core import AlignmentReport, Detector, Finding, Need, RowLag
+from .kinds import KINDS, SEVERITIES
 from .lags import (
     ShiftedRows,
     Shifts,
@@ -78,6 +70,7 @@ from .lags import (
     shifted_rows,
 )
 from .tokens import SAMPLE_TEXTS, detect_tokenizer_mismatch
+from .tolerances import Tolerances
 
 __all__ = [
     "KINDS", "SEVERITIES", "REDUCTIONS", "SAMPLE_TEXTS", "Finding", "Tolerances", "RowLag", "AlignmentReport",

@@ -23,18 +23,22 @@ from typing import Any
 import torch
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch
-from .mismatch import batch_delta, metrics_from_delta
+from ..batch.blocks import masked
+from .context import NO_GROUP, Context
 from .core import (
-    A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, KINDS, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER,
-    NO_GROUP, VERSIONS_OR_PAIR, AlignmentReport, Context, Detector, Finding, Tolerances, one_thread,
+    A_TOKENIZER, BOTH_TOKENIZERS, COUNT_OR_REDUCTION, PADDED, PAIR, SCORED_OR_LENGTHS, TEACHER, VERSIONS_OR_PAIR,
+    AlignmentReport, Detector, Finding, one_thread,
 )
-from .tensors import masked, row_mask
 from .coverage import find_missing, find_teacher_coverage, find_truncation
 from .gap_batch import find_processed, find_staleness, find_temperature
-from .numerics import find_numerics
 from .gap_rows import find_offset, find_ordering, find_padding
+from .kinds import KINDS
+from .mismatch import batch_delta, metrics_from_delta
 from .normalisation import find_normalisation
+from .numerics import find_numerics
+from .tensors import row_mask
 from .tokens import find_bos_eos, find_tokenizer_mismatch
+from .tolerances import Tolerances
 
 REGISTRY: tuple[Detector, ...] = (
     Detector("missing_token_ids", find_missing),

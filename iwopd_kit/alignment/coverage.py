@@ -10,9 +10,11 @@ import torch
 from torch import Tensor
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
-from .core import SIDES, Context, Finding, value_text
+from ..batch.blocks import series_mask
+from .context import Context
+from .core import SIDES, Finding, value_text
 from .teacher_shift import find_teacher_offset
-from .tensors import first_position, first_true, last_true, series_mask
+from .tensors import first_position, first_true, last_true
 
 
 def find_missing(ctx: Context) -> list[Finding]:

@@ -17,10 +17,12 @@ import torch
 from torch import Tensor
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS
+from ..batch.blocks import masked, row_blocks
 from ..objective import iw_opd_loss
-from .core import Context, Finding
+from .context import Context
+from .core import Finding
 from .numerics import find_numerics, judge_pool
-from .tensors import first_position, first_true, masked, row_blocks
+from .tensors import first_position, first_true
 from .zeros import group_floor
 
 

@@ -13,9 +13,11 @@ import torch
 from torch import Tensor
 
 from ..batch import ROLLOUT_LOGPROBS
-from .core import Context, Finding, gap_text
+from ..batch.blocks import masked, nanmean_rows, row_blocks, series_rows
+from .context import Context
+from .core import Finding, gap_text
 from .lags import fit_shifts
-from .tensors import first_true, masked, nanmean_rows, row_blocks, row_mask, series_rows
+from .tensors import first_true, row_mask
 from .zeros import group_floors, lone_final_eos, placeholder_text, zero_ambiguous, zero_placeholders
 
 

@@ -27,8 +27,10 @@ import torch
 from torch import Tensor
 
 from ..batch import ROLLOUT_LOGPROBS, Batch
-from .core import Context, RowLag, Tolerances, one_thread
-from .tensors import BLOCK_ELEMENTS, nanmean_rows, row_blocks, series_rows
+from ..batch.blocks import nanmean_rows, row_blocks, series_rows
+from .context import Context
+from .core import RowLag, one_thread
+from .tolerances import Tolerances
 
 
 @one_thread()
@@ -320,5 +322,5 @@ def shifted_rows(batch: Batch, tol: Tolerances = Tolerances(), exclude: frozense
     return ShiftedRows(s.flagged, torch.where(s.flagged, s.row_k, s.best_k), s.e0, torch.where(s.flagged, s.e_row, s.e_best))
 
 
-__all__ = ["BLOCK_ELEMENTS", "row_blocks", "blocked_segment_scan", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
+__all__ = ["blocked_segment_scan", "lag_scan", "row_lag_error", "lag_pairs", "prompt_length_lags", "segment_ids", "segment_scan",
            "Shifts", "fit_shifts", "adopt_row_shift", "best_lags", "ShiftedRows", "shifted_rows"]

@@ -6,7 +6,9 @@ rollout-student gap.
 
 from __future__ import annotations
 
-from .core import REDUCTIONS, Context, Finding
+from ..objective.core import REDUCTIONS
+from .context import Context
+from .core import Finding
 
 
 # --------------------------------------------------------------------------------- K: normalisation

@@ -24,9 +24,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..batch.blocks import masked, row_blocks
+from .context import Context
+from .core import Finding
 from .mismatch import QUANTILES, abs_delta_quantiles, mean_standard_error, metrics_from_delta
-from .core import FULL_PRECISION, Context, Finding
-from .tensors import masked, row_blocks
+from .tolerances import FULL_PRECISION
 
 _SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64"}
 MULT = "mismatch/token_mult_prob_error"

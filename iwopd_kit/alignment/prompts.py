@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Context, Finding
+from .context import Context
+from .core import Finding
 
 THINK_TOKENS = ("<think>", "</think>")
 

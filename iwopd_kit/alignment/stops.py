@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import Context, Finding
+from .context import Context
+from .core import Finding
 
 END_OF_TURN: tuple[str, ...] = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "<|return|>",
                                 "<|END_OF_TURN_TOKEN|>", "<|end_of_text|>", "<|endoftext|>", "</s>")

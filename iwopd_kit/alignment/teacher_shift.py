@@ -32,9 +32,10 @@ import torch
 from torch import Tensor
 
 from ..batch import STUDENT_LOGPROBS, TEACHER_LOGPROBS
-from .core import Context, Finding, gap_text
+from ..batch.blocks import series_mask, series_rows
+from .context import Context
+from .core import Finding, gap_text
 from .lags import blocked_segment_scan
-from .tensors import series_mask, series_rows
 
 
 def teacher_lags(max_lag: int) -> Tensor:

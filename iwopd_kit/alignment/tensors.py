@@ -1,5 +1,6 @@
-"""Tensor helpers of the detectors: memory-lean ones (a real dump is millions of tokens: the stored series
-without a float64 copy of the batch, boolean selection without an index tensor) and small row helpers."""
+"""Small tensor helpers of the detectors: the stored series in its own dtype, first and last positions, row masks.
+The row-block helpers (a series read per block of rows, boolean selection without an index tensor) live with the
+data model, in :mod:`iwopd_kit.batch.blocks`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from ..batch.blocks import BLOCK_ELEMENTS, masked, nanmean_rows, row_blocks, series_mask, series_rows  # noqa: F401 (re-exported)
 
 
 def stored_series(batch: Batch, name: str) -> Tensor:
@@ -48,4 +48,4 @@ def at(x: Tensor, idx: Tensor) -> Tensor:
     return x.gather(1, idx[:, None]).squeeze(1)
 
 
-__all__ = ["BLOCK_ELEMENTS", "row_blocks", "series_rows", "series_mask", "stored_series", "masked", "first_position", "nanmean_rows", "row_mask", "first_true", "last_true", "at"]
+__all__ = ["stored_series", "first_position", "row_mask", "first_true", "last_true", "at"]

@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS
-from .core import Context, Finding
+from .context import Context
+from .core import Finding
 from .prompts import (
     dropped_special_findings, rows_read_differently, teacher_prompt_findings, thinking_mode_findings,
 )

@@ -37,8 +37,9 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
-from .core import Context, Tolerances
-from .tensors import masked, row_blocks
+from ..batch.blocks import masked, row_blocks
+from .context import Context
+from .tolerances import Tolerances
 
 
 def nucleus_floor(batch: Batch) -> float:

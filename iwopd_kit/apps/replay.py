@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from ..alignment.core import FULL_PRECISION, Tolerances
+from ..alignment.tolerances import FULL_PRECISION, Tolerances
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, Batch, BatchError
 from ..engines.rollout import VLLMEngine, process_logits, quiet_output
 from ..engines.scoring import completion_logits, load_model, load_tokenizer, sampled_logprobs

@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..alignment.core import Tolerances
 from ..alignment.lags import lag_scan
+from ..alignment.tolerances import Tolerances
 
 RAW = (1.0, 1.0, 0)
 """Replay settings (temperature, top_p, top_k) of an untempered, untruncated log-prob."""

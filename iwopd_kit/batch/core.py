@@ -41,12 +41,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .sampling import SamplingSettings
+from .fields import RAGGED, Rows, Streams, batch_records, check_padded, pack_field, ragged_from_padded  # noqa: F401
 from .ragged import (
     FLOATS, KEPT_LOGMASS, ROLLOUT_LOGPROBS, SERIES, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES,
     BatchError, Column, Packed, RecordBuilder, group_value, ids_row, kept_row, locate, pack_padded, rows_of,
 )
-from .fields import RAGGED, Rows, Streams, batch_records, check_padded, pack_field, ragged_from_padded  # noqa: F401
+from .sampling import SamplingSettings
 
 POLICY = TOKEN_SOURCES.index("policy")
 

@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .rollout import VLLM_ENV_DEFAULTS
+from .envdefaults import VLLM_ENV_DEFAULTS
 
 
 def _group_alive(pgid: int) -> bool:

@@ -23,11 +23,11 @@ from typing import Callable
 from . import store as S
 from .executors import make_executor
 from .steps import StepFiles, find_steps, rel
-from .timeline import write_report
 from .tables import (
     FINDING_SCHEMA, GROUP_SCHEMA, STEP_SCHEMA, finding_records, group_records, records_table, row_table,
     step_record, write_tokens,
 )
+from .timeline import write_report
 
 NOT_READ = 2
 """Exit code when a file of a step could not be read (as ``iwopd-kit check``)."""

@@ -24,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..alignment.core import KINDS
+from ..alignment.kinds import KINDS
 from ..alignment.mismatch import MISMATCH_KEYS, USUAL_THRESHOLDS
 from .steps import STORE_DIRNAME
 

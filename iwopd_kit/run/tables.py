@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..alignment.core import KINDS, AlignmentReport
+from ..alignment.core import AlignmentReport
+from ..alignment.kinds import KINDS
 from ..alignment.mismatch import MISMATCH_KEYS, metrics_from_delta
 from ..batch import ROLLOUT_LOGPROBS, STUDENT_LOGPROBS, TEACHER_LOGPROBS, TOKEN_SOURCES, Batch
 from ..objective import advantage, prefix_weights

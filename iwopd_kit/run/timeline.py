@@ -14,7 +14,7 @@ import json
 import shlex
 from pathlib import Path
 
-from ..alignment.core import KINDS
+from ..alignment.kinds import KINDS
 from ..views.report import html_page, html_table, text_table
 from . import store as S
 from .svg import legend, line_chart, stacked_bars

@@ -12,7 +12,8 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 
-from ..alignment.core import KINDS, AlignmentReport
+from ..alignment.core import AlignmentReport
+from ..alignment.kinds import KINDS
 from ..batch import Batch
 from .findings import LABELS, series_for
 from .report import html_table, text_table

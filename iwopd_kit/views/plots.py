@@ -32,7 +32,7 @@ from torch import Tensor
 from ..batch import Batch
 from ..objective import exclusive_share, prefix_weights
 from .names import SERIES_NAMES
-from .tokens import visible_text
+from .text import visible_text
 
 #: Figure size in pixels (fixed so the layout never depends on the notebook's width).
 WIDTH = 900
