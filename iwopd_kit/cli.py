@@ -268,10 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="run the whole pipeline on the bundled tiny models (real vLLM)")
     d.add_argument("--n", type=int, default=8, help="number of held-out prompts (default 8)")
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--max-tokens", type=int, default=ROLLOUT_MAX_TOKENS)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--gamma", type=float, default=0.5)
+    d.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default %(default)s)")
+    d.add_argument("--max-tokens", type=int, default=ROLLOUT_MAX_TOKENS,
+                   help="completion length limit (default %(default)s: ROLLOUT_MAX_TOKENS)")
+    d.add_argument("--seed", type=int, default=0, help="rollout seed, row i uses seed + i (default %(default)s)")
+    d.add_argument("--gamma", type=float, default=0.5, help="prefix-weight strength, 0 is plain OPD (default %(default)s)")
     d.add_argument("--html", default="reports/demo.html", help="where to write the HTML report")
     d.set_defaults(func=_demo)
     c = sub.add_parser("check", help="check a dump, or every dump under a directory, for token misalignment; exit 1 "
