@@ -56,7 +56,7 @@ def teacher_lag_fit(ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
     segs = batch.segments(ctx.policy)
     seg_total, seg_count, _ = blocked_segment_scan(lambda rows: series_rows(batch, TEACHER_LOGPROBS, rows),
                                                    lambda rows: series_rows(batch, STUDENT_LOGPROBS, rows),
-                                                   ok, ctx.policy, lags[None, :].expand(B, -1))
+                                                   ok, ctx.policy, lags[None, :].expand(B, -1), len(segs))
     seg_rows = torch.tensor([b for b, _, _ in segs], dtype=torch.long)
     total = torch.zeros(B, lags.numel(), dtype=torch.float64).index_add_(0, seg_rows, seg_total)
     count = torch.zeros_like(total).index_add_(0, seg_rows, seg_count)
