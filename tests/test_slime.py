@@ -173,20 +173,13 @@ def test_a_healthy_short_turn_next_to_a_shifted_one_is_not_taken_in():
     assert not bool(report.explained[1, 10:13].any())
 
 
-def test_teacher_offset_is_read_one_token_early():
-    b, healthy = joined("teacher_offset"), joined("healthy")
+@pytest.mark.parametrize("name, d", [("teacher_offset", 1), ("teacher_offset_2", 2)])
+def test_teacher_offset_is_read_d_tokens_early(name, d):
+    b, healthy = joined(name), joined("healthy")
     assert b.completion_ids == healthy.completion_ids
     for r in range(b.size):
-        assert b.teacher_logprobs[r][1:] == pytest.approx(healthy.teacher_logprobs[r][:-1], abs=1e-6)
-        assert b.teacher_logprobs[r][1:] != pytest.approx(healthy.teacher_logprobs[r][1:], abs=1e-3)
-
-
-def test_teacher_offset_2_is_read_two_tokens_early():
-    b, healthy = joined("teacher_offset_2"), joined("healthy")
-    assert b.completion_ids == healthy.completion_ids
-    for r in range(b.size):
-        assert b.teacher_logprobs[r][2:] == pytest.approx(healthy.teacher_logprobs[r][:-2], abs=1e-6)
-        assert b.teacher_logprobs[r][2:] != pytest.approx(healthy.teacher_logprobs[r][2:], abs=1e-3)
+        assert b.teacher_logprobs[r][d:] == pytest.approx(healthy.teacher_logprobs[r][:-d], abs=1e-6)
+        assert b.teacher_logprobs[r][d:] != pytest.approx(healthy.teacher_logprobs[r][d:], abs=1e-3)
 
 
 def test_remove_sample_masks_the_whole_response():
